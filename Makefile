@@ -1,0 +1,29 @@
+# `make demo` and `make test` create .venv when it is missing, install, and run.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build of torch that lies on the development machines; override for CUDA, e.g.
+#   make test TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1 TOKENIZERS_PARALLELISM=false
+
+.PHONY: install demo test clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(OFFLINE) $(BIN)/python recipes/multilevel.py
+
+test: $(STAMP)
+	$(OFFLINE) $(BIN)/python -m pytest tests
+
+clean:
+	rm -rf $(VENV) demo_output .pytest_cache

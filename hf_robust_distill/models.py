@@ -1,0 +1,274 @@
+"""Teacher and student models: loading, normalisation at the door, and capture of the features
+the distillation losses read.
+
+Models stay plain ``transformers`` models, so a student saves, pushes and reloads with
+``from_pretrained`` alone. What this package adds sits around them:
+
+* ``PixelPreprocessor``: [0, 1] pixels to the model's input (its image processor's size,
+  mean and std), in torch, on the device. Every model is fed through its own.
+* ``FeatureTaps``: forward hooks that keep, for one forward pass, the final [CLS] embedding,
+  the token sequences of the chosen blocks and the attention maps of the chosen blocks, and
+  nothing else (the teacher's other layers are freed as the pass goes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassification, PreTrainedModel
+
+logger = logging.getLogger(__name__)
+
+
+class PixelPreprocessor:
+    """Resizes (when needed) and normalises a (B, 3, H, W) batch in [0, 1] for one model."""
+
+    def __init__(self, mean, std, size: tuple[int, int]):
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.size = (int(size[0]), int(size[1]))
+        self._stats: dict = {}
+
+    def __repr__(self) -> str:
+        return f"PixelPreprocessor(mean={self.mean}, std={self.std}, size={self.size})"
+
+    @classmethod
+    def from_image_processor(cls, processor) -> PixelPreprocessor:
+        mean = getattr(processor, "image_mean", None) if getattr(processor, "do_normalize", True) else None
+        std = getattr(processor, "image_std", None) if getattr(processor, "do_normalize", True) else None
+        return cls(mean if mean is not None else (0.0,) * 3, std if std is not None else (1.0,) * 3,
+                   input_size(processor))
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, **kwargs) -> PixelPreprocessor:
+        return cls.from_image_processor(AutoImageProcessor.from_pretrained(name_or_path, **kwargs))
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        if tuple(pixels.shape[-2:]) != self.size:
+            pixels = F.interpolate(pixels, size=self.size, mode="bilinear", antialias=True, align_corners=False)
+        key = (pixels.device, pixels.dtype)
+        if key not in self._stats:
+            self._stats[key] = (
+                torch.tensor(self.mean, device=pixels.device, dtype=pixels.dtype).reshape(1, 3, 1, 1),
+                torch.tensor(self.std, device=pixels.device, dtype=pixels.dtype).reshape(1, 3, 1, 1),
+            )
+        mean, std = self._stats[key]
+        return (pixels - mean) / std
+
+
+def input_size(processor) -> tuple[int, int]:
+    """(height, width) a model is fed, read from its image processor (crop size when it crops)."""
+    def read(size):
+        if size is None:
+            return None
+        get = size.get if isinstance(size, dict) else (lambda k: getattr(size, k, None))
+        if get("height") and get("width"):
+            return int(get("height")), int(get("width"))
+        if get("shortest_edge"):
+            return int(get("shortest_edge")), int(get("shortest_edge"))
+        return None
+
+    if getattr(processor, "do_center_crop", False):
+        crop = read(getattr(processor, "crop_size", None))
+        if crop:
+            return crop
+    size = read(getattr(processor, "size", None))
+    if size is None:
+        raise ValueError(f"cannot read an input size from {type(processor).__name__}: it has no "
+                         "size with height/width or shortest_edge")
+    return size
+
+
+def load_vision_model(name_or_path: str, *, attention_maps: bool = False,
+                      label_names: list[str] | None = None, **kwargs) -> PreTrainedModel:
+    """Loads an image classifier (or, when the checkpoint has no classification class, the bare
+    vision model) with ``from_pretrained``.
+
+    ``attention_maps=True`` loads it with eager attention, the implementation that returns the
+    maps an attention loss needs (sdpa and flash return none). ``label_names`` fits the head to
+    a dataset's classes, starting a new head when the checkpoint's has other classes.
+    """
+    if attention_maps:
+        kwargs["attn_implementation"] = "eager"
+    if label_names is not None:
+        kwargs.update(num_labels=len(label_names), id2label=dict(enumerate(label_names)),
+                      label2id={n: i for i, n in enumerate(label_names)}, ignore_mismatched_sizes=True)
+    try:
+        return AutoModelForImageClassification.from_pretrained(name_or_path, **kwargs)
+    except ValueError as error:
+        if "Unrecognized configuration class" not in str(error):
+            raise
+        for key in ("num_labels", "id2label", "label2id", "ignore_mismatched_sizes"):
+            kwargs.pop(key, None)
+        return AutoModel.from_pretrained(name_or_path, **kwargs)
+
+
+def has_matching_head(model: PreTrainedModel, label_names: list[str] | None) -> bool:
+    """Whether the model's classifier was trained on exactly these classes, in this order."""
+    if label_names is None or not hasattr(model.config, "id2label"):
+        return False
+    names = [model.config.id2label[i] for i in range(len(model.config.id2label))]
+    return names == list(label_names)
+
+
+def set_eager_attention(model: PreTrainedModel) -> None:
+    """Switches a loaded model to eager attention, which returns attention maps."""
+    if getattr(model.config, "_attn_implementation", "eager") != "eager":
+        logger.info("switching %s from %s to eager attention to read attention maps",
+                    type(model).__name__, model.config._attn_implementation)
+        model.set_attn_implementation("eager")
+
+
+def _recorded_class(model: PreTrainedModel, kind: str):
+    spec = getattr(model, "_can_record_outputs", None) or {}
+    target = spec.get(kind)
+    target = getattr(target, "target_class", target)
+    if target is None:
+        raise ValueError(f"{type(model).__name__} does not declare its {kind} modules "
+                         "(_can_record_outputs); use a ViT-family model (ViT, DeiT, Dinov2, BEiT, CLIP vision)")
+    return target
+
+
+def transformer_blocks(model: PreTrainedModel, kind: str = "hidden_states") -> list[torch.nn.Module]:
+    """The model's transformer blocks (``hidden_states``) or their attention modules
+    (``attentions``), in depth order."""
+    target = _recorded_class(model, kind)
+    root = getattr(model, "base_model", model)
+    return [m for m in root.modules() if isinstance(m, target)]
+
+
+def resolve_layers(layers: list[int], depth: int) -> list[int]:
+    """0-based block indices; negatives count from the end (-1 is the last block)."""
+    resolved = []
+    for layer in layers:
+        index = layer + depth if layer < 0 else layer
+        if not 0 <= index < depth:
+            raise ValueError(f"layer {layer} does not exist in a model with {depth} blocks")
+        resolved.append(index)
+    return resolved
+
+
+def map_layers(student_layers: list[int], student_depth: int, teacher_depth: int) -> list[int]:
+    """Teacher blocks matching student blocks by relative depth (last to last)."""
+    return [round((i + 1) * teacher_depth / student_depth) - 1 for i in student_layers]
+
+
+@dataclass
+class Features:
+    """What one forward pass yields for the losses."""
+
+    logits: torch.Tensor | None = None
+    cls: torch.Tensor | None = None
+    tokens: dict[int, torch.Tensor] = field(default_factory=dict)
+    attentions: dict[int, torch.Tensor] = field(default_factory=dict)
+    num_prefix_tokens: int = 1
+
+    def patch_tokens(self, layer: int) -> torch.Tensor:
+        return self.tokens[layer][:, self.num_prefix_tokens:]
+
+
+class FeatureTaps:
+    """Hooks on a ViT-family model that record the features named at construction.
+
+    Block ``i`` of ``token_layers`` is the output of transformer block ``i``; the last block is
+    read after the model's final norm, i.e. the sequence the classifier and probes see, whose
+    first token is ``Features.cls``.
+    """
+
+    def __init__(self, model: PreTrainedModel, token_layers=(), attention_layers=(), need_cls: bool = True):
+        self.blocks = transformer_blocks(model, "hidden_states")
+        self.depth = len(self.blocks)
+        self.token_layers = resolve_layers(list(token_layers), self.depth)
+        self.attention_layers = resolve_layers(list(attention_layers), self.depth)
+        self.attention_modules = transformer_blocks(model, "attentions") if self.attention_layers else []
+        if self.attention_modules and len(self.attention_modules) != self.depth:
+            raise ValueError(f"found {len(self.attention_modules)} attention modules for {self.depth} blocks")
+        self.need_cls = need_cls
+        self.base = getattr(model, "base_model", model)
+        self.model_name = type(model).__name__
+        config = getattr(model.config, "vision_config", model.config)
+        self.patch_size = getattr(config, "patch_size", None)
+        self.hidden_size = getattr(config, "hidden_size", None)
+        self.num_heads = getattr(config, "num_attention_heads", None)
+
+    @contextlib.contextmanager
+    def record(self):
+        """Within the block, forward passes of the model fill the yielded ``Features``."""
+        features = Features()
+        handles = []
+        last = self.depth - 1
+
+        def keep_tokens(index):
+            def hook(module, args, output):
+                features.tokens[index] = output[0] if isinstance(output, tuple) else output
+            return hook
+
+        def keep_attention(index):
+            def hook(module, args, output):
+                weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+                if weights is None:
+                    raise AttentionMapsUnavailable(self.model_name)
+                features.attentions[index] = weights
+            return hook
+
+        def keep_final(module, args, output):
+            sequence = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+            if last in self.token_layers:
+                features.tokens[last] = sequence
+            features.cls = sequence[:, 0]
+
+        try:
+            for index in self.token_layers:
+                if index != last:
+                    handles.append(self.blocks[index].register_forward_hook(keep_tokens(index)))
+            for index in self.attention_layers:
+                handles.append(self.attention_modules[index].register_forward_hook(keep_attention(index)))
+            if self.need_cls or last in self.token_layers:
+                handles.append(self.base.register_forward_hook(keep_final))
+            yield features
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def __call__(self, model, pixel_values: torch.Tensor) -> Features:
+        """Runs ``model`` (possibly wrapped by DDP/FSDP) on normalised pixels and returns features."""
+        with self.record() as features:
+            output = model(pixel_values=pixel_values)
+        features.logits = getattr(output, "logits", None)
+        if self.patch_size and features.tokens:
+            sequence = next(iter(features.tokens.values())).shape[1]
+            grid = (pixel_values.shape[-2] // self.patch_size) * (pixel_values.shape[-1] // self.patch_size)
+            features.num_prefix_tokens = sequence - grid
+        return features
+
+
+class AttentionMapsUnavailable(RuntimeError):
+    def __init__(self, model_name: str):
+        super().__init__(
+            f"{model_name} returned no attention maps: its attention implementation (sdpa or flash) "
+            "does not compute them. Load it with attn_implementation='eager' "
+            "(hf_robust_distill.models.load_vision_model(..., attention_maps=True) does), call "
+            "model.set_attn_implementation('eager'), or set attn_weight=0.")
+
+
+def check_compatible(student: FeatureTaps, teacher: FeatureTaps, *, embeddings: bool, patches: bool,
+                     attention: bool) -> None:
+    """Fails before training when teacher and student cannot be aligned as asked."""
+    if (embeddings or patches) and student.hidden_size != teacher.hidden_size:
+        raise ValueError(
+            f"the student's hidden size ({student.hidden_size}) differs from the teacher's "
+            f"({teacher.hidden_size}); [CLS] and patch losses need equal widths: start the student "
+            "from the teacher's checkpoint, or set cls_weight=0 and patch_weight=0")
+    if (patches or attention) and student.patch_size != teacher.patch_size:
+        raise ValueError(
+            f"the student's patch size ({student.patch_size}) differs from the teacher's "
+            f"({teacher.patch_size}): patch and attention losses need the same patch grid; "
+            "set patch_weight=0 and attn_weight=0 or use models of the same patch size")
+    if attention and student.num_heads != teacher.num_heads:
+        raise ValueError(
+            f"the student has {student.num_heads} attention heads and the teacher {teacher.num_heads}; "
+            "the attention loss compares maps head by head: set attn_weight=0")

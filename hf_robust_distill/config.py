@@ -1,0 +1,79 @@
+"""``DistillationConfig``: ``TrainingArguments`` plus every hyper-parameter of the method."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from .distortions import parse_distortions
+from .losses import ATTENTION_ROWS, CLS_LOSSES, PATCH_LOSSES
+
+DEFAULT_DISTORTIONS = "pixel_mask:0.5-0.9,noise:0.1-0.5,blur:1-4"
+
+
+@dataclass
+class DistillationConfig(TrainingArguments):
+    """Training arguments of asymmetric multi-level distillation.
+
+    The teacher sees the clean image, the student a distorted one drawn from ``distortions``.
+    The loss is ``cls_weight * L_cls + patch_weight * L_patch + attn_weight * L_attn
+    + kd_weight * L_kd + ce_weight * L_ce``; every term with weight 0 is skipped entirely.
+    Defaults (1.0 / 1.0 / 0.1 on [CLS] cosine / last-layer patch cosine / last-layer attention
+    KL) are this package's choice where the paper's are unknown; see the README.
+    """
+
+    distortions: str = field(
+        default=DEFAULT_DISTORTIONS,
+        metadata={"help": "The student's view: comma-separated name:level or name:low-high, e.g. "
+                          "'gaussian_noise:1-5,gaussian_blur:3,pixel_mask:0.5-0.9'. Paper distortions: noise "
+                          "(std), blur (sigma px), pixel_mask, patch_mask (ratio); ImageNet-C names take "
+                          "severities 1-5; 'clean' leaves a sample undistorted."},
+    )
+    distortion_patch_size: int | None = field(
+        default=None, metadata={"help": "Patch size of patch_mask; defaults to the student's patch size."})
+    cls_weight: float = field(default=1.0, metadata={"help": "Weight of the [CLS] embedding loss."})
+    cls_loss: str = field(default="cosine", metadata={"help": f"One of {CLS_LOSSES}.", "choices": list(CLS_LOSSES)})
+    infonce_temperature: float = field(default=0.1, metadata={"help": "Temperature of the InfoNCE [CLS] loss."})
+    patch_weight: float = field(default=1.0, metadata={"help": "Weight of the patch-token loss."})
+    patch_loss: str = field(default="cosine", metadata={"help": f"One of {PATCH_LOSSES}.", "choices": list(PATCH_LOSSES)})
+    patch_layers: list[int] = field(
+        default_factory=lambda: [-1],
+        metadata={"help": "Student blocks whose patch tokens are aligned (0-based, negative from the end)."})
+    attn_weight: float = field(default=0.1, metadata={"help": "Weight of the attention-map loss."})
+    attn_rows: str = field(
+        default="all", metadata={"help": "Attention rows compared: 'all' queries or the 'cls' query only.",
+                                 "choices": list(ATTENTION_ROWS)})
+    attn_layers: list[int] = field(
+        default_factory=lambda: [-1],
+        metadata={"help": "Student blocks whose attention maps are aligned (0-based, negative from the end)."})
+    kd_weight: float = field(default=0.0, metadata={"help": "Weight of logit distillation (needs a teacher head)."})
+    temperature: float = field(default=4.0, metadata={"help": "Temperature of logit distillation."})
+    ce_weight: float = field(default=0.0, metadata={"help": "Weight of cross-entropy with the labels."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: the distillation collator needs every column."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        weights = {name: getattr(self, name) for name in
+                   ("cls_weight", "patch_weight", "attn_weight", "kd_weight", "ce_weight")}
+        negative = [name for name, value in weights.items() if value < 0]
+        if negative:
+            raise ValueError(f"loss weights must be >= 0: {', '.join(negative)}")
+        if not any(weights.values()):
+            raise ValueError("every loss weight is 0: set at least one of " + ", ".join(weights))
+        if self.cls_loss not in CLS_LOSSES:
+            raise ValueError(f"cls_loss must be one of {CLS_LOSSES}, got {self.cls_loss!r}")
+        if self.patch_loss not in PATCH_LOSSES:
+            raise ValueError(f"patch_loss must be one of {PATCH_LOSSES}, got {self.patch_loss!r}")
+        if self.attn_rows not in ATTENTION_ROWS:
+            raise ValueError(f"attn_rows must be one of {ATTENTION_ROWS}, got {self.attn_rows!r}")
+        if self.temperature <= 0 or self.infonce_temperature <= 0:
+            raise ValueError("temperatures must be > 0")
+        if self.patch_weight > 0 and not self.patch_layers:
+            raise ValueError("patch_weight > 0 needs at least one layer in patch_layers")
+        if self.attn_weight > 0 and not self.attn_layers:
+            raise ValueError("attn_weight > 0 needs at least one layer in attn_layers")
+        parse_distortions(self.distortions)
+        if self.remove_unused_columns:
+            raise ValueError("remove_unused_columns=True drops the columns distillation needs; leave it False")

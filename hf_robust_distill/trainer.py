@@ -1,0 +1,234 @@
+"""``RobustDistillationTrainer``: a ``transformers.Trainer`` whose student learns, from distorted
+images, what a frozen teacher computes from the clean ones."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from transformers import Trainer
+from transformers.trainer_utils import EvalPrediction
+
+from .config import DistillationConfig
+from .data import collate_images
+from .distortions import Distorter
+from .losses import attention_loss, ce_loss, cls_loss, kd_loss, patch_loss
+from .models import FeatureTaps, PixelPreprocessor, check_compatible, map_layers, set_eager_attention
+
+LOSS_PARTS = ("loss_cls", "loss_patch", "loss_attn", "loss_kd", "loss_ce")
+
+
+def accuracy_clean_and_distorted(eval_pred: EvalPrediction) -> dict[str, float]:
+    """Student accuracy on the clean and on the distorted view of each evaluation image."""
+    clean, distorted = eval_pred.predictions
+    labels = eval_pred.label_ids
+    return {
+        "accuracy_clean": float((clean.argmax(-1) == labels).mean()),
+        "accuracy_distorted": float((distorted.argmax(-1) == labels).mean()),
+    }
+
+
+def _is_classifier(model) -> bool:
+    return type(model).__name__.endswith("ForImageClassification")
+
+
+def _as_preprocessor(processor) -> PixelPreprocessor:
+    if isinstance(processor, PixelPreprocessor):
+        return processor
+    return PixelPreprocessor.from_image_processor(processor)
+
+
+class RobustDistillationTrainer(Trainer):
+    """Asymmetric distillation: the teacher (frozen, eval, no grad) sees the clean batch, the
+    student the same batch distorted on the device by ``args.distortions``.
+
+    With ``teacher=None`` only the cross-entropy term may be on: supervised fine-tuning on the
+    distorted view (the usual baseline), or on clean images with ``distortions="clean"``.
+
+    ``processing_class`` is the student's image processor: it sets the student's input size and
+    normalisation, and is saved beside every checkpoint. ``teacher_processor`` does the same for
+    the teacher and defaults to the student's (both start from one checkpoint). Pixels arrive
+    from the collator in [0, 1]; each model normalises them at its own door.
+    """
+
+    loss_is_scaled_for_ga = False  # compute_loss returns a per-micro-batch mean
+
+    def __init__(self, model=None, teacher=None, args: DistillationConfig | None = None,
+                 train_dataset=None, eval_dataset=None, processing_class=None, data_collator=None,
+                 compute_metrics=None, teacher_processor=None, distorter: Distorter | None = None,
+                 **kwargs):
+        if not isinstance(args, DistillationConfig):
+            raise TypeError("args must be a DistillationConfig")
+        needs_teacher = any(getattr(args, w) > 0 for w in ("cls_weight", "patch_weight", "attn_weight", "kd_weight"))
+        if teacher is None and needs_teacher:
+            raise ValueError("distillation needs a teacher; without one only ce_weight may be > 0 "
+                             "(supervised fine-tuning on the distorted view)")
+        if processing_class is None:
+            raise ValueError("pass the student's image processor as processing_class, e.g. "
+                             "AutoImageProcessor.from_pretrained(student_name_or_path)")
+        if teacher is not None:
+            self._check_heads(model, teacher, args)
+        elif args.ce_weight > 0 and not _is_classifier(model):
+            raise ValueError("ce_weight > 0 needs a student with a classification head; set ce_weight=0")
+        if args.attn_weight > 0:
+            for role, m in (("student", model), ("teacher", teacher)):
+                set_eager_attention(m)
+                if m.config._attn_implementation != "eager":
+                    raise ValueError(
+                        f"the {role} ({type(m).__name__}) cannot switch to eager attention, the only "
+                        "implementation that returns attention maps; load it with "
+                        "attn_implementation='eager' or set attn_weight=0")
+
+        if compute_metrics is None and _is_classifier(model):
+            compute_metrics = accuracy_clean_and_distorted
+        super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                         processing_class=processing_class, data_collator=data_collator or collate_images,
+                         compute_metrics=compute_metrics, **kwargs)
+        self.model_accepts_loss_kwargs = False
+
+        self.student_pixels = _as_preprocessor(processing_class)
+        self.teacher_pixels = _as_preprocessor(teacher_processor or processing_class)
+        self.student_taps = FeatureTaps(
+            model,
+            token_layers=args.patch_layers if args.patch_weight > 0 else (),
+            attention_layers=args.attn_layers if args.attn_weight > 0 else (),
+            need_cls=args.cls_weight > 0,
+        )
+        self.teacher = None
+        if teacher is not None:
+            teacher_depth = len(FeatureTaps(teacher, need_cls=False).blocks)
+            self.teacher_token_layers = map_layers(self.student_taps.token_layers, self.student_taps.depth,
+                                                   teacher_depth)
+            self.teacher_attention_layers = map_layers(self.student_taps.attention_layers, self.student_taps.depth,
+                                                       teacher_depth)
+            self.teacher_taps = FeatureTaps(teacher, self.teacher_token_layers, self.teacher_attention_layers,
+                                            need_cls=args.cls_weight > 0)
+            check_compatible(self.student_taps, self.teacher_taps, embeddings=args.cls_weight > 0,
+                             patches=args.patch_weight > 0, attention=args.attn_weight > 0)
+            teacher.eval()
+            teacher.requires_grad_(False)
+            self.teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
+        self.distorter = distorter or Distorter(
+            args.distortions, patch_size=args.distortion_patch_size or self.student_taps.patch_size or 16)
+        self.loss_weights = {
+            "loss_cls": args.cls_weight, "loss_patch": args.patch_weight, "loss_attn": args.attn_weight,
+            "loss_kd": args.kd_weight, "loss_ce": args.ce_weight,
+        }
+        self._needs_teacher = needs_teacher
+        self._generator: torch.Generator | None = None
+        self._view_key = (-1, -1)  # (global step, micro-batch) of the last training view
+        self._eval_batch = 0
+        self._parts = {True: {}, False: {}}  # training?, name -> summed tensor
+        self._counts = {True: 0, False: 0}
+
+    @staticmethod
+    def _check_heads(model, teacher, args) -> None:
+        if args.kd_weight > 0:
+            if not (_is_classifier(model) and _is_classifier(teacher)):
+                raise ValueError("kd_weight > 0 needs image classifiers as teacher and student; set kd_weight=0")
+            if model.config.num_labels != teacher.config.num_labels:
+                raise ValueError(f"logit distillation needs the same classes: the student has "
+                                 f"{model.config.num_labels} labels, the teacher {teacher.config.num_labels}")
+        if args.ce_weight > 0 and not _is_classifier(model):
+            raise ValueError("ce_weight > 0 needs a student with a classification head; set ce_weight=0")
+
+    # ---- the student's view ----------------------------------------------------------------
+
+    def _view_generator(self, device: torch.device, training: bool) -> torch.Generator:
+        """A generator seeded from (seed, step, micro-batch, rank), so a resumed run draws the
+        same distortions as an uninterrupted one; evaluation draws the same views every time."""
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device)
+        if training:
+            step = self.state.global_step
+            micro = self._view_key[1] + 1 if self._view_key[0] == step else 0
+            self._view_key = (step, micro)
+            entropy = [self.args.seed, 0, step, micro, self.args.process_index]
+        else:
+            entropy = [self.args.seed, 1, self._eval_batch, 0, self.args.process_index]
+            self._eval_batch += 1
+        seed = int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> 1)
+        return self._generator.manual_seed(seed)
+
+    # ---- the loss ----------------------------------------------------------------------------
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        pixels = inputs["pixel_values"]
+        labels = inputs.get("labels")
+        with torch.no_grad():
+            view = self.distorter(pixels, self._view_generator(pixels.device, model.training))
+            teacher = self.teacher_taps(self.teacher, self.teacher_pixels(pixels)) if self._needs_teacher else None
+        student = self.student_taps(model, self.student_pixels(view))
+        parts = self.loss_parts(student, teacher, labels)
+        loss = sum(self.loss_weights[name] * value for name, value in parts.items())
+        self._accumulate(parts, model.training)
+        return (loss, student) if return_outputs else loss
+
+    def loss_parts(self, student, teacher, labels) -> dict[str, torch.Tensor]:
+        """The unweighted loss terms whose weight is not zero."""
+        a = self.args
+        parts = {}
+        if a.cls_weight > 0:
+            parts["loss_cls"] = cls_loss(student.cls, teacher.cls, a.cls_loss, a.infonce_temperature)
+        if a.patch_weight > 0:
+            parts["loss_patch"] = patch_loss(
+                [student.patch_tokens(i) for i in self.student_taps.token_layers],
+                [teacher.patch_tokens(i) for i in self.teacher_token_layers], a.patch_loss)
+        if a.attn_weight > 0:
+            parts["loss_attn"] = attention_loss(
+                [student.attentions[i] for i in self.student_taps.attention_layers],
+                [teacher.attentions[i] for i in self.teacher_attention_layers], a.attn_rows)
+        if a.kd_weight > 0:
+            parts["loss_kd"] = kd_loss(student.logits, teacher.logits, a.temperature)
+        if a.ce_weight > 0:
+            if labels is None:
+                raise ValueError("ce_weight > 0 needs labels in the dataset")
+            parts["loss_ce"] = ce_loss(student.logits, labels)
+        return parts
+
+    # ---- logging of the parts -----------------------------------------------------------------
+
+    def _accumulate(self, parts: dict[str, torch.Tensor], training: bool) -> None:
+        sums = self._parts[training]
+        for name, value in parts.items():
+            value = value.detach()
+            sums[name] = sums[name] + value if name in sums else value
+        self._counts[training] += 1
+
+    def _mean_parts(self, training: bool) -> dict[str, float]:
+        """Means since the last call, averaged over processes; resets the sums."""
+        sums, count = self._parts[training], self._counts[training]
+        self._parts[training], self._counts[training] = {}, 0
+        if not sums:
+            return {}
+        names = list(sums)
+        means = torch.stack([sums[n] for n in names]) / count
+        means = self.accelerator.reduce(means, reduction="mean")
+        return {n: round(v, 6) for n, v in zip(names, means.tolist())}
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # the periodic training log
+            logs.update(self._mean_parts(training=True))
+        super().log(logs, start_time)
+
+    # ---- evaluation ----------------------------------------------------------------------------
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        self._eval_batch = 0
+        self._parts[False], self._counts[False] = {}, 0
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                         metric_key_prefix)
+        for name, value in self._mean_parts(training=False).items():
+            output.metrics[f"{metric_key_prefix}_{name}"] = value
+        return output
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """The loss on the distorted view and, with labels, the student's logits on both views."""
+        inputs = self._prepare_inputs(inputs)
+        labels = inputs.get("labels")
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss, student = self.compute_loss(model, inputs, return_outputs=True)
+            if prediction_loss_only or labels is None or student.logits is None:
+                return loss.detach(), None, None
+            clean_logits = model(pixel_values=self.student_pixels(inputs["pixel_values"])).logits
+        return loss.detach(), (clean_logits.detach(), student.logits.detach()), labels

@@ -1,0 +1,205 @@
+"""Asymmetric multi-level ViT distillation: a frozen teacher sees clean images, the student the
+same images distorted, and the student learns to match the teacher's [CLS] embedding, patch
+tokens and attention maps.
+
+    accelerate launch recipes/multilevel.py \\
+        --teacher_name_or_path google/vit-base-patch16-224 --dataset_name timm/imagenet-1k-wds \\
+        --distortions "pixel_mask:0.5-0.9,noise:0.1-0.5,blur:1-4" --output_dir vit-b16-robust
+    python recipes/multilevel.py --config recipes/configs/multilevel_vit_base.yaml
+    python recipes/multilevel.py            # the embedded demo: digits, a tiny ViT, two CPU cores
+
+Flags: the fields of ``ScriptArguments`` below, every ``DistillationConfig`` field (loss weights,
+layers, distortions) and every ``transformers.TrainingArguments`` flag.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+
+import torch
+import yaml
+from transformers import AutoImageProcessor, HfArgumentParser
+
+from hf_robust_distill import DistillationConfig, RobustDistillationTrainer
+from hf_robust_distill.data import (
+    DEMO_DATASET,
+    class_names,
+    load_image_dataset,
+    prepare_dataset,
+    split_train_eval,
+)
+from hf_robust_distill.distortions import parse_distortions
+from hf_robust_distill.evaluation import accuracy, cls_features, fit_linear_probe
+from hf_robust_distill.models import PixelPreprocessor, has_matching_head, load_vision_model
+
+logger = logging.getLogger("multilevel")
+
+
+@dataclass
+class ScriptArguments:
+    teacher_name_or_path: str | None = field(
+        default=None, metadata={"help": "Teacher ViT (Hub id or path). Unset: the embedded demo."})
+    student_name_or_path: str | None = field(
+        default=None, metadata={"help": "Student initialisation; defaults to the teacher's checkpoint."})
+    dataset_name: str | None = field(
+        default=None, metadata={"help": f"Hub id, local imagefolder or saved dataset; unset or "
+                                        f"'{DEMO_DATASET}': the embedded digits."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
+    train_split: str = field(default="train")
+    eval_split: str | None = field(default=None, metadata={"help": "Defaults to validation/test or 10% of train."})
+    image_column: str | None = field(default=None, metadata={"help": "Found by type unless given."})
+    label_column: str | None = field(default=None, metadata={"help": "Found by type unless given."})
+    max_train_samples: int | None = field(default=None)
+    max_eval_samples: int | None = field(default=None)
+    eval_distortions: str | None = field(
+        default=None, metadata={"help": "Columns of the final table (a distortion spec); defaults to "
+                                        "each entry of --distortions."})
+    linear_probe: bool = field(
+        default=False, metadata={"help": "Also fit a linear probe on the student's frozen [CLS] features of "
+                                         "distorted training images (the paper's protocol)."})
+    probe_label_fraction: float = field(
+        default=1.0, metadata={"help": "Fraction of training labels the linear probe sees."})
+
+
+DEMO_DEFAULTS = dict(
+    output_dir="demo_output/multilevel", num_train_epochs=12, per_device_train_batch_size=32,
+    per_device_eval_batch_size=128, learning_rate=5e-4, weight_decay=1e-4, lr_scheduler_type="cosine",
+    warmup_steps=0.05, logging_steps=50, eval_strategy="no", save_strategy="no", report_to="none",
+    distortions="pixel_mask:0.5-0.8,noise:0.2-0.5,blur:1-2", linear_probe=True, disable_tqdm=True,
+)
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, DistillationConfig]:
+    """Command-line flags, optionally on top of ``--config file.yaml``; with no teacher given the
+    embedded demo's settings are the defaults, and any flag still overrides them."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser((ScriptArguments, DistillationConfig))
+    defaults = {}
+    if "--config" in argv:
+        at = argv.index("--config")
+        with open(argv[at + 1]) as f:
+            defaults.update(yaml.safe_load(f) or {})
+        del argv[at : at + 2]
+    if "--teacher_name_or_path" not in argv and not defaults.get("teacher_name_or_path"):
+        defaults = {**DEMO_DEFAULTS, **defaults}
+    parser.set_defaults(**defaults)
+    script_args, config = parser.parse_args_into_dataclasses(args=argv)
+    return script_args, config
+
+
+def build_teacher_if_demo(script_args: ScriptArguments, config: DistillationConfig) -> None:
+    if script_args.teacher_name_or_path:
+        return
+    from hf_robust_distill.demo import build_demo_vit
+
+    path = os.path.join(config.output_dir, "demo-vit-teacher")
+    logger.info("embedded demo: training a tiny ViT on clean digits into %s", path)
+    with config.main_process_first(desc="building the demo teacher"):
+        if not os.path.exists(os.path.join(path, "model.safetensors")):
+            build_demo_vit(path, seed=config.seed)
+    script_args.teacher_name_or_path = path
+
+
+def distortion_table(models: dict, preprocessors: dict, dataset, columns: list[str], seed: int) -> dict:
+    """{model name: {"clean": acc, column: acc, ...}} on the evaluation split."""
+    table = {}
+    for name, model in models.items():
+        row = {"clean": accuracy(model, preprocessors[name], dataset)}
+        for column in columns:
+            row[column] = accuracy(model, preprocessors[name], dataset, view=column, seed=seed)
+        table[name] = row
+    return table
+
+
+def linear_probe_rows(student, preprocessor, train, test, columns, fraction, seed) -> dict:
+    """Linear probe on frozen [CLS] features of distorted training images, scored per column."""
+    spec = ",".join(columns)
+    features, labels = cls_features(student, preprocessor, train, view=spec, seed=seed)
+    probe = fit_linear_probe(features, labels, fraction=fraction, seed=seed)
+    row = {}
+    for column in ["clean", *columns]:
+        x, y = cls_features(student, preprocessor, test, view=None if column == "clean" else column, seed=seed)
+        row[column] = float((probe.predict(x) == y).mean())
+    return {f"student, linear probe ({fraction:.0%} labels)": row}
+
+
+def format_table(table: dict) -> str:
+    columns = list(next(iter(table.values())))
+    lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, row in table.items():
+        lines.append(f"| {name} | " + " | ".join(f"{100 * row[c]:.1f}" for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    if not torch.cuda.is_available():
+        torch.set_flush_denormal(True)  # tiny attention probabilities are denormal; slow on CPUs
+    script_args, config = parse_args(argv)
+    build_teacher_if_demo(script_args, config)
+    student_path = script_args.student_name_or_path or script_args.teacher_name_or_path
+
+    with config.main_process_first(desc="loading the dataset"):
+        dataset = load_image_dataset(script_args.dataset_name, script_args.dataset_config, seed=config.seed)
+    train, evaluation = split_train_eval(dataset, script_args.train_split, script_args.eval_split, seed=config.seed)
+    if script_args.max_train_samples:
+        train = train.select(range(min(script_args.max_train_samples, len(train))))
+    if script_args.max_eval_samples:
+        evaluation = evaluation.select(range(min(script_args.max_eval_samples, len(evaluation))))
+    names = class_names(train, script_args.label_column or "label")
+
+    attention = config.attn_weight > 0
+    teacher = load_vision_model(script_args.teacher_name_or_path, attention_maps=attention)
+    student = load_vision_model(student_path, attention_maps=attention)
+    teacher_has_head = has_matching_head(teacher, names)
+    if names is not None and not has_matching_head(student, names):
+        logger.warning("the student's head does not predict this dataset's classes: starting a new head")
+        student = load_vision_model(student_path, attention_maps=attention, label_names=names)
+    processor = AutoImageProcessor.from_pretrained(student_path)
+    teacher_processor = AutoImageProcessor.from_pretrained(script_args.teacher_name_or_path)
+    student_pixels = PixelPreprocessor.from_image_processor(processor)
+    teacher_pixels = PixelPreprocessor.from_image_processor(teacher_processor)
+
+    size = student_pixels.size
+    train_set = prepare_dataset(train, size, script_args.image_column, script_args.label_column)
+    eval_set = prepare_dataset(evaluation, size, script_args.image_column, script_args.label_column)
+
+    trainer = RobustDistillationTrainer(
+        model=student, teacher=teacher, args=config, train_dataset=train_set,
+        eval_dataset=eval_set if config.eval_strategy != "no" else None,
+        processing_class=processor, teacher_processor=teacher_processor,
+    )
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    trainer.save_model(config.output_dir)
+
+    results = {"trainer": trainer}
+    if not trainer.is_world_process_zero():
+        return results
+    columns = [str(e) for e in parse_distortions(script_args.eval_distortions or config.distortions)]
+    student = trainer.model.eval()
+    models, preprocessors = {"student": student}, {"student": student_pixels}
+    if teacher_has_head:
+        models = {"teacher": trainer.teacher, **models}
+        preprocessors["teacher"] = teacher_pixels
+    table = {}
+    if names is not None and has_matching_head(student, names):
+        table = distortion_table(models, preprocessors, eval_set, columns, config.seed)
+    if script_args.linear_probe and names is not None:
+        table.update(linear_probe_rows(student, student_pixels, train_set, eval_set, columns,
+                                       script_args.probe_label_fraction, config.seed))
+    if table:
+        with open(os.path.join(config.output_dir, "distortion_accuracy.json"), "w") as f:
+            json.dump(table, f, indent=2)
+        print("\nTop-1 accuracy (%) on the evaluation split, clean and under each distortion:\n")
+        print(format_table(table))
+        print(f"\nStudent, table and weights in {os.path.abspath(config.output_dir)}")
+    results["table"] = table
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -3,9 +3,11 @@ images, what a frozen teacher computes from the clean ones."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
-from transformers import Trainer
+from transformers import PreTrainedModel, Trainer
 from transformers.trainer_utils import EvalPrediction
 
 from .config import DistillationConfig
@@ -232,3 +234,29 @@ class RobustDistillationTrainer(Trainer):
                 return loss.detach(), None, None
             clean_logits = model(pixel_values=self.student_pixels(inputs["pixel_values"])).logits
         return loss.detach(), (clean_logits.detach(), student.logits.detach()), labels
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """Reads checkpoint weights back through ``from_pretrained``.
+
+        transformers 5.x writes some models' weights under their legacy names (ViT's
+        ``vit.encoder.layer.N...``) while ``Trainer`` reloads them with a non-strict
+        ``load_state_dict`` that matches none of them, so a resumed run would silently restart
+        from the initial weights. ``from_pretrained`` converts the names; loading is strict.
+        """
+        model = self.model if model is None else model
+        if not self._reloads_through_from_pretrained(model, resume_from_checkpoint):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        reloaded = type(model).from_pretrained(resume_from_checkpoint, config=model.config,
+                                               dtype=next(model.parameters()).dtype)
+        model.load_state_dict(reloaded.state_dict(), strict=True)
+
+    def _load_best_model(self):
+        if not self._reloads_through_from_pretrained(self.model, self.state.best_model_checkpoint):
+            return super()._load_best_model()
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+    def _reloads_through_from_pretrained(self, model, checkpoint) -> bool:
+        return (not (self.is_fsdp_enabled or self.is_deepspeed_enabled) and isinstance(model, PreTrainedModel)
+                and os.path.isfile(os.path.join(checkpoint, "config.json")))

@@ -29,7 +29,7 @@ def demo_image_processor(image_size: int = DEMO_IMAGE_SIZE) -> ViTImageProcessor
                              image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
 
 
-def build_demo_vit(output_dir: str, epochs: int = 25, seed: int = 0, learning_rate: float = 1e-3) -> str:
+def build_demo_vit(output_dir: str, epochs: int = 15, seed: int = 0, learning_rate: float = 1e-3) -> str:
     """Trains the demo ViT from scratch on clean, upscaled scikit-learn digits and saves it
     (safetensors, config, image processor) to ``output_dir``, which it returns."""
     digits = demo_digits(seed=seed)

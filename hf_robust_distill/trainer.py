@@ -33,6 +33,20 @@ def _is_classifier(model) -> bool:
     return type(model).__name__.endswith("ForImageClassification")
 
 
+def freeze_unread_heads(model) -> None:
+    """Freezes the classifier head and pooler, which no feature loss reads.
+
+    They would get no gradient, and DDP refuses to train parameters that get none; frozen, they
+    also stay out of the optimizer. The student keeps its inherited head unchanged.
+    """
+    base = getattr(model, "base_model", model)
+    in_base = {id(p) for p in base.parameters()} if base is not model else None
+    for name, parameter in model.named_parameters():
+        outside_base = in_base is not None and id(parameter) not in in_base
+        if outside_base or ".pooler." in f".{name}":
+            parameter.requires_grad_(False)
+
+
 def _as_preprocessor(processor) -> PixelPreprocessor:
     if isinstance(processor, PixelPreprocessor):
         return processor
@@ -80,6 +94,8 @@ class RobustDistillationTrainer(Trainer):
                         "implementation that returns attention maps; load it with "
                         "attn_implementation='eager' or set attn_weight=0")
 
+        if args.kd_weight == 0 and args.ce_weight == 0:
+            freeze_unread_heads(model)
         if compute_metrics is None and _is_classifier(model):
             compute_metrics = accuracy_clean_and_distorted
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,

@@ -14,6 +14,7 @@ torch.set_num_threads(1)
 spec = importlib.util.spec_from_file_location(
     "multilevel", os.path.join(os.path.dirname(__file__), "..", "recipes", "multilevel.py"))
 recipe = importlib.util.module_from_spec(spec)
+sys.modules["multilevel"] = recipe  # dataclasses look their module up there
 spec.loader.exec_module(recipe)
 
 digest_dir, argv = sys.argv[1], sys.argv[2:]

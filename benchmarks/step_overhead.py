@@ -103,9 +103,9 @@ def run_bare(opts, data, device):
                     view = distorter(pixels, generator.manual_seed(step))
                     t = t_taps(teacher, pre(pixels))
                 s = s_taps(student, pre(view))
-                loss = (cls_loss(s.cls, t.cls) + patch_loss([s.patch_tokens(-1 % s_taps.depth)],
-                                                            [t.patch_tokens(-1 % t_taps.depth)])
-                        + 0.1 * attention_loss([s.attentions[s_taps.depth - 1]], [t.attentions[t_taps.depth - 1]]))
+                last = s_taps.depth - 1
+                loss = (cls_loss(s.cls, t.cls) + patch_loss([s.patch_tokens(last)], [t.patch_tokens(last)])
+                        + 0.1 * attention_loss([s.attentions[last]], [t.attentions[last]]))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
             optimizer.step()

@@ -151,8 +151,7 @@ def prepare_dataset(dataset: Dataset, size: tuple[int, int], image_column: str |
                     label_column: str | None = None) -> Dataset:
     """The dataset, decoding and resizing on access, yielding ``pixel_values`` (and ``labels``)."""
     image_column, label_column = find_columns(dataset, image_column, label_column)
-    prepared = dataset.with_transform(ImageTransform(image_column, label_column, tuple(size)))
-    return prepared
+    return dataset.with_transform(ImageTransform(image_column, label_column, tuple(size)))
 
 
 def collate_images(examples: list[dict]) -> dict[str, torch.Tensor]:

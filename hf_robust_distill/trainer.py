@@ -14,7 +14,8 @@ from .config import DistillationConfig
 from .data import collate_images
 from .distortions import Distorter
 from .losses import attention_loss, ce_loss, cls_loss, kd_loss, patch_loss
-from .models import FeatureTaps, PixelPreprocessor, check_compatible, map_layers, set_eager_attention
+from .models import (FeatureTaps, PixelPreprocessor, check_compatible, map_layers, set_eager_attention,
+                     transformer_blocks)
 
 LOSS_PARTS = ("loss_cls", "loss_patch", "loss_attn", "loss_kd", "loss_ce")
 
@@ -113,7 +114,7 @@ class RobustDistillationTrainer(Trainer):
         )
         self.teacher = None
         if teacher is not None:
-            teacher_depth = len(FeatureTaps(teacher, need_cls=False).blocks)
+            teacher_depth = len(transformer_blocks(teacher))
             self.teacher_token_layers = map_layers(self.student_taps.token_layers, self.student_taps.depth,
                                                    teacher_depth)
             self.teacher_attention_layers = map_layers(self.student_taps.attention_layers, self.student_taps.depth,

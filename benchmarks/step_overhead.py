@@ -5,13 +5,15 @@ identical computation (same student, teacher, batch, distortions, losses, AdamW,
     python benchmarks/step_overhead.py --hidden_size 384 --layers 12 --heads 6 --image_size 224 \\
         --patch_size 16 --batch_size 128 --steps 50 --bf16     # ViT-S/16 on a GPU
 
-Prints one JSON object; ratio = trainer / bare (1.0 means no overhead).
+Prints one JSON object; ratio = trainer / bare (1.0 means no overhead), from the medians of
+``--repeats`` alternating runs of each.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 
@@ -130,6 +132,7 @@ def main():
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="Alternating runs of each; medians are reported.")
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--distortions", default="pixel_mask:0.5-0.9,noise:0.1-0.5,blur:1-2")
     parser.add_argument("--bf16", action="store_true")
@@ -138,14 +141,17 @@ def main():
     if device.type == "cpu":
         torch.set_flush_denormal(True)
     data = RandomImages(opts.batch_size * (opts.warmup + opts.steps + 1), opts.image_size)
-    bare = run_bare(opts, data, device)
-    trainer = run_trainer(opts, data, device)
+    bare_runs, trainer_runs = [], []
+    for _ in range(opts.repeats):  # alternated, so drifting clocks or neighbours hit both alike
+        bare_runs.append(run_bare(opts, data, device))
+        trainer_runs.append(run_trainer(opts, data, device))
+    bare, trainer = statistics.median(bare_runs), statistics.median(trainer_runs)
     print(json.dumps({
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "model": f"ViT h{opts.hidden_size} L{opts.layers} {opts.image_size}px/{opts.patch_size}",
         "batch_size": opts.batch_size, "steps": opts.steps, "bf16": opts.bf16,
         "trainer_images_per_s": round(trainer, 2), "bare_images_per_s": round(bare, 2),
-        "ratio": round(trainer / bare, 3),
+        "ratio": round(trainer / bare, 3), "repeats": opts.repeats,
     }))
 
 

@@ -1,7 +1,12 @@
 """Distil image models that stay accurate on noisy, blurred, compressed or shifted inputs."""
 
+from .attacks import pgd_attack
 from .config import DistillationConfig
+from .dad import generate_dad_dataset
+from .discretize import VQDiscretizer
 from .distortions import CORRUPTIONS, Distorter, corrupt
+from .teachers import CLIPZeroShotClassifier
 from .trainer import RobustDistillationTrainer
 
-__all__ = ["CORRUPTIONS", "DistillationConfig", "Distorter", "RobustDistillationTrainer", "corrupt"]
+__all__ = ["CLIPZeroShotClassifier", "CORRUPTIONS", "DistillationConfig", "Distorter", "RobustDistillationTrainer",
+           "VQDiscretizer", "corrupt", "generate_dad_dataset", "pgd_attack"]

@@ -6,21 +6,33 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .attacks import NORMS
+from .dad import ONLINE_STEP_SIZE, OFFLINE_STEP_SIZE, AttackSettings
 from .distortions import parse_distortions
 from .losses import ATTENTION_ROWS, CLS_LOSSES, PATCH_LOSSES
+
+DAD_MODES = ("none", "online", "offline")
+LOSS_WEIGHTS = ("cls_weight", "patch_weight", "attn_weight", "kd_weight", "ce_weight", "dad_kd_weight",
+                "dad_ce_weight")
 
 DEFAULT_DISTORTIONS = "pixel_mask:0.5-0.9,noise:0.1-0.5,blur:1-4"
 
 
 @dataclass
 class DistillationConfig(TrainingArguments):
-    """Training arguments of asymmetric multi-level distillation.
+    """Training arguments of robust distillation: asymmetric multi-level distillation and DAD.
 
     The teacher sees the clean image, the student a distorted one drawn from ``distortions``.
     The loss is ``cls_weight * L_cls + patch_weight * L_patch + attn_weight * L_attn
     + kd_weight * L_kd + ce_weight * L_ce``; every term with weight 0 is skipped entirely.
     Defaults (1.0 / 1.0 / 0.1 on [CLS] cosine / last-layer patch cosine / last-layer attention
     KL) are this package's choice where the paper's are unknown; see the README.
+
+    With ``dad_mode`` ``online`` or ``offline`` the student also sees the discrete adversarial
+    image x_dad of each sample, adding ``dad_kd_weight * L_kd(x_dad) + dad_ce_weight * L_ce(x_dad)``.
+    DAD's objective, CE + (T^2/2) KL(t(x)||s(x)) + (T^2/2) KL(t(x_dad)||s(x_dad)), is
+    ``ce_weight=1, kd_weight=0.5, dad_kd_weight=0.5`` with the other weights 0 (``L_kd``
+    carries the T^2).
     """
 
     distortions: str = field(
@@ -50,13 +62,27 @@ class DistillationConfig(TrainingArguments):
     kd_weight: float = field(default=0.0, metadata={"help": "Weight of logit distillation (needs a teacher head)."})
     temperature: float = field(default=4.0, metadata={"help": "Temperature of logit distillation."})
     ce_weight: float = field(default=0.0, metadata={"help": "Weight of cross-entropy with the labels."})
+    dad_mode: str = field(
+        default="none", metadata={"help": "Discrete adversarial images for the student: 'none', 'online' "
+                                          "(made each step with the teacher and a VQ model) or 'offline' "
+                                          "(read from a dataset made by generate_dad_dataset).",
+                                  "choices": list(DAD_MODES)})
+    dad_kd_weight: float = field(default=0.0, metadata={"help": "Weight of logit distillation on DAD images."})
+    dad_ce_weight: float = field(default=0.0, metadata={"help": "Weight of cross-entropy on DAD images."})
+    attack_norm: str = field(default="l2", metadata={"help": "Norm of the PGD ball.", "choices": list(NORMS)})
+    attack_eps: float = field(default=0.1, metadata={"help": "Radius of the PGD ball in [0,1] pixel units."})
+    attack_step_size: float | None = field(
+        default=None, metadata={"help": f"PGD step; defaults to {ONLINE_STEP_SIZE} online and "
+                                        f"{OFFLINE_STEP_SIZE} offline (the official DAD settings)."})
+    attack_steps: int = field(default=1, metadata={"help": "Number of PGD steps."})
+    attack_random_start: float = field(
+        default=0.8, metadata={"help": "Probability that a sample's attack starts at a random point of the ball."})
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: the distillation collator needs every column."})
 
     def __post_init__(self):
         super().__post_init__()
-        weights = {name: getattr(self, name) for name in
-                   ("cls_weight", "patch_weight", "attn_weight", "kd_weight", "ce_weight")}
+        weights = {name: getattr(self, name) for name in LOSS_WEIGHTS}
         negative = [name for name, value in weights.items() if value < 0]
         if negative:
             raise ValueError(f"loss weights must be >= 0: {', '.join(negative)}")
@@ -75,5 +101,26 @@ class DistillationConfig(TrainingArguments):
         if self.attn_weight > 0 and not self.attn_layers:
             raise ValueError("attn_weight > 0 needs at least one layer in attn_layers")
         parse_distortions(self.distortions)
+        if self.dad_mode not in DAD_MODES:
+            raise ValueError(f"dad_mode must be one of {DAD_MODES}, got {self.dad_mode!r}")
+        dad_terms = self.dad_kd_weight > 0 or self.dad_ce_weight > 0
+        if self.dad_mode != "none" and not dad_terms:
+            raise ValueError(f"dad_mode={self.dad_mode!r} needs dad_kd_weight > 0 or dad_ce_weight > 0")
+        if dad_terms and self.dad_mode == "none":
+            raise ValueError("dad_kd_weight and dad_ce_weight need dad_mode 'online' or 'offline'")
+        if self.attack_norm not in NORMS:
+            raise ValueError(f"attack_norm must be one of {NORMS}, got {self.attack_norm!r}")
+        if self.attack_eps < 0 or self.attack_steps < 0 or (self.attack_step_size or 0) < 0:
+            raise ValueError("attack_eps, attack_step_size and attack_steps must be >= 0")
+        if not 0 <= self.attack_random_start <= 1:
+            raise ValueError(f"attack_random_start is a probability, got {self.attack_random_start}")
         if self.remove_unused_columns:
             raise ValueError("remove_unused_columns=True drops the columns distillation needs; leave it False")
+
+    def attack_settings(self, offline: bool | None = None) -> AttackSettings:
+        """The PGD settings of DAD; the default step size follows ``dad_mode`` (or ``offline``)."""
+        offline = self.dad_mode == "offline" if offline is None else offline
+        default_step = OFFLINE_STEP_SIZE if offline else ONLINE_STEP_SIZE
+        return AttackSettings(norm=self.attack_norm, eps=self.attack_eps, steps=self.attack_steps,
+                              step_size=default_step if self.attack_step_size is None else self.attack_step_size,
+                              random_start_prob=self.attack_random_start)

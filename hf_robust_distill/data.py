@@ -124,39 +124,58 @@ def to_rgb(image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _to_pixels(image, size: tuple[int, int], resample: int) -> torch.Tensor:
+    rgb = to_rgb(image).resize((size[1], size[0]), resample)
+    array = torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy())
+    if array.ndim != 3 or array.shape[-1] != 3:
+        raise ValueError(f"an image is not 3-channel after decoding: shape {tuple(array.shape)}")
+    return array.permute(2, 0, 1).float().div_(255)
+
+
 @dataclass
 class ImageTransform:
-    """``datasets`` on-the-fly transform: decoded images to (3, size, size) floats in [0, 1]."""
+    """``datasets`` on-the-fly transform: decoded images to (3, size, size) floats in [0, 1].
+
+    ``image_column`` becomes ``pixel_values`` and ``label_column`` ``labels``; ``extra_images``
+    maps further image columns to output names (an offline DAD image beside its clean one), and
+    ``extra_columns`` are passed on as tensors (stored teacher logits).
+    """
 
     image_column: str
     label_column: str | None
     size: tuple[int, int]
     resample: int = Image.BICUBIC
+    extra_images: dict[str, str] | None = None
+    extra_columns: tuple[str, ...] = ()
 
     def __call__(self, batch: dict) -> dict:
-        pixels = []
-        for image in batch[self.image_column]:
-            rgb = to_rgb(image).resize((self.size[1], self.size[0]), self.resample)
-            array = torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy())
-            if array.ndim != 3 or array.shape[-1] != 3:
-                raise ValueError(f"an image is not 3-channel after decoding: shape {tuple(array.shape)}")
-            pixels.append(array.permute(2, 0, 1).float().div_(255))
-        out = {"pixel_values": pixels}
+        out = {"pixel_values": [_to_pixels(im, self.size, self.resample) for im in batch[self.image_column]]}
+        for column, name in (self.extra_images or {}).items():
+            out[name] = [_to_pixels(im, self.size, self.resample) for im in batch[column]]
+        for column in self.extra_columns:
+            out[column] = [torch.as_tensor(v, dtype=torch.float32) for v in batch[column]]
         if self.label_column is not None:
             out["labels"] = batch[self.label_column]
         return out
 
 
 def prepare_dataset(dataset: Dataset, size: tuple[int, int], image_column: str | None = None,
-                    label_column: str | None = None) -> Dataset:
-    """The dataset, decoding and resizing on access, yielding ``pixel_values`` (and ``labels``)."""
+                    label_column: str | None = None, extra_images: dict[str, str] | None = None,
+                    extra_columns: tuple[str, ...] = ()) -> Dataset:
+    """The dataset, decoding and resizing on access, yielding ``pixel_values`` (and ``labels``,
+    and the ``extra_images`` / ``extra_columns`` of ``ImageTransform``)."""
     image_column, label_column = find_columns(dataset, image_column, label_column)
-    return dataset.with_transform(ImageTransform(image_column, label_column, tuple(size)))
+    return dataset.with_transform(ImageTransform(image_column, label_column, tuple(size),
+                                                 extra_images=extra_images, extra_columns=tuple(extra_columns)))
 
 
 def collate_images(examples: list[dict]) -> dict[str, torch.Tensor]:
-    """Stacks ``pixel_values`` (B, 3, H, W) in [0, 1] and, when present, ``labels`` (B,)."""
-    batch = {"pixel_values": torch.stack([e["pixel_values"] for e in examples])}
-    if "labels" in examples[0]:
-        batch["labels"] = torch.tensor([e["labels"] for e in examples], dtype=torch.long)
+    """Stacks ``pixel_values`` (B, 3, H, W) in [0, 1] and every other tensor field; ``labels``
+    become a (B,) long tensor."""
+    batch = {}
+    for key, value in examples[0].items():
+        if key == "labels":
+            batch[key] = torch.tensor([e[key] for e in examples], dtype=torch.long)
+        elif isinstance(value, torch.Tensor):
+            batch[key] = torch.stack([e[key] for e in examples])
     return batch

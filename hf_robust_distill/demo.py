@@ -4,11 +4,21 @@ and then loaded back with ``from_pretrained`` exactly as Hub checkpoints would b
 from __future__ import annotations
 
 import os
+import random
 
-from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+import torch
+from diffusers import VQModel
+from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+from tokenizers.models import WordLevel
+from torch.utils.data import DataLoader
+from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, PreTrainedTokenizerFast, Trainer,
+                          TrainingArguments, ViTConfig, ViTForImageClassification, ViTImageProcessor)
 
 from .config import DistillationConfig
-from .data import class_names, demo_digits, prepare_dataset
+from .data import class_names, collate_images, demo_digits, prepare_dataset
+from .discretize import VQDiscretizer
+from .models import PixelPreprocessor
+from .prompts import OPENAI_IMAGENET_TEMPLATES
 from .trainer import RobustDistillationTrainer
 
 DEMO_IMAGE_SIZE = 32
@@ -48,4 +58,121 @@ def build_demo_vit(output_dir: str, epochs: int = 15, seed: int = 0, learning_ra
                                         train_dataset=prepare_dataset(digits["train"], size))
     trainer.train()
     trainer.save_model(output_dir)
+    return os.path.abspath(output_dir)
+
+
+# ---- a tiny CLIP, trained contrastively on digits with captions ----------------------------------
+
+DEMO_CAPTIONS = ("a photo of the digit {}.", "a handwritten {}.", "the number {}.", "a drawing of a {}.")
+"""Caption templates of the demo CLIP's training pairs; its zero-shot head uses others too."""
+
+
+def build_word_tokenizer(texts, max_length: int = 16):
+    """A word-level tokenizer over the words of ``texts``, built offline with ``tokenizers``:
+    lower-cased, split on whitespace and punctuation, wrapped in ``<|startoftext|>`` and
+    ``<|endoftext|>`` as CLIP's is."""
+    special = ["<pad>", "<unk>", "<|startoftext|>", "<|endoftext|>"]
+    splitter = pre_tokenizers.Whitespace()
+    words = sorted({w for t in texts for w, _ in splitter.pre_tokenize_str(t.lower())})
+    vocab = {token: i for i, token in enumerate(special + words)}
+    tokenizer = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = splitter
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|startoftext|> $A <|endoftext|>",
+        special_tokens=[("<|startoftext|>", vocab["<|startoftext|>"]), ("<|endoftext|>", vocab["<|endoftext|>"])])
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|startoftext|>", eos_token="<|endoftext|>",
+                                   pad_token="<pad>", unk_token="<unk>", model_max_length=max_length)
+
+
+def demo_clip_config(tokenizer, image_size: int = DEMO_IMAGE_SIZE, hidden_size: int = 64, vision_layers: int = 3,
+                     text_layers: int = 2, heads: int = 4) -> CLIPConfig:
+    """A CLIP whose image tower matches the demo ViT (3 blocks, width 64, 8 px patches) and whose
+    text tower reads ``tokenizer``'s ids."""
+    shared = dict(hidden_size=hidden_size, num_attention_heads=heads, intermediate_size=2 * hidden_size)
+    vision = dict(image_size=image_size, patch_size=8, num_hidden_layers=vision_layers, **shared)
+    text = dict(vocab_size=len(tokenizer), num_hidden_layers=text_layers, max_position_embeddings=tokenizer.model_max_length,
+                pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id, **shared)
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=hidden_size)
+
+
+def demo_clip_image_processor(image_size: int = DEMO_IMAGE_SIZE):
+    """CLIP's own processor settings (OpenAI mean/std, shortest-edge resize, centre crop) at the demo size."""
+    return CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+
+
+class CaptionedImages:
+    """Collator of (image, caption) pairs: [0, 1] pixels normalised for CLIP, and for each image a
+    caption drawn from ``templates`` for its class name."""
+
+    def __init__(self, tokenizer, image_processor, names, templates=DEMO_CAPTIONS, seed: int = 0):
+        self.tokenizer, self.names, self.templates = tokenizer, names, templates
+        self.pixels = PixelPreprocessor.from_image_processor(image_processor)
+        self.rng = random.Random(seed)
+
+    def __call__(self, examples):
+        captions = [self.rng.choice(self.templates).format(self.names[e["labels"]]) for e in examples]
+        tokens = self.tokenizer(captions, padding=True, return_tensors="pt")
+        pixels = torch.stack([e["pixel_values"] for e in examples])
+        return {"pixel_values": self.pixels(pixels), "input_ids": tokens["input_ids"],
+                "attention_mask": tokens["attention_mask"], "return_loss": True}
+
+
+def build_demo_clip(output_dir: str, epochs: int = 15, seed: int = 0, learning_rate: float = 1e-3) -> str:
+    """Trains a tiny CLIP (CLIP's contrastive loss, ``transformers.Trainer``) on clean digits and
+    captions such as "a photo of the digit 3.", and saves model, tokenizer and image processor."""
+    digits = demo_digits(seed=seed)
+    names = class_names(digits["train"], "label")
+    vocabulary = [t.format(n) for n in names for t in DEMO_CAPTIONS + OPENAI_IMAGENET_TEMPLATES]
+    tokenizer = build_word_tokenizer(vocabulary)
+    image_processor = demo_clip_image_processor()
+    model = CLIPModel(demo_clip_config(tokenizer))
+    model.set_attn_implementation("eager")
+    args = TrainingArguments(
+        output_dir=output_dir, num_train_epochs=epochs, per_device_train_batch_size=64, learning_rate=learning_rate,
+        weight_decay=0.05, lr_scheduler_type="cosine", warmup_steps=0.05, logging_steps=50, save_strategy="no",
+        report_to="none", seed=seed, disable_tqdm=True, remove_unused_columns=False,
+    )
+    train = prepare_dataset(digits["train"], (DEMO_IMAGE_SIZE, DEMO_IMAGE_SIZE))
+    Trainer(model=model, args=args, train_dataset=train,
+            data_collator=CaptionedImages(tokenizer, image_processor, names, seed=seed)).train()
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    image_processor.save_pretrained(output_dir)
+    return os.path.abspath(output_dir)
+
+
+# ---- a tiny VQ autoencoder --------------------------------------------------------------------
+
+def demo_vq_model(image_size: int = DEMO_IMAGE_SIZE, num_codes: int = 256):
+    """A ``diffusers.VQModel`` with a 4x downsampling (32 px images -> 8 x 8 codes of dim 4)."""
+    return VQModel(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
+                   up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(32, 64, 64), layers_per_block=1,
+                   latent_channels=4, vq_embed_dim=4, num_vq_embeddings=num_codes, norm_num_groups=16,
+                   sample_size=image_size, mid_block_add_attention=False)
+
+
+def build_demo_vq(output_dir: str, epochs: int = 8, seed: int = 0, learning_rate: float = 2e-3,
+                  batch_size: int = 64) -> str:
+    """Trains the demo VQ model as an autoencoder (L1 reconstruction plus VQ commitment loss) on
+    clean digits in [-1, 1], and saves it in diffusers format with its input range."""
+    torch.manual_seed(seed)
+    digits = demo_digits(seed=seed)
+    train = prepare_dataset(digits["train"], (DEMO_IMAGE_SIZE, DEMO_IMAGE_SIZE))
+    model = demo_vq_model().train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
+    loader = DataLoader(train, batch_size=batch_size, shuffle=True, collate_fn=collate_images,
+                        generator=torch.Generator().manual_seed(seed))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, learning_rate, total_steps=epochs * len(loader))
+    for _ in range(epochs):
+        for batch in loader:
+            x = batch["pixel_values"] * 2 - 1
+            out = model(x)
+            loss = (out.sample - x).abs().mean() + out.commit_loss.mean()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            schedule.step()
+    VQDiscretizer(model.eval(), input_range="[-1,1]").save_pretrained(output_dir)
     return os.path.abspath(output_dir)

@@ -170,17 +170,27 @@ class Features:
     def patch_tokens(self, layer: int) -> torch.Tensor:
         return self.tokens[layer][:, self.num_prefix_tokens:]
 
+    def rows(self, index: slice) -> Features:
+        """The features of a slice of the batch (one view of a concatenated forward pass)."""
+        def pick(tensor):
+            return None if tensor is None else tensor[index]
+
+        return Features(pick(self.logits), pick(self.cls), {k: v[index] for k, v in self.tokens.items()},
+                        {k: v[index] for k, v in self.attentions.items()}, self.num_prefix_tokens)
+
 
 class FeatureTaps:
     """Hooks on a ViT-family model that record the features named at construction.
 
     Block ``i`` of ``token_layers`` is the output of transformer block ``i``; the last block is
     read after the model's final norm, i.e. the sequence the classifier and probes see, whose
-    first token is ``Features.cls``.
+    first token is ``Features.cls``. With nothing to record but logits, any classifier works
+    (a ResNet student of logit distillation).
     """
 
     def __init__(self, model: PreTrainedModel, token_layers=(), attention_layers=(), need_cls: bool = True):
-        self.blocks = transformer_blocks(model, "hidden_states")
+        reads_blocks = bool(token_layers or attention_layers or need_cls)
+        self.blocks = transformer_blocks(model, "hidden_states") if reads_blocks else []
         self.depth = len(self.blocks)
         self.token_layers = resolve_layers(list(token_layers), self.depth)
         self.attention_layers = resolve_layers(list(attention_layers), self.depth)
@@ -244,6 +254,21 @@ class FeatureTaps:
             grid = (pixel_values.shape[-2] // self.patch_size) * (pixel_values.shape[-1] // self.patch_size)
             features.num_prefix_tokens = sequence - grid
         return features
+
+
+class PixelSpaceClassifier(torch.nn.Module):
+    """An image classifier that takes [0, 1] pixels: its preprocessor at the door, logits out.
+
+    What attacks and the DAD pipeline call; ``CLIPZeroShotClassifier`` already is one.
+    """
+
+    def __init__(self, model: torch.nn.Module, preprocessor: PixelPreprocessor):
+        super().__init__()
+        self.model = model
+        self.preprocessor = preprocessor
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=self.preprocessor(pixel_values)).logits
 
 
 class AttentionMapsUnavailable(RuntimeError):

@@ -11,13 +11,15 @@ from transformers import PreTrainedModel, Trainer
 from transformers.trainer_utils import EvalPrediction
 
 from .config import DistillationConfig
+from .dad import dad_images
 from .data import collate_images
 from .distortions import Distorter
 from .losses import attention_loss, ce_loss, cls_loss, kd_loss, patch_loss
-from .models import (FeatureTaps, PixelPreprocessor, check_compatible, map_layers, set_eager_attention,
-                     transformer_blocks)
+from .models import (Features, FeatureTaps, PixelPreprocessor, PixelSpaceClassifier, check_compatible, map_layers,
+                     set_eager_attention, transformer_blocks)
 
-LOSS_PARTS = ("loss_cls", "loss_patch", "loss_attn", "loss_kd", "loss_ce")
+LOSS_PARTS = ("loss_cls", "loss_patch", "loss_attn", "loss_kd", "loss_ce", "loss_kd_dad", "loss_ce_dad")
+STORED_TEACHER_LOGITS = ("teacher_logits_clean", "teacher_logits_dad")
 
 
 def accuracy_clean_and_distorted(eval_pred: EvalPrediction) -> dict[str, float]:
@@ -32,6 +34,19 @@ def accuracy_clean_and_distorted(eval_pred: EvalPrediction) -> dict[str, float]:
 
 def _is_classifier(model) -> bool:
     return type(model).__name__.endswith("ForImageClassification")
+
+
+def _num_labels(model) -> int | None:
+    """Classes a model predicts: a transformers image classifier's or a pixel-space classifier's."""
+    if isinstance(model, PreTrainedModel):
+        return model.config.num_labels if _is_classifier(model) else None
+    return getattr(model, "num_labels", None)
+
+
+def _stored_teacher_logits(dataset) -> bool:
+    """Whether an offline DAD training set carries the teacher's logits (so it can be skipped)."""
+    columns = getattr(dataset, "column_names", None) or []
+    return all(c in columns for c in STORED_TEACHER_LOGITS)
 
 
 def freeze_unread_heads(model) -> None:
@@ -58,13 +73,21 @@ class RobustDistillationTrainer(Trainer):
     """Asymmetric distillation: the teacher (frozen, eval, no grad) sees the clean batch, the
     student the same batch distorted on the device by ``args.distortions``.
 
-    With ``teacher=None`` only the cross-entropy term may be on: supervised fine-tuning on the
-    distorted view (the usual baseline), or on clean images with ``distortions="clean"``.
+    With ``args.dad_mode`` the student also learns from discrete adversarial (DAD) images:
+    ``online`` makes them each step (VQ, one PGD step against the teacher, VQ again; pass the
+    ``discretizer``), ``offline`` reads them from the batch (``dad_pixel_values``, a training
+    set paired by ``dad.pair_with_dad``), with the teacher's logits when they were stored.
+
+    The teacher is a transformers model (a ViT of the student's shape for the [CLS], patch and
+    attention terms; any image classifier for logit terms) or a classifier of [0, 1] pixels
+    such as ``CLIPZeroShotClassifier`` (logit terms only). With ``teacher=None`` only
+    cross-entropy terms may be on: supervised fine-tuning on the distorted view (the usual
+    baseline), or on clean images with ``distortions="clean"``.
 
     ``processing_class`` is the student's image processor: it sets the student's input size and
     normalisation, and is saved beside every checkpoint. ``teacher_processor`` does the same for
-    the teacher and defaults to the student's (both start from one checkpoint). Pixels arrive
-    from the collator in [0, 1]; each model normalises them at its own door.
+    a transformers teacher and defaults to the student's (both start from one checkpoint).
+    Pixels arrive from the collator in [0, 1]; each model normalises them at its own door.
     """
 
     loss_is_scaled_for_ga = False  # compute_loss returns a per-micro-batch mean
@@ -72,20 +95,27 @@ class RobustDistillationTrainer(Trainer):
     def __init__(self, model=None, teacher=None, args: DistillationConfig | None = None,
                  train_dataset=None, eval_dataset=None, processing_class=None, data_collator=None,
                  compute_metrics=None, teacher_processor=None, distorter: Distorter | None = None,
-                 **kwargs):
+                 discretizer=None, **kwargs):
         if not isinstance(args, DistillationConfig):
             raise TypeError("args must be a DistillationConfig")
-        needs_teacher = any(getattr(args, w) > 0 for w in ("cls_weight", "patch_weight", "attn_weight", "kd_weight"))
+        feature_terms = any(getattr(args, w) > 0 for w in ("cls_weight", "patch_weight", "attn_weight"))
+        stored = args.dad_mode == "offline" and _stored_teacher_logits(train_dataset)
+        needs_teacher = (feature_terms or args.dad_mode == "online"
+                         or ((args.kd_weight > 0 or args.dad_kd_weight > 0) and not stored))
         if teacher is None and needs_teacher:
-            raise ValueError("distillation needs a teacher; without one only ce_weight may be > 0 "
-                             "(supervised fine-tuning on the distorted view)")
+            raise ValueError("distillation needs a teacher; without one only ce_weight and dad_ce_weight may be "
+                             "> 0, or an offline DAD dataset must carry the teacher's logits "
+                             "(generate_dad_dataset(..., teacher_logits=True))")
         if processing_class is None:
             raise ValueError("pass the student's image processor as processing_class, e.g. "
                              "AutoImageProcessor.from_pretrained(student_name_or_path)")
-        if teacher is not None:
-            self._check_heads(model, teacher, args)
-        elif args.ce_weight > 0 and not _is_classifier(model):
-            raise ValueError("ce_weight > 0 needs a student with a classification head; set ce_weight=0")
+        if args.dad_mode == "online" and discretizer is None:
+            raise ValueError("online DAD needs a VQ model: pass discretizer=VQDiscretizer.from_pretrained(...)")
+        pixel_teacher = teacher is not None and not isinstance(teacher, PreTrainedModel)
+        if pixel_teacher and feature_terms:
+            raise ValueError(f"a {type(teacher).__name__} teacher gives logits only; set cls_weight, patch_weight "
+                             "and attn_weight to 0, or use a ViT teacher of the student's shape for those terms")
+        self._check_heads(model, teacher, args)
         if args.attn_weight > 0:
             for role, m in (("student", model), ("teacher", teacher)):
                 set_eager_attention(m)
@@ -95,7 +125,7 @@ class RobustDistillationTrainer(Trainer):
                         "implementation that returns attention maps; load it with "
                         "attn_implementation='eager' or set attn_weight=0")
 
-        if args.kd_weight == 0 and args.ce_weight == 0:
+        if not any(getattr(args, w) > 0 for w in ("kd_weight", "ce_weight", "dad_kd_weight", "dad_ce_weight")):
             freeze_unread_heads(model)
         if compute_metrics is None and _is_classifier(model):
             compute_metrics = accuracy_clean_and_distorted
@@ -103,6 +133,7 @@ class RobustDistillationTrainer(Trainer):
                          processing_class=processing_class, data_collator=data_collator or collate_images,
                          compute_metrics=compute_metrics, **kwargs)
         self.model_accepts_loss_kwargs = False
+        self._feature_terms = feature_terms
 
         self.student_pixels = _as_preprocessor(processing_class)
         self.teacher_pixels = _as_preprocessor(teacher_processor or processing_class)
@@ -112,43 +143,58 @@ class RobustDistillationTrainer(Trainer):
             attention_layers=args.attn_layers if args.attn_weight > 0 else (),
             need_cls=args.cls_weight > 0,
         )
-        self.teacher = None
+        self.teacher = self.teacher_taps = self.teacher_classifier = None
         if teacher is not None:
-            teacher_depth = len(transformer_blocks(teacher))
-            self.teacher_token_layers = map_layers(self.student_taps.token_layers, self.student_taps.depth,
-                                                   teacher_depth)
-            self.teacher_attention_layers = map_layers(self.student_taps.attention_layers, self.student_taps.depth,
-                                                       teacher_depth)
-            self.teacher_taps = FeatureTaps(teacher, self.teacher_token_layers, self.teacher_attention_layers,
-                                            need_cls=args.cls_weight > 0)
-            check_compatible(self.student_taps, self.teacher_taps, embeddings=args.cls_weight > 0,
-                             patches=args.patch_weight > 0, attention=args.attn_weight > 0)
             teacher.eval()
             teacher.requires_grad_(False)
+            if not pixel_teacher:
+                self._tap_teacher(teacher, args)
             self.teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
+            self.teacher_classifier = (self.teacher if pixel_teacher
+                                       else PixelSpaceClassifier(self.teacher, self.teacher_pixels))
+        self.discretizer = discretizer.to(self.args.device) if discretizer is not None else None
+        self.attack = args.attack_settings()
         self.distorter = distorter or Distorter(
             args.distortions, patch_size=args.distortion_patch_size or self.student_taps.patch_size or 16)
         self.loss_weights = {
             "loss_cls": args.cls_weight, "loss_patch": args.patch_weight, "loss_attn": args.attn_weight,
-            "loss_kd": args.kd_weight, "loss_ce": args.ce_weight,
+            "loss_kd": args.kd_weight, "loss_ce": args.ce_weight, "loss_kd_dad": args.dad_kd_weight,
+            "loss_ce_dad": args.dad_ce_weight,
         }
-        self._needs_teacher = needs_teacher
         self._generator: torch.Generator | None = None
         self._view_key = (-1, -1)  # (global step, micro-batch) of the last training view
         self._eval_batch = 0
         self._parts = {True: {}, False: {}}  # training?, name -> summed tensor
         self._counts = {True: 0, False: 0}
 
+    def _tap_teacher(self, teacher, args) -> None:
+        """Hooks on a transformers teacher for the feature terms, mapped by relative depth."""
+        if not self._feature_terms:
+            self.teacher_token_layers = self.teacher_attention_layers = []
+            self.teacher_taps = FeatureTaps(teacher, need_cls=False)
+            return
+        teacher_depth = len(transformer_blocks(teacher))
+        self.teacher_token_layers = map_layers(self.student_taps.token_layers, self.student_taps.depth, teacher_depth)
+        self.teacher_attention_layers = map_layers(self.student_taps.attention_layers, self.student_taps.depth,
+                                                   teacher_depth)
+        self.teacher_taps = FeatureTaps(teacher, self.teacher_token_layers, self.teacher_attention_layers,
+                                        need_cls=args.cls_weight > 0)
+        check_compatible(self.student_taps, self.teacher_taps, embeddings=args.cls_weight > 0,
+                         patches=args.patch_weight > 0, attention=args.attn_weight > 0)
+
     @staticmethod
     def _check_heads(model, teacher, args) -> None:
-        if args.kd_weight > 0:
-            if not (_is_classifier(model) and _is_classifier(teacher)):
-                raise ValueError("kd_weight > 0 needs image classifiers as teacher and student; set kd_weight=0")
-            if model.config.num_labels != teacher.config.num_labels:
-                raise ValueError(f"logit distillation needs the same classes: the student has "
-                                 f"{model.config.num_labels} labels, the teacher {teacher.config.num_labels}")
-        if args.ce_weight > 0 and not _is_classifier(model):
-            raise ValueError("ce_weight > 0 needs a student with a classification head; set ce_weight=0")
+        if (args.kd_weight > 0 or args.dad_kd_weight > 0) and teacher is not None:
+            student_classes, teacher_classes = _num_labels(model), _num_labels(teacher)
+            if student_classes is None or teacher_classes is None:
+                raise ValueError("logit distillation (kd_weight, dad_kd_weight) needs image classifiers as "
+                                 "teacher and student; set those weights to 0")
+            if student_classes != teacher_classes:
+                raise ValueError(f"logit distillation needs the same classes: the student has {student_classes} "
+                                 f"labels, the teacher {teacher_classes}")
+        if (args.ce_weight > 0 or args.dad_ce_weight > 0 or args.kd_weight > 0) and not _is_classifier(model):
+            raise ValueError("ce_weight, dad_ce_weight and kd_weight need a student with a classification head; "
+                             "set them to 0")
 
     # ---- the student's view ----------------------------------------------------------------
 
@@ -173,17 +219,64 @@ class RobustDistillationTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         pixels = inputs["pixel_values"]
         labels = inputs.get("labels")
+        batch = len(pixels)
+        generator = self._view_generator(pixels.device, model.training)
+        dad = self._dad_batch(inputs, labels, generator, model.training)
         with torch.no_grad():
-            view = self.distorter(pixels, self._view_generator(pixels.device, model.training))
-            teacher = self.teacher_taps(self.teacher, self.teacher_pixels(pixels)) if self._needs_teacher else None
-        student = self.student_taps(model, self.student_pixels(view))
-        parts = self.loss_parts(student, teacher, labels)
+            views = [self.distorter(pixels, generator)]
+            if dad is not None:
+                views.append(self.distorter(dad, generator))
+            teacher, teacher_dad_logits = self._teacher_outputs(pixels, dad, inputs)
+        student = self.student_taps(model, self.student_pixels(torch.cat(views)))  # one pass over both views
+        student_clean = student.rows(slice(0, batch))
+        parts = self.loss_parts(student_clean, teacher, labels)
+        if dad is not None:
+            parts.update(self.dad_loss_parts(student.logits[batch:], teacher_dad_logits, labels))
         loss = sum(self.loss_weights[name] * value for name, value in parts.items())
         self._accumulate(parts, model.training)
-        return (loss, student) if return_outputs else loss
+        return (loss, student_clean) if return_outputs else loss
+
+    def _dad_batch(self, inputs, labels, generator, training: bool) -> torch.Tensor | None:
+        """The batch's DAD images: made now (online) or read from the batch (offline)."""
+        mode = self.args.dad_mode
+        if mode == "none":
+            return None
+        if mode == "offline":
+            if "dad_pixel_values" in inputs:
+                return inputs["dad_pixel_values"]
+            if not training:
+                return None  # evaluation sets carry no DAD images: clean and distorted terms only
+            raise ValueError("offline DAD needs each clean image's DAD image in the batch (dad_pixel_values): "
+                             "pair the training set with dad.pair_with_dad(train, dad_dataset) and prepare it "
+                             "with extra_images={'dad_image': 'dad_pixel_values'}")
+        return dad_images(self.teacher_classifier, self.discretizer, inputs["pixel_values"], labels,
+                          self.attack, generator)
+
+    def _run_teacher(self, pixels: torch.Tensor) -> Features:
+        if self.teacher_taps is not None:
+            return self.teacher_taps(self.teacher, self.teacher_pixels(pixels))
+        return Features(logits=self.teacher(pixels))
+
+    def _teacher_outputs(self, pixels, dad, inputs) -> tuple[Features | None, torch.Tensor | None]:
+        """The teacher's features on the clean batch and its logits on the DAD batch, from one
+        forward pass over both; logits stored in an offline dataset are used instead."""
+        a = self.args
+        stored_clean, stored_dad = (inputs.get(name) for name in STORED_TEACHER_LOGITS)
+        need_clean = self._feature_terms or (a.kd_weight > 0 and stored_clean is None)
+        need_dad = dad is not None and a.dad_kd_weight > 0 and stored_dad is None
+        clean = Features(logits=stored_clean) if stored_clean is not None else None
+        dad_logits = stored_dad if dad is not None else None
+        runs = [x for x, needed in ((pixels, need_clean), (dad, need_dad)) if needed]
+        if runs:
+            features = self._run_teacher(torch.cat(runs))
+            if need_clean:
+                clean = features.rows(slice(0, len(pixels)))
+            if need_dad:
+                dad_logits = features.logits[-len(dad):]
+        return clean, dad_logits
 
     def loss_parts(self, student, teacher, labels) -> dict[str, torch.Tensor]:
-        """The unweighted loss terms whose weight is not zero."""
+        """The unweighted loss terms of the clean sample whose weight is not zero."""
         a = self.args
         parts = {}
         if a.cls_weight > 0:
@@ -199,10 +292,23 @@ class RobustDistillationTrainer(Trainer):
         if a.kd_weight > 0:
             parts["loss_kd"] = kd_loss(student.logits, teacher.logits, a.temperature)
         if a.ce_weight > 0:
-            if labels is None:
-                raise ValueError("ce_weight > 0 needs labels in the dataset")
-            parts["loss_ce"] = ce_loss(student.logits, labels)
+            parts["loss_ce"] = ce_loss(student.logits, self._labels(labels))
         return parts
+
+    def dad_loss_parts(self, student_logits, teacher_logits, labels) -> dict[str, torch.Tensor]:
+        """The unweighted loss terms of the DAD image whose weight is not zero."""
+        parts = {}
+        if self.args.dad_kd_weight > 0:
+            parts["loss_kd_dad"] = kd_loss(student_logits, teacher_logits, self.args.temperature)
+        if self.args.dad_ce_weight > 0:
+            parts["loss_ce_dad"] = ce_loss(student_logits, self._labels(labels))
+        return parts
+
+    @staticmethod
+    def _labels(labels):
+        if labels is None:
+            raise ValueError("ce_weight and dad_ce_weight need labels in the dataset")
+        return labels
 
     # ---- logging of the parts -----------------------------------------------------------------
 

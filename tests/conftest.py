@@ -8,8 +8,12 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import ViTForImageClassification  # noqa: E402
 
+from transformers import CLIPModel  # noqa: E402
+
 from hf_robust_distill.data import demo_digits, prepare_dataset  # noqa: E402
-from hf_robust_distill.demo import demo_image_processor, demo_vit_config  # noqa: E402
+from hf_robust_distill.demo import (DEMO_CAPTIONS, build_word_tokenizer, demo_clip_config,  # noqa: E402
+                                    demo_clip_image_processor, demo_image_processor, demo_vit_config, demo_vq_model)
+from hf_robust_distill.discretize import VQDiscretizer  # noqa: E402
 
 torch.set_flush_denormal(True)
 DIGIT_NAMES = [str(i) for i in range(10)]
@@ -36,3 +40,26 @@ def digits():
     data = demo_digits()
     return (prepare_dataset(data["train"].select(range(64)), (32, 32)),
             prepare_dataset(data["test"].select(range(32)), (32, 32)))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> str:
+    """A randomly initialised CLIP (towers of width 32, 2 blocks) with a word-level tokenizer
+    built offline and CLIP's image processor, saved as a Hub checkpoint would be."""
+    path = tmp_path_factory.mktemp("tiny-clip")
+    tokenizer = build_word_tokenizer([t.format(n) for n in DIGIT_NAMES for t in DEMO_CAPTIONS])
+    torch.manual_seed(0)
+    model = CLIPModel(demo_clip_config(tokenizer, hidden_size=32, vision_layers=2, text_layers=2, heads=2))
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    demo_clip_image_processor().save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_vq(tmp_path_factory) -> str:
+    """A randomly initialised 4x-downsampling VQ model in diffusers format, input range [-1, 1]."""
+    path = tmp_path_factory.mktemp("tiny-vq")
+    torch.manual_seed(0)
+    VQDiscretizer(demo_vq_model(num_codes=64), input_range="[-1,1]").save_pretrained(str(path))
+    return str(path)

@@ -1,0 +1,277 @@
+"""Discrete adversarial distillation (DAD) images: ``x_dad = VQ(PGD(teacher, VQ(x)))``, the attack
+projected around ``VQ(x)``.
+
+Online, ``dad_images`` makes them batch by batch inside the trainer. Offline,
+``generate_dad_dataset`` makes them once for a whole dataset and writes a ``datasets`` dataset
+in Parquet shards (``data/train-XXXXX-of-YYYYY.parquet``): resumable shard by shard, one writer
+per shard across processes, labels copied from the source row, never re-derived.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from accelerate import PartialState
+from datasets import (ClassLabel, Dataset, Features, Image as ImageFeature, List, Value, concatenate_datasets,
+                      load_dataset)
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+from .attacks import pgd_attack
+from .data import collate_images, find_columns, prepare_dataset
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "dad_generation.json"
+ONLINE_STEP_SIZE, OFFLINE_STEP_SIZE = 0.1, 0.01
+
+
+@dataclass(frozen=True)
+class AttackSettings:
+    """The PGD step of DAD; defaults are the official code's (L2, eps 0.1, one step, random start
+    with probability 0.8; step 0.1 online, 0.01 offline)."""
+
+    norm: str = "l2"
+    eps: float = 0.1
+    step_size: float = ONLINE_STEP_SIZE
+    steps: int = 1
+    random_start_prob: float = 0.8
+
+    @classmethod
+    def offline(cls, **overrides) -> AttackSettings:
+        return cls(**{"step_size": OFFLINE_STEP_SIZE, **overrides})
+
+
+class Stopwatch:
+    """Seconds spent per named section, for throughput reports. With ``synchronize`` the device's
+    queued work is waited for at the end of each section (true times, slower runs)."""
+
+    def __init__(self, synchronize: bool = True):
+        self.seconds: dict[str, float] = {}
+        self.synchronize = synchronize
+
+    @contextlib.contextmanager
+    def section(self, name: str, device: torch.device | None = None):
+        start = time.perf_counter()
+        yield
+        if self.synchronize and device is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+def dad_images(teacher, discretizer, images: torch.Tensor, labels: torch.Tensor | None,
+               attack: AttackSettings = AttackSettings(), generator: torch.Generator | None = None,
+               stopwatch: Stopwatch | None = None) -> torch.Tensor:
+    """DAD images of a [0, 1] batch: discretize, one PGD step against ``teacher`` (a classifier of
+    [0, 1] pixels) around the discretized image, discretize again."""
+    timed = (stopwatch or Stopwatch(synchronize=False)).section
+    with timed("vq", images.device):
+        base = discretizer(images)
+    with timed("attack", images.device):
+        adversarial = pgd_attack(teacher, base, labels, eps=attack.eps, step_size=attack.step_size,
+                                 steps=attack.steps, norm=attack.norm, random_start_prob=attack.random_start_prob,
+                                 project_center=base, generator=generator)
+    with timed("vq", images.device):
+        return discretizer(adversarial)
+
+
+def _seeded(device: torch.device, *entropy: int) -> torch.Generator:
+    seed = int(np.random.SeedSequence(list(entropy)).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) in [0, 1] to (B, H, W, 3) 8-bit, the form the Image feature stores losslessly (PNG)."""
+    return images.mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def shard_file(output_dir: str, shard: int, num_shards: int) -> str:
+    return os.path.join(output_dir, "data", f"train-{shard:05d}-of-{num_shards:05d}.parquet")
+
+
+class DADGenerator:
+    """Writes the DAD image of every row of ``dataset``; see ``generate_dad_dataset``."""
+
+    def __init__(self, teacher, discretizer, dataset: Dataset, output_dir: str, image_size: tuple[int, int],
+                 image_column: str | None = None, label_column: str | None = None,
+                 attack: AttackSettings | None = None, batch_size: int = 64, shard_size: int = 1024,
+                 teacher_logits: bool = False, seed: int = 0, num_workers: int = 0, state=None,
+                 progress: bool = True):
+        self.teacher, self.discretizer = teacher, discretizer
+        self.output_dir = output_dir
+        self.image_column, self.label_column = find_columns(dataset, image_column, label_column)
+        self.source = prepare_dataset(dataset, image_size, self.image_column, self.label_column)
+        self.label_feature = dataset.features[self.label_column] if self.label_column else None
+        self.image_size = tuple(image_size)
+        self.attack = attack or AttackSettings.offline()
+        self.batch_size, self.shard_size, self.num_workers = batch_size, shard_size, num_workers
+        self.teacher_logits, self.seed, self.progress = teacher_logits, seed, progress
+        self.state = state or PartialState()
+        self.num_shards = max(1, math.ceil(len(dataset) / shard_size))
+        self.stopwatch = Stopwatch()
+        self.images_done = 0
+
+    # ---- what is written ----------------------------------------------------------------------
+
+    def features(self) -> Features:
+        columns = {"image": ImageFeature(), "index": Value("int64")}
+        if self.label_column is not None:
+            label = self.label_feature if isinstance(self.label_feature, ClassLabel) else Value("int64")
+            columns["label"] = label
+        if self.teacher_logits:
+            columns["teacher_logits_clean"] = List(Value("float32"))
+            columns["teacher_logits_dad"] = List(Value("float32"))
+        return Features(columns)
+
+    def manifest(self) -> dict:
+        return {"num_rows": len(self.source), "shard_size": self.shard_size, "num_shards": self.num_shards,
+                "image_size": list(self.image_size), "attack": asdict(self.attack), "seed": self.seed,
+                "teacher_logits": self.teacher_logits, "label_column": self.label_column}
+
+    def _check_manifest(self) -> None:
+        """A resumed run must continue the same generation, not mix two."""
+        path = os.path.join(self.output_dir, MANIFEST)
+        manifest = self.manifest()
+        if os.path.isfile(path):
+            with open(path) as f:
+                saved = json.load(f)
+            if saved != manifest:
+                raise ValueError(f"{self.output_dir} holds a DAD generation with other settings "
+                                 f"({saved}); use another output_dir or the same settings to resume it")
+            return
+        if self.state.is_main_process:
+            tmp = f"{path}.tmp-{os.getpid()}"
+            with open(tmp, "w") as f:
+                json.dump(manifest, f, indent=2)
+            os.replace(tmp, path)
+
+    # ---- the work -------------------------------------------------------------------------------
+
+    def my_shards(self) -> list[int]:
+        """Shards of this process: every ``num_processes``-th, so no two processes share a file."""
+        return list(range(self.state.process_index, self.num_shards, self.state.num_processes))
+
+    def _rows(self, shard: int) -> range:
+        return range(shard * self.shard_size, min(len(self.source), (shard + 1) * self.shard_size))
+
+    def run(self) -> Dataset:
+        os.makedirs(os.path.join(self.output_dir, "data"), exist_ok=True)
+        self.state.wait_for_everyone()
+        self._check_manifest()
+        shards = self.my_shards()
+        todo = [s for s in shards if not os.path.isfile(shard_file(self.output_dir, s, self.num_shards))]
+        done_rows = sum(len(self._rows(s)) for s in shards if s not in todo)
+        if done_rows:
+            logger.info("resuming: %d of this process's shards are already written", len(shards) - len(todo))
+        total = sum(len(self._rows(s)) for s in shards)
+        with tqdm(total=total, initial=done_rows, desc="DAD images", unit="img",
+                  disable=not (self.progress and self.state.is_local_main_process)) as bar:
+            for shard in todo:
+                self._write_shard(shard, bar)
+        self.state.wait_for_everyone()
+        return load_dad_dataset(self.output_dir)
+
+    def _write_shard(self, shard: int, bar) -> None:
+        rows = self._rows(shard)
+        loader = DataLoader(Subset(self.source, list(rows)), batch_size=self.batch_size, shuffle=False,
+                            collate_fn=collate_images, num_workers=self.num_workers)
+        columns: dict[str, list] = {name: [] for name in self.features()}
+        device = self.discretizer.device
+        watch = self.stopwatch
+        for batch_index, batch in enumerate(loader):
+            with watch.section("load"):
+                images = batch["pixel_values"].to(device)
+                labels = batch["labels"].to(device) if "labels" in batch else None
+            generator = _seeded(device, self.seed, shard, batch_index)
+            dad = dad_images(self.teacher, self.discretizer, images, labels, self.attack, generator, watch)
+            if self.teacher_logits:
+                with watch.section("teacher", device), torch.no_grad():
+                    columns["teacher_logits_clean"].extend(_logits(self.teacher, images).float().cpu().tolist())
+                    columns["teacher_logits_dad"].extend(_logits(self.teacher, dad).float().cpu().tolist())
+            start = rows.start + batch_index * self.batch_size
+            columns["image"].extend(_to_uint8(dad))
+            columns["index"].extend(range(start, start + len(images)))
+            if labels is not None:
+                columns["label"].extend(batch["labels"].tolist())
+            self.images_done += len(images)
+            bar.update(len(images))
+        with watch.section("write"):
+            path = shard_file(self.output_dir, shard, self.num_shards)
+            tmp = f"{path}.tmp-{self.state.process_index}-{os.getpid()}"
+            Dataset.from_dict(columns, features=self.features()).to_parquet(tmp)
+            os.replace(tmp, path)  # a shard appears whole or not at all
+
+
+def _logits(model, images):
+    output = model(images)
+    return getattr(output, "logits", output)
+
+
+def load_dad_dataset(output_dir: str) -> Dataset:
+    """The generated DAD dataset, rows in source order."""
+    with open(os.path.join(output_dir, MANIFEST)) as f:
+        num_shards = json.load(f)["num_shards"]
+    files = [shard_file(output_dir, s, num_shards) for s in range(num_shards)]
+    missing = [f for f in files if not os.path.isfile(f)]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} of {num_shards} shards are missing (first: {missing[0]}); "
+                                "run the generation again with the same settings to finish it")
+    return load_dataset("parquet", data_files={"train": files}, split="train")
+
+
+def generate_dad_dataset(teacher, discretizer, dataset: Dataset, output_dir: str, image_size: tuple[int, int],
+                         image_column: str | None = None, label_column: str | None = None,
+                         attack: AttackSettings | None = None, batch_size: int = 64, shard_size: int = 1024,
+                         teacher_logits: bool = False, seed: int = 0, num_workers: int = 0,
+                         push_to_hub: str | None = None, token: str | None = None, state=None,
+                         progress: bool = True) -> Dataset:
+    """DAD images of every row of ``dataset``, written to ``output_dir`` and returned as a
+    ``datasets.Dataset`` with columns ``image`` (8-bit PNG), ``index`` (the source row),
+    ``label`` (copied from the source, same ``ClassLabel``) and, with ``teacher_logits=True``,
+    ``teacher_logits_clean`` and ``teacher_logits_dad`` so training can skip the teacher.
+
+    ``teacher`` maps [0, 1] images to logits (``CLIPZeroShotClassifier`` or
+    ``models.PixelSpaceClassifier``); ``discretizer`` is a ``VQDiscretizer`` on the device to use.
+    Images are decoded at ``image_size``. The attack defaults to the official offline settings.
+
+    Rows are written in shards of ``shard_size``; a shard file appears only when complete, so an
+    interrupted run, started again with the same settings, skips finished shards and redoes
+    none twice. Each shard's randomness depends only on ``seed`` and its position, so the rows
+    are the same however the work was split. Under ``accelerate launch`` each process writes
+    every ``num_processes``-th shard. ``load_dataset(output_dir)`` reads the result; with
+    ``push_to_hub`` the main process also pushes it as a Hub dataset.
+    """
+    generator = DADGenerator(teacher, discretizer, dataset, output_dir, image_size, image_column, label_column,
+                             attack, batch_size, shard_size, teacher_logits, seed, num_workers, state, progress)
+    result = generator.run()
+    if push_to_hub and generator.state.is_main_process:
+        result.push_to_hub(push_to_hub, token=token)
+    return result
+
+
+def pair_with_dad(train: Dataset, dad: Dataset) -> Dataset:
+    """``train`` with its DAD images beside it (column ``dad_image``, plus stored teacher logits),
+    matched row by row through the ``index`` column; labels must agree exactly."""
+    if "index" not in dad.column_names:
+        raise ValueError("the DAD dataset has no 'index' column; generate it with generate_dad_dataset")
+    if len(dad) < len(train):
+        raise ValueError(f"the DAD dataset has {len(dad)} rows for {len(train)} training rows; "
+                         "generate it from the same training split")
+    dad = dad.select(range(len(train)))
+    if dad["index"] != list(range(len(train))):
+        raise ValueError("the DAD dataset's rows are not in source order; regenerate it")
+    _, label_column = find_columns(train)
+    if label_column is not None and "label" in dad.column_names and dad["label"] != train[label_column]:
+        raise ValueError("the DAD dataset's labels differ from the training labels: it was generated from "
+                         "another split or order of the data")
+    keep = [c for c in ("image", "teacher_logits_clean", "teacher_logits_dad") if c in dad.column_names]
+    dad = dad.select_columns(keep).rename_column("image", "dad_image")
+    return concatenate_datasets([train, dad], axis=1)

@@ -1,0 +1,135 @@
+"""``CLIPZeroShotClassifier``: a CLIP image tower with a zero-shot text head, used as a teacher.
+
+DAD's teacher is CLIP used as a classifier: each class name is written into prompt templates,
+the text embeddings are L2-normalised, averaged over templates and re-normalised; times
+``logit_scale.exp()`` they form a linear head on the L2-normalised image embedding. The head is
+computed once; afterwards only the image tower runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel, CLIPVisionModelWithProjection
+
+from .models import PixelPreprocessor
+from .prompts import resolve_templates
+
+HEAD_WEIGHTS = "zero_shot_head.safetensors"
+HEAD_CONFIG = "zero_shot_head.json"
+
+
+@torch.no_grad()
+def zero_shot_head(clip: CLIPModel, tokenizer, class_names: list[str], templates,
+                   batch_size: int = 256) -> torch.Tensor:
+    """(num_classes, dim) unit rows: per class, the re-normalised mean of the L2-normalised
+    embeddings of its prompts."""
+    templates = resolve_templates(templates)
+    prompts = [t.format(name) for name in class_names for t in templates]
+    device = next(clip.parameters()).device
+    was_training = clip.training
+    clip.eval()
+    embeddings = []
+    for start in range(0, len(prompts), batch_size):
+        tokens = tokenizer(prompts[start : start + batch_size], padding=True, truncation=True, return_tensors="pt")
+        tokens = {k: v.to(device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
+        embeddings.append(F.normalize(clip.get_text_features(**tokens).pooler_output.float(), dim=-1))
+    clip.train(was_training)
+    per_prompt = torch.cat(embeddings).reshape(len(class_names), len(templates), -1)
+    return F.normalize(F.normalize(per_prompt, dim=-1).mean(dim=1), dim=-1)
+
+
+class CLIPZeroShotClassifier(nn.Module):
+    """Logits of a CLIP image tower against a zero-shot text head.
+
+    ``forward(pixel_values)`` takes (B, 3, H, W) images in [0, 1] and does CLIP's own resize
+    and normalisation at its door, so attacks and discretizers stay in pixel space.
+
+        teacher = CLIPZeroShotClassifier.from_clip("openai/clip-vit-large-patch14", class_names)
+        teacher.save_pretrained("clip-l14-imagenet-head")            # head saved, not recomputed
+        teacher = CLIPZeroShotClassifier.from_pretrained("clip-l14-imagenet-head")
+    """
+
+    def __init__(self, vision_model: CLIPVisionModelWithProjection, head: torch.Tensor, logit_scale: float,
+                 class_names: list[str], preprocessor: PixelPreprocessor, templates=("{}",),
+                 image_processor: CLIPImageProcessor | None = None):
+        super().__init__()
+        if head.shape[0] != len(class_names):
+            raise ValueError(f"the head has {head.shape[0]} rows for {len(class_names)} class names")
+        self.vision_model = vision_model.eval().requires_grad_(False)  # a teacher: frozen
+        self.register_buffer("head", head.to(next(vision_model.parameters()).dtype), persistent=False)
+        self.logit_scale = float(logit_scale)
+        self.class_names = list(class_names)
+        self.templates = list(templates)
+        self.preprocessor = preprocessor
+        self.image_processor = image_processor
+        self.config = vision_model.config  # what Trainer/accelerate inspect on a model
+
+    @classmethod
+    def from_clip(cls, name_or_path: str, class_names: list[str] | None, templates="openai",
+                  batch_size: int = 256, device=None, **kwargs) -> CLIPZeroShotClassifier:
+        """Builds the head from a ``CLIPModel`` checkpoint (Hub id or path) and class names."""
+        if not class_names:
+            raise ValueError("a CLIP teacher needs class names: use a dataset whose label column is a "
+                             "ClassLabel, or pass the names (e.g. --class_names_file)")
+        templates = resolve_templates(templates)
+        clip = CLIPModel.from_pretrained(name_or_path, **kwargs)
+        if device is not None:
+            clip.to(device)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        head = zero_shot_head(clip, tokenizer, class_names, templates, batch_size)
+        logit_scale = float(clip.logit_scale.detach().float().exp())
+        vision_config = clip.config.vision_config
+        vision_config.projection_dim = clip.config.projection_dim  # kept at the top level of CLIPConfig
+        del clip
+        vision_model = CLIPVisionModelWithProjection.from_pretrained(name_or_path, config=vision_config, **kwargs)
+        if device is not None:
+            vision_model.to(device)
+        image_processor = CLIPImageProcessor.from_pretrained(name_or_path)
+        return cls(vision_model.eval(), head, logit_scale, class_names,
+                   PixelPreprocessor.from_image_processor(image_processor), templates, image_processor)
+
+    @classmethod
+    def from_pretrained(cls, path: str, **kwargs) -> CLIPZeroShotClassifier:
+        """Loads a classifier saved by ``save_pretrained`` (image tower, processor, head)."""
+        head_file = os.path.join(path, HEAD_WEIGHTS)
+        if not os.path.isfile(head_file):
+            raise ValueError(f"{path} holds no zero-shot head ({HEAD_WEIGHTS}); build one from a CLIP "
+                             "checkpoint with CLIPZeroShotClassifier.from_clip(name_or_path, class_names)")
+        with open(os.path.join(path, HEAD_CONFIG)) as f:
+            meta = json.load(f)
+        vision_model = CLIPVisionModelWithProjection.from_pretrained(path, **kwargs)
+        image_processor = CLIPImageProcessor.from_pretrained(path)
+        head = load_file(head_file)["head"].to(next(vision_model.parameters()).device)
+        return cls(vision_model.eval(), head, meta["logit_scale"], meta["class_names"],
+                   PixelPreprocessor.from_image_processor(image_processor), meta["templates"], image_processor)
+
+    def save_pretrained(self, save_directory: str) -> None:
+        os.makedirs(save_directory, exist_ok=True)
+        self.vision_model.save_pretrained(save_directory)
+        if self.image_processor is not None:
+            self.image_processor.save_pretrained(save_directory)
+        save_file({"head": self.head.float().cpu().contiguous()}, os.path.join(save_directory, HEAD_WEIGHTS))
+        with open(os.path.join(save_directory, HEAD_CONFIG), "w") as f:
+            json.dump({"logit_scale": self.logit_scale, "class_names": self.class_names,
+                       "templates": self.templates}, f, indent=2)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.class_names)
+
+    def image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """L2-normalised image embeddings of [0, 1] images."""
+        embeds = self.vision_model(pixel_values=self.preprocessor(pixel_values)).image_embeds
+        return F.normalize(embeds, dim=-1)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes) of (B, 3, H, W) images in [0, 1]."""
+        embeds = self.image_embeddings(pixel_values)
+        return self.logit_scale * embeds @ self.head.to(embeds.dtype).t()
+

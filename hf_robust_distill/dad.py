@@ -118,6 +118,7 @@ class DADGenerator:
         self.num_shards = max(1, math.ceil(len(dataset) / shard_size))
         self.stopwatch = Stopwatch()
         self.images_done = 0
+        self.written: list[int] = []  # shards this process wrote in this run
 
     # ---- what is written ----------------------------------------------------------------------
 
@@ -133,6 +134,7 @@ class DADGenerator:
 
     def manifest(self) -> dict:
         return {"num_rows": len(self.source), "shard_size": self.shard_size, "num_shards": self.num_shards,
+                "batch_size": self.batch_size,  # randomness is drawn per (shard, batch)
                 "image_size": list(self.image_size), "attack": asdict(self.attack), "seed": self.seed,
                 "teacher_logits": self.teacher_logits, "label_column": self.label_column}
 
@@ -208,6 +210,7 @@ class DADGenerator:
             tmp = f"{path}.tmp-{self.state.process_index}-{os.getpid()}"
             Dataset.from_dict(columns, features=self.features()).to_parquet(tmp)
             os.replace(tmp, path)  # a shard appears whole or not at all
+        self.written.append(shard)
 
 
 def _logits(model, images):

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import logging as hf_logging
 from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel, CLIPVisionModelWithProjection
 
 from .models import PixelPreprocessor
@@ -87,7 +88,12 @@ class CLIPZeroShotClassifier(nn.Module):
         vision_config = clip.config.vision_config
         vision_config.projection_dim = clip.config.projection_dim  # kept at the top level of CLIPConfig
         del clip
-        vision_model = CLIPVisionModelWithProjection.from_pretrained(name_or_path, config=vision_config, **kwargs)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the text tower's weights are left out on purpose: no load report
+        try:
+            vision_model = CLIPVisionModelWithProjection.from_pretrained(name_or_path, config=vision_config, **kwargs)
+        finally:
+            hf_logging.set_verbosity(verbosity)
         if device is not None:
             vision_model.to(device)
         image_processor = CLIPImageProcessor.from_pretrained(name_or_path)

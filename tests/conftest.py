@@ -1,4 +1,5 @@
 import os
+import socket
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -17,6 +18,12 @@ from hf_robust_distill.discretize import VQDiscretizer  # noqa: E402
 
 torch.set_flush_denormal(True)
 DIGIT_NAMES = [str(i) for i in range(10)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def save_tiny_vit(path, seed=0, **overrides) -> str:

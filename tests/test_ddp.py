@@ -1,13 +1,8 @@
 import os
-import socket
 import subprocess
 import sys
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .conftest import free_port
 
 
 def test_two_process_ddp_trains_the_recipe_to_identical_weights(tiny_vit, tmp_path):
@@ -15,7 +10,7 @@ def test_two_process_ddp_trains_the_recipe_to_identical_weights(tiny_vit, tmp_pa
     here = os.path.dirname(__file__)
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(_free_port()), os.path.join(here, "ddp_recipe_run.py"), str(tmp_path),
+        "--master_port", str(free_port()), os.path.join(here, "ddp_recipe_run.py"), str(tmp_path),
         "--teacher_name_or_path", tiny_vit, "--output_dir", str(tmp_path / "out"), "--max_steps", "3",
         "--per_device_train_batch_size", "4", "--max_train_samples", "48", "--max_eval_samples", "16",
         "--distortions", "pixel_mask:0.5-0.9,noise:0.1-0.3", "--use_cpu", "--save_strategy", "no",

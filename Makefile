@@ -25,6 +25,7 @@ $(STAMP): pyproject.toml Makefile
 
 demo: $(STAMP)
 	$(OFFLINE) $(BIN)/python recipes/multilevel.py
+	$(OFFLINE) $(BIN)/python recipes/dad.py
 
 test: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m pytest tests

@@ -3,6 +3,7 @@ and then loaded back with ``from_pretrained`` exactly as Hub checkpoints would b
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 
@@ -21,7 +22,10 @@ from .models import PixelPreprocessor
 from .prompts import OPENAI_IMAGENET_TEMPLATES
 from .trainer import RobustDistillationTrainer
 
+logger = logging.getLogger(__name__)
+
 DEMO_IMAGE_SIZE = 32
+DEMO_ZOO = os.path.join("demo_output", "zoo")
 
 
 def demo_vit_config(label_names: list[str], image_size: int = DEMO_IMAGE_SIZE, **overrides) -> ViTConfig:
@@ -119,7 +123,7 @@ class CaptionedImages:
                 "attention_mask": tokens["attention_mask"], "return_loss": True}
 
 
-def build_demo_clip(output_dir: str, epochs: int = 15, seed: int = 0, learning_rate: float = 1e-3) -> str:
+def build_demo_clip(output_dir: str, epochs: int = 10, seed: int = 0, learning_rate: float = 1e-3) -> str:
     """Trains a tiny CLIP (CLIP's contrastive loss, ``transformers.Trainer``) on clean digits and
     captions such as "a photo of the digit 3.", and saves model, tokenizer and image processor."""
     digits = demo_digits(seed=seed)
@@ -145,16 +149,17 @@ def build_demo_clip(output_dir: str, epochs: int = 15, seed: int = 0, learning_r
 
 # ---- a tiny VQ autoencoder --------------------------------------------------------------------
 
-def demo_vq_model(image_size: int = DEMO_IMAGE_SIZE, num_codes: int = 256):
-    """A ``diffusers.VQModel`` with a 4x downsampling (32 px images -> 8 x 8 codes of dim 4)."""
-    return VQModel(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
-                   up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(32, 64, 64), layers_per_block=1,
-                   latent_channels=4, vq_embed_dim=4, num_vq_embeddings=num_codes, norm_num_groups=16,
-                   sample_size=image_size, mid_block_add_attention=False)
+def demo_vq_model(image_size: int = DEMO_IMAGE_SIZE, num_codes: int = 256, channels=(8, 16, 16)) -> VQModel:
+    """A ``diffusers.VQModel`` with a 4x downsampling (32 px images -> 8 x 8 codes of dim 4), narrow
+    enough to train on two CPU cores in a minute."""
+    return VQModel(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * len(channels),
+                   up_block_types=("UpDecoderBlock2D",) * len(channels), block_out_channels=tuple(channels),
+                   layers_per_block=1, latent_channels=4, vq_embed_dim=4, num_vq_embeddings=num_codes,
+                   norm_num_groups=min(channels) // 2, sample_size=image_size, mid_block_add_attention=False)
 
 
-def build_demo_vq(output_dir: str, epochs: int = 8, seed: int = 0, learning_rate: float = 2e-3,
-                  batch_size: int = 64) -> str:
+def build_demo_vq(output_dir: str, epochs: int = 4, seed: int = 0, learning_rate: float = 3e-3,
+                  batch_size: int = 32) -> str:
     """Trains the demo VQ model as an autoencoder (L1 reconstruction plus VQ commitment loss) on
     clean digits in [-1, 1], and saves it in diffusers format with its input range."""
     torch.manual_seed(seed)
@@ -165,14 +170,29 @@ def build_demo_vq(output_dir: str, epochs: int = 8, seed: int = 0, learning_rate
     loader = DataLoader(train, batch_size=batch_size, shuffle=True, collate_fn=collate_images,
                         generator=torch.Generator().manual_seed(seed))
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, learning_rate, total_steps=epochs * len(loader))
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        reconstruction = 0.0
         for batch in loader:
             x = batch["pixel_values"] * 2 - 1
             out = model(x)
-            loss = (out.sample - x).abs().mean() + out.commit_loss.mean()
-            loss.backward()
+            l1 = (out.sample - x).abs().mean()
+            (l1 + out.commit_loss.mean()).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             schedule.step()
+            reconstruction += l1.item() / len(loader)
+        logger.info("demo VQ epoch %d: mean L1 reconstruction error %.4f (in [-1, 1] units)", epoch + 1, reconstruction)
     VQDiscretizer(model.eval(), input_range="[-1,1]").save_pretrained(output_dir)
     return os.path.abspath(output_dir)
+
+
+DEMO_BUILDERS = {"vit": build_demo_vit, "clip": build_demo_clip, "vq": build_demo_vq}
+
+
+def demo_model(kind: str, zoo_dir: str = DEMO_ZOO, seed: int = 0) -> str:
+    """Path of the demo zoo's ``vit``, ``clip`` or ``vq`` model, trained and saved on first use."""
+    path = os.path.join(zoo_dir, kind)
+    if not os.path.exists(os.path.join(path, "config.json")):
+        logger.info("embedded demo: training the tiny %s into %s", kind, path)
+        DEMO_BUILDERS[kind](path, seed=seed)
+    return os.path.abspath(path)

@@ -25,11 +25,13 @@ def _view_generator(device, seed: int, batch_index: int) -> torch.Generator:
 
 
 @torch.inference_mode()
-def accuracy(model, preprocessor: PixelPreprocessor, dataset, view: View | str | None = None,
+def accuracy(model, preprocessor: PixelPreprocessor | None, dataset, view: View | str | None = None,
              batch_size: int = 128, seed: int = 0, device=None) -> float:
     """Top-1 accuracy of ``model`` on ``dataset`` (``pixel_values`` in [0,1], ``labels``), each
     batch first passed through ``view`` (a ``Distorter``, its spec string, or ``None`` for clean).
-    Views are drawn from generators seeded by ``seed`` and the batch index: reproducible."""
+    Views are drawn from generators seeded by ``seed`` and the batch index: reproducible.
+    With ``preprocessor=None`` the model takes [0, 1] pixels and returns logits
+    (``CLIPZeroShotClassifier``, ``PixelSpaceClassifier``)."""
     if isinstance(view, str):
         view = Distorter(view)
     device = device or next(model.parameters()).device
@@ -40,7 +42,7 @@ def accuracy(model, preprocessor: PixelPreprocessor, dataset, view: View | str |
         pixels = batch["pixel_values"].to(device)
         if view is not None:
             pixels = view(pixels, _view_generator(device, seed, i))
-        logits = model(pixel_values=preprocessor(pixels)).logits
+        logits = model(pixels) if preprocessor is None else model(pixel_values=preprocessor(pixels)).logits
         correct += (logits.argmax(-1).cpu() == batch["labels"]).sum().item()
         total += len(pixels)
     model.train(was_training)
@@ -93,3 +95,24 @@ def fit_linear_probe(features: np.ndarray, labels: np.ndarray, fraction: float =
     subset = label_subset(labels, fraction, seed)
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     return probe.fit(features[subset], labels[subset])
+
+
+def distortion_table(models: dict, preprocessors: dict, dataset, columns: list[str], seed: int = 0) -> dict:
+    """{model name: {"clean": accuracy, column: accuracy, ...}}: each model on ``dataset``, clean
+    and under each distortion spec in ``columns`` (the same draws for every model)."""
+    table = {}
+    for name, model in models.items():
+        row = {"clean": accuracy(model, preprocessors.get(name), dataset)}
+        for column in columns:
+            row[column] = accuracy(model, preprocessors.get(name), dataset, view=column, seed=seed)
+        table[name] = row
+    return table
+
+
+def format_table(table: dict) -> str:
+    """A Markdown table of accuracies in %."""
+    columns = list(next(iter(table.values())))
+    lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, row in table.items():
+        lines.append(f"| {name} | " + " | ".join(f"{100 * row[c]:.1f}" for c in columns) + " |")
+    return "\n".join(lines)

@@ -17,23 +17,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
 
 import torch
-import yaml
-from transformers import AutoImageProcessor, HfArgumentParser
+from transformers import AutoImageProcessor
 
 from hf_robust_distill import DistillationConfig, RobustDistillationTrainer
-from hf_robust_distill.data import (
-    DEMO_DATASET,
-    class_names,
-    load_image_dataset,
-    prepare_dataset,
-    split_train_eval,
-)
+from hf_robust_distill.cli import DataArguments, load_splits, parse_recipe_args
+from hf_robust_distill.data import class_names, prepare_dataset
 from hf_robust_distill.distortions import parse_distortions
-from hf_robust_distill.evaluation import accuracy, cls_features, fit_linear_probe
+from hf_robust_distill.evaluation import cls_features, distortion_table, fit_linear_probe, format_table
 from hf_robust_distill.models import PixelPreprocessor, has_matching_head, load_vision_model
 
 logger = logging.getLogger("multilevel")
@@ -45,16 +38,6 @@ class ScriptArguments:
         default=None, metadata={"help": "Teacher ViT (Hub id or path). Unset: the embedded demo."})
     student_name_or_path: str | None = field(
         default=None, metadata={"help": "Student initialisation; defaults to the teacher's checkpoint."})
-    dataset_name: str | None = field(
-        default=None, metadata={"help": f"Hub id, local imagefolder or saved dataset; unset or "
-                                        f"'{DEMO_DATASET}': the embedded digits."})
-    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
-    train_split: str = field(default="train")
-    eval_split: str | None = field(default=None, metadata={"help": "Defaults to validation/test or 10% of train."})
-    image_column: str | None = field(default=None, metadata={"help": "Found by type unless given."})
-    label_column: str | None = field(default=None, metadata={"help": "Found by type unless given."})
-    max_train_samples: int | None = field(default=None)
-    max_eval_samples: int | None = field(default=None)
     eval_distortions: str | None = field(
         default=None, metadata={"help": "Columns of the final table (a distortion spec); defaults to "
                                         "each entry of --distortions."})
@@ -73,46 +56,19 @@ DEMO_DEFAULTS = dict(
 )
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, DistillationConfig]:
+def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, DataArguments, DistillationConfig]:
     """Command-line flags, optionally on top of ``--config file.yaml``; with no teacher given the
     embedded demo's settings are the defaults, and any flag still overrides them."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser((ScriptArguments, DistillationConfig))
-    defaults = {}
-    if "--config" in argv:
-        at = argv.index("--config")
-        with open(argv[at + 1]) as f:
-            defaults.update(yaml.safe_load(f) or {})
-        del argv[at : at + 2]
-    if "--teacher_name_or_path" not in argv and not defaults.get("teacher_name_or_path"):
-        defaults = {**DEMO_DEFAULTS, **defaults}
-    parser.set_defaults(**defaults)
-    script_args, config = parser.parse_args_into_dataclasses(args=argv)
-    return script_args, config
+    return parse_recipe_args((ScriptArguments, DataArguments, DistillationConfig), argv, demo_defaults=DEMO_DEFAULTS)
 
 
 def build_teacher_if_demo(script_args: ScriptArguments, config: DistillationConfig) -> None:
     if script_args.teacher_name_or_path:
         return
-    from hf_robust_distill.demo import build_demo_vit
+    from hf_robust_distill.demo import demo_model
 
-    path = os.path.join(config.output_dir, "demo-vit-teacher")
-    logger.info("embedded demo: training a tiny ViT on clean digits into %s", path)
     with config.main_process_first(desc="building the demo teacher"):
-        if not os.path.exists(os.path.join(path, "model.safetensors")):
-            build_demo_vit(path, seed=config.seed)
-    script_args.teacher_name_or_path = path
-
-
-def distortion_table(models: dict, preprocessors: dict, dataset, columns: list[str], seed: int) -> dict:
-    """{model name: {"clean": acc, column: acc, ...}} on the evaluation split."""
-    table = {}
-    for name, model in models.items():
-        row = {"clean": accuracy(model, preprocessors[name], dataset)}
-        for column in columns:
-            row[column] = accuracy(model, preprocessors[name], dataset, view=column, seed=seed)
-        table[name] = row
-    return table
+        script_args.teacher_name_or_path = demo_model("vit", seed=config.seed)
 
 
 def linear_probe_rows(student, preprocessor, train, test, columns, fraction, seed) -> dict:
@@ -127,30 +83,17 @@ def linear_probe_rows(student, preprocessor, train, test, columns, fraction, see
     return {f"student, linear probe ({fraction:.0%} labels)": row}
 
 
-def format_table(table: dict) -> str:
-    columns = list(next(iter(table.values())))
-    lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for name, row in table.items():
-        lines.append(f"| {name} | " + " | ".join(f"{100 * row[c]:.1f}" for c in columns) + " |")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     if not torch.cuda.is_available():
         torch.set_flush_denormal(True)  # tiny attention probabilities are denormal; slow on CPUs
-    script_args, config = parse_args(argv)
+    script_args, data_args, config = parse_args(argv)
     build_teacher_if_demo(script_args, config)
     student_path = script_args.student_name_or_path or script_args.teacher_name_or_path
 
     with config.main_process_first(desc="loading the dataset"):
-        dataset = load_image_dataset(script_args.dataset_name, script_args.dataset_config, seed=config.seed)
-    train, evaluation = split_train_eval(dataset, script_args.train_split, script_args.eval_split, seed=config.seed)
-    if script_args.max_train_samples:
-        train = train.select(range(min(script_args.max_train_samples, len(train))))
-    if script_args.max_eval_samples:
-        evaluation = evaluation.select(range(min(script_args.max_eval_samples, len(evaluation))))
-    names = class_names(train, script_args.label_column or "label")
+        train, evaluation = load_splits(data_args, seed=config.seed)
+    names = class_names(train, data_args.label_column or "label")
 
     attention = config.attn_weight > 0
     teacher = load_vision_model(script_args.teacher_name_or_path, attention_maps=attention)
@@ -165,8 +108,8 @@ def main(argv: list[str] | None = None) -> dict:
     teacher_pixels = PixelPreprocessor.from_image_processor(teacher_processor)
 
     size = student_pixels.size
-    train_set = prepare_dataset(train, size, script_args.image_column, script_args.label_column)
-    eval_set = prepare_dataset(evaluation, size, script_args.image_column, script_args.label_column)
+    train_set = prepare_dataset(train, size, data_args.image_column, data_args.label_column)
+    eval_set = prepare_dataset(evaluation, size, data_args.image_column, data_args.label_column)
 
     trainer = RobustDistillationTrainer(
         model=student, teacher=teacher, args=config, train_dataset=train_set,

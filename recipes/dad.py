@@ -1,0 +1,195 @@
+"""Discrete Adversarial Distillation (DAD): a frozen teacher (a CLIP zero-shot classifier, or any
+image classifier) teaches a student on clean images and on discrete adversarial images, made by
+one PGD step against the teacher between two passes through a VQ model.
+
+    accelerate launch recipes/dad.py \\
+        --teacher_name_or_path openai/clip-vit-large-patch14 \\
+        --vq_name_or_path <a VQ-f8 model in diffusers format> --vq_input_range "[-1,1]" \\
+        --student_name_or_path google/vit-base-patch16-224 --dataset_name <imagenet-1k on the Hub> \\
+        --dad_mode online --output_dir vit-b16-dad --bf16
+    python recipes/dad.py           # the embedded demo: digits, a tiny CLIP, VQ model and ViT, two CPU cores
+
+Flags: the fields of ``ScriptArguments`` and ``DataArguments`` below, every ``DistillationConfig``
+field (loss weights, ``--dad_mode``, ``--attack_*``) and every ``TrainingArguments`` flag.
+The loss defaults to DAD's: CE + (T^2/2) KL(t(x)||s(x)) + (T^2/2) KL(t(x_dad)||s(x_dad)), T 4.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field, replace
+
+import torch
+from transformers import AutoConfig, AutoImageProcessor
+
+from hf_robust_distill import (CLIPZeroShotClassifier, DistillationConfig, RobustDistillationTrainer, VQDiscretizer,
+                               generate_dad_dataset)
+from hf_robust_distill.cli import DataArguments, load_splits, parse_recipe_args
+from hf_robust_distill.dad import pair_with_dad
+from hf_robust_distill.data import class_names, load_image_dataset, prepare_dataset
+from hf_robust_distill.evaluation import distortion_table, format_table
+from hf_robust_distill.models import PixelPreprocessor, PixelSpaceClassifier, has_matching_head, load_vision_model
+from hf_robust_distill.teachers import HEAD_WEIGHTS
+
+logger = logging.getLogger("dad")
+
+
+@dataclass
+class ScriptArguments:
+    teacher_name_or_path: str | None = field(
+        default=None, metadata={"help": "CLIP checkpoint (a zero-shot head is built from the class names), a "
+                                        "saved CLIPZeroShotClassifier, or an image classifier. Unset: the demo."})
+    prompt_templates: str = field(
+        default="openai", metadata={"help": "Zero-shot prompt set of a CLIP teacher: openai (80), short (7), plain."})
+    vq_name_or_path: str | None = field(default=None, metadata={"help": "VQ model in diffusers format."})
+    vq_subfolder: str | None = field(default=None, metadata={"help": "Subfolder of the VQ model, e.g. vqvae."})
+    vq_input_range: str | None = field(
+        default=None, metadata={"help": "'[-1,1]' or '[0,1]'; read from vq_discretizer.json when saved there."})
+    student_name_or_path: str | None = field(default=None, metadata={"help": "Student initialisation."})
+    dad_dataset: str | None = field(
+        default=None, metadata={"help": "Offline mode: a dataset made by generate_dad_dataset (path or Hub id); "
+                                        "made into <output_dir>/dad-dataset when unset."})
+    dad_teacher_logits: bool = field(
+        default=True, metadata={"help": "Offline generation also stores the teacher's logits (training skips "
+                                        "the teacher)."})
+    generation_batch_size: int = field(default=64, metadata={"help": "Batch size of offline generation."})
+    eval_distortions: str = field(
+        default="gaussian_noise:3,gaussian_blur:3,contrast:4,pixel_mask:0.5",
+        metadata={"help": "Columns of the final accuracy table (a distortion spec)."})
+    plain_kd_baseline: bool = field(
+        default=False, metadata={"help": "Also train a plain-KD student (no DAD images) for the table."})
+
+
+DAD_DEFAULTS = dict(
+    dad_mode="online", distortions="clean", cls_weight=0.0, patch_weight=0.0, attn_weight=0.0, kd_weight=0.5,
+    ce_weight=1.0, dad_kd_weight=0.5, temperature=4.0, learning_rate=1e-4, weight_decay=0.05,
+    lr_scheduler_type="cosine", warmup_steps=0.05,
+)
+DEMO_DEFAULTS = dict(
+    output_dir="demo_output/dad", num_train_epochs=3, per_device_train_batch_size=32, per_device_eval_batch_size=128,
+    learning_rate=5e-4, logging_steps=50, eval_strategy="no", save_strategy="no", report_to="none",
+    disable_tqdm=True, prompt_templates="short", plain_kd_baseline=True,
+)
+
+
+def parse_args(argv=None) -> tuple[ScriptArguments, DataArguments, DistillationConfig]:
+    return parse_recipe_args((ScriptArguments, DataArguments, DistillationConfig), argv, defaults=DAD_DEFAULTS,
+                             demo_defaults=DEMO_DEFAULTS)
+
+
+def use_demo_zoo(script_args: ScriptArguments, config: DistillationConfig) -> None:
+    """With no teacher given: the tiny CLIP, VQ model and ViT of the demo zoo."""
+    if script_args.teacher_name_or_path:
+        return
+    from hf_robust_distill.demo import demo_model
+
+    with config.main_process_first(desc="building the demo zoo"):
+        script_args.teacher_name_or_path = demo_model("clip", seed=config.seed)
+        script_args.vq_name_or_path = script_args.vq_name_or_path or demo_model("vq", seed=config.seed)
+        script_args.student_name_or_path = script_args.student_name_or_path or demo_model("vit", seed=config.seed)
+
+
+def load_teacher(path: str, names: list[str] | None, templates: str):
+    """(teacher, its [0,1]-pixel classifier): a CLIP zero-shot classifier or an image classifier."""
+    if os.path.isfile(os.path.join(path, HEAD_WEIGHTS)):
+        teacher = CLIPZeroShotClassifier.from_pretrained(path)
+        return teacher, teacher
+    if AutoConfig.from_pretrained(path).model_type == "clip":
+        teacher = CLIPZeroShotClassifier.from_clip(path, names, templates=templates)
+        return teacher, teacher
+    teacher = load_vision_model(path)
+    if not has_matching_head(teacher, names):
+        raise ValueError(f"the teacher {path} does not predict this dataset's classes; use a CLIP teacher or a "
+                         "classifier fine-tuned on them")
+    return teacher, PixelSpaceClassifier(teacher, PixelPreprocessor.from_pretrained(path))
+
+
+def offline_training_set(script_args, data_args, config, train, teacher_classifier, discretizer, size):
+    """The training split with each row's DAD image (and teacher logits) beside it."""
+    if script_args.dad_dataset:
+        dad = load_image_dataset(script_args.dad_dataset)["train"]
+    else:
+        dad = generate_dad_dataset(
+            teacher_classifier, discretizer, train, os.path.join(config.output_dir, "dad-dataset"), size,
+            data_args.image_column, data_args.label_column, attack=config.attack_settings(offline=True),
+            batch_size=script_args.generation_batch_size, teacher_logits=script_args.dad_teacher_logits,
+            seed=config.seed)
+    stored = [c for c in ("teacher_logits_clean", "teacher_logits_dad") if c in dad.column_names]
+    return prepare_dataset(pair_with_dad(train, dad), size, data_args.image_column, data_args.label_column,
+                           extra_images={"dad_image": "dad_pixel_values"}, extra_columns=tuple(stored))
+
+
+def train_student(student_path, names, config, teacher, discretizer, train_set):
+    student = load_vision_model(student_path)
+    if names is not None and not has_matching_head(student, names):
+        logger.warning("the student's head does not predict this dataset's classes: starting a new head")
+        student = load_vision_model(student_path, label_names=names)
+    processor = AutoImageProcessor.from_pretrained(student_path)
+    trainer = RobustDistillationTrainer(model=student, teacher=teacher, args=config, train_dataset=train_set,
+                                        processing_class=processor, discretizer=discretizer)
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    trainer.save_model(config.output_dir)
+    return trainer
+
+
+def main(argv=None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    if not torch.cuda.is_available():
+        torch.set_flush_denormal(True)  # tiny attention probabilities are denormal; slow on CPUs
+    script_args, data_args, config = parse_args(argv)
+    if config.dad_mode == "none":
+        raise ValueError("recipes/dad.py trains with DAD: --dad_mode online or offline")
+    use_demo_zoo(script_args, config)
+    if not script_args.vq_name_or_path:
+        raise ValueError("DAD needs a VQ model: --vq_name_or_path (diffusers format; --vq_subfolder if nested)")
+    student_path = script_args.student_name_or_path
+    if not student_path:
+        raise ValueError("--student_name_or_path is required (the teacher is usually another architecture)")
+
+    with config.main_process_first(desc="loading the dataset"):
+        train, evaluation = load_splits(data_args, seed=config.seed)
+    names = class_names(train, data_args.label_column or "label")
+    teacher, teacher_classifier = load_teacher(script_args.teacher_name_or_path, names, script_args.prompt_templates)
+    discretizer = VQDiscretizer.from_pretrained(script_args.vq_name_or_path, subfolder=script_args.vq_subfolder,
+                                                input_range=script_args.vq_input_range, device=config.device)
+    student_pixels = PixelPreprocessor.from_pretrained(student_path)
+    size = student_pixels.size
+    eval_set = prepare_dataset(evaluation, size, data_args.image_column, data_args.label_column)
+    if config.dad_mode == "offline":
+        teacher_classifier.to(config.device)
+        train_set = offline_training_set(script_args, data_args, config, train, teacher_classifier, discretizer, size)
+    else:
+        train_set = prepare_dataset(train, size, data_args.image_column, data_args.label_column)
+
+    needs_teacher = config.dad_mode == "online" or not script_args.dad_teacher_logits
+    trainer = train_student(student_path, names, config, teacher if needs_teacher else None, discretizer, train_set)
+    results = {"trainer": trainer}
+
+    students = {"DAD student": trainer.model}
+    if script_args.plain_kd_baseline:
+        kd_config = replace(config, output_dir=os.path.join(config.output_dir, "plain-kd"), dad_mode="none",
+                            dad_kd_weight=0.0, dad_ce_weight=0.0)
+        kd_train = prepare_dataset(train, size, data_args.image_column, data_args.label_column)
+        baseline = train_student(student_path, names, kd_config, teacher, None, kd_train)
+        students = {"plain-KD student": baseline.model, **students}
+        results["baseline"] = baseline
+    if not trainer.is_world_process_zero() or names is None:
+        return results
+
+    columns = [c.strip() for c in script_args.eval_distortions.split(",") if c.strip()]
+    models = {"teacher": teacher_classifier.to(config.device).eval(), **{k: m.eval() for k, m in students.items()}}
+    preprocessors = {name: student_pixels for name in students}  # the teacher takes [0,1] pixels itself
+    table = distortion_table(models, preprocessors, eval_set, columns, config.seed)
+    with open(os.path.join(config.output_dir, "distortion_accuracy.json"), "w") as f:
+        json.dump(table, f, indent=2)
+    print("\nTop-1 accuracy (%) on the evaluation split, clean and under each distortion:\n")
+    print(format_table(table))
+    print(f"\nStudent, table and weights in {os.path.abspath(config.output_dir)}")
+    results["table"] = table
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -188,8 +188,10 @@ class DADGenerator:
         columns: dict[str, list] = {name: [] for name in self.features()}
         device = self.discretizer.device
         watch = self.stopwatch
-        for batch_index, batch in enumerate(loader):
-            with watch.section("load"):
+        batches = iter(loader)
+        for batch_index in range(len(loader)):
+            with watch.section("load"):  # decoding and resizing happen as the batch is drawn
+                batch = next(batches)
                 images = batch["pixel_values"].to(device)
                 labels = batch["labels"].to(device) if "labels" in batch else None
             generator = _seeded(device, self.seed, shard, batch_index)

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 NORMS = ("l2", "linf")
 
 
-def _logits(model, images: torch.Tensor) -> torch.Tensor:
+def classifier_logits(model, images: torch.Tensor) -> torch.Tensor:
+    """Logits of a classifier of [0, 1] images that returns a tensor or an output with ``.logits``."""
     output = model(images)
     return getattr(output, "logits", output)
 
@@ -80,7 +81,7 @@ def pgd_attack(model, images: torch.Tensor, labels: torch.Tensor | None, eps: fl
             target = labels
             if labels is None:
                 with torch.no_grad():
-                    target = F.log_softmax(_logits(model, images).float(), dim=-1)
+                    target = F.log_softmax(classifier_logits(model, images).float(), dim=-1)
             x = images
             shape = (-1, *([1] * (x.dim() - 1)))
             start = torch.rand(len(x), generator=generator, device=x.device) < random_start_prob
@@ -92,7 +93,7 @@ def pgd_attack(model, images: torch.Tensor, labels: torch.Tensor | None, eps: fl
             x = project(x, center, eps, norm)
             for _ in range(steps):
                 x = x.detach().requires_grad_(True)
-                logits = _logits(model, x).float()
+                logits = classifier_logits(model, x).float()
                 if labels is None:
                     loss = F.kl_div(F.log_softmax(logits, dim=-1), target, log_target=True, reduction="sum")
                 else:

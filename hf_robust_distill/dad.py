@@ -25,7 +25,7 @@ from datasets import (ClassLabel, Dataset, Features, Image as ImageFeature, List
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from .attacks import pgd_attack
+from .attacks import classifier_logits, pgd_attack
 from .data import collate_images, find_columns, prepare_dataset
 
 logger = logging.getLogger(__name__)
@@ -198,8 +198,8 @@ class DADGenerator:
             dad = dad_images(self.teacher, self.discretizer, images, labels, self.attack, generator, watch)
             if self.teacher_logits:
                 with watch.section("teacher", device), torch.no_grad():
-                    columns["teacher_logits_clean"].extend(_logits(self.teacher, images).float().cpu().tolist())
-                    columns["teacher_logits_dad"].extend(_logits(self.teacher, dad).float().cpu().tolist())
+                    for column, pixels in (("teacher_logits_clean", images), ("teacher_logits_dad", dad)):
+                        columns[column].extend(classifier_logits(self.teacher, pixels).float().cpu().tolist())
             start = rows.start + batch_index * self.batch_size
             columns["image"].extend(_to_uint8(dad))
             columns["index"].extend(range(start, start + len(images)))
@@ -213,11 +213,6 @@ class DADGenerator:
             Dataset.from_dict(columns, features=self.features()).to_parquet(tmp)
             os.replace(tmp, path)  # a shard appears whole or not at all
         self.written.append(shard)
-
-
-def _logits(model, images):
-    output = model(images)
-    return getattr(output, "logits", output)
 
 
 def load_dad_dataset(output_dir: str) -> Dataset:

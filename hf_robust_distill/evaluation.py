@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -107,6 +109,15 @@ def distortion_table(models: dict, preprocessors: dict, dataset, columns: list[s
             row[column] = accuracy(model, preprocessors.get(name), dataset, view=column, seed=seed)
         table[name] = row
     return table
+
+
+def report_table(table: dict, output_dir: str) -> None:
+    """Writes ``distortion_accuracy.json`` into ``output_dir`` and prints the table."""
+    with open(os.path.join(output_dir, "distortion_accuracy.json"), "w") as f:
+        json.dump(table, f, indent=2)
+    print("\nTop-1 accuracy (%) on the evaluation split, clean and under each distortion:\n")
+    print(format_table(table))
+    print(f"\nStudent, table and weights in {os.path.abspath(output_dir)}")
 
 
 def format_table(table: dict) -> str:

@@ -63,6 +63,11 @@ def freeze_unread_heads(model) -> None:
             parameter.requires_grad_(False)
 
 
+def _joined(batches: list[torch.Tensor]) -> torch.Tensor:
+    """The batches as one, copying only when there is more than one."""
+    return batches[0] if len(batches) == 1 else torch.cat(batches)
+
+
 def _as_preprocessor(processor) -> PixelPreprocessor:
     if isinstance(processor, PixelPreprocessor):
         return processor
@@ -227,7 +232,7 @@ class RobustDistillationTrainer(Trainer):
             if dad is not None:
                 views.append(self.distorter(dad, generator))
             teacher, teacher_dad_logits = self._teacher_outputs(pixels, dad, inputs)
-        student = self.student_taps(model, self.student_pixels(torch.cat(views)))  # one pass over both views
+        student = self.student_taps(model, self.student_pixels(_joined(views)))  # one pass over both views
         student_clean = student.rows(slice(0, batch))
         parts = self.loss_parts(student_clean, teacher, labels)
         if dad is not None:
@@ -268,7 +273,7 @@ class RobustDistillationTrainer(Trainer):
         dad_logits = stored_dad if dad is not None else None
         runs = [x for x, needed in ((pixels, need_clean), (dad, need_dad)) if needed]
         if runs:
-            features = self._run_teacher(torch.cat(runs))
+            features = self._run_teacher(_joined(runs))
             if need_clean:
                 clean = features.rows(slice(0, len(pixels)))
             if need_dad:

@@ -16,7 +16,6 @@ The loss defaults to DAD's: CE + (T^2/2) KL(t(x)||s(x)) + (T^2/2) KL(t(x_dad)||s
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field, replace
@@ -29,7 +28,8 @@ from hf_robust_distill import (CLIPZeroShotClassifier, DistillationConfig, Robus
 from hf_robust_distill.cli import DataArguments, load_splits, parse_recipe_args
 from hf_robust_distill.dad import pair_with_dad
 from hf_robust_distill.data import class_names, load_image_dataset, prepare_dataset
-from hf_robust_distill.evaluation import distortion_table, format_table
+from hf_robust_distill.distortions import parse_distortions
+from hf_robust_distill.evaluation import distortion_table, report_table
 from hf_robust_distill.models import PixelPreprocessor, PixelSpaceClassifier, has_matching_head, load_vision_model
 from hf_robust_distill.teachers import HEAD_WEIGHTS
 
@@ -178,15 +178,11 @@ def main(argv=None) -> dict:
     if not trainer.is_world_process_zero() or names is None:
         return results
 
-    columns = [c.strip() for c in script_args.eval_distortions.split(",") if c.strip()]
+    columns = [str(entry) for entry in parse_distortions(script_args.eval_distortions)]
     models = {"teacher": teacher_classifier.to(config.device).eval(), **{k: m.eval() for k, m in students.items()}}
     preprocessors = {name: student_pixels for name in students}  # the teacher takes [0,1] pixels itself
     table = distortion_table(models, preprocessors, eval_set, columns, config.seed)
-    with open(os.path.join(config.output_dir, "distortion_accuracy.json"), "w") as f:
-        json.dump(table, f, indent=2)
-    print("\nTop-1 accuracy (%) on the evaluation split, clean and under each distortion:\n")
-    print(format_table(table))
-    print(f"\nStudent, table and weights in {os.path.abspath(config.output_dir)}")
+    report_table(table, config.output_dir)
     results["table"] = table
     return results
 

@@ -14,9 +14,7 @@ layers, distortions) and every ``transformers.TrainingArguments`` flag.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from dataclasses import dataclass, field
 
 import torch
@@ -26,7 +24,7 @@ from hf_robust_distill import DistillationConfig, RobustDistillationTrainer
 from hf_robust_distill.cli import DataArguments, load_splits, parse_recipe_args
 from hf_robust_distill.data import class_names, prepare_dataset
 from hf_robust_distill.distortions import parse_distortions
-from hf_robust_distill.evaluation import cls_features, distortion_table, fit_linear_probe, format_table
+from hf_robust_distill.evaluation import cls_features, distortion_table, fit_linear_probe, report_table
 from hf_robust_distill.models import PixelPreprocessor, has_matching_head, load_vision_model
 
 logger = logging.getLogger("multilevel")
@@ -135,11 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
         table.update(linear_probe_rows(student, student_pixels, train_set, eval_set, columns,
                                        script_args.probe_label_fraction, config.seed))
     if table:
-        with open(os.path.join(config.output_dir, "distortion_accuracy.json"), "w") as f:
-            json.dump(table, f, indent=2)
-        print("\nTop-1 accuracy (%) on the evaluation split, clean and under each distortion:\n")
-        print(format_table(table))
-        print(f"\nStudent, table and weights in {os.path.abspath(config.output_dir)}")
+        report_table(table, config.output_dir)
     results["table"] = table
     return results
 

@@ -1,18 +1,25 @@
-"""Accuracy of a model under distortions, and the linear-probe protocol of the paper."""
+"""Accuracy of a model under distortions, the robustness report (ImageNet-C style corruptions,
+mCE, natural shifts), and the linear-probe protocol of the paper."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
-from .data import collate_images
+from .corrupted_sets import (CorruptedSet, CorruptedSetCache, cached_batches, reference_corrupted_batches,
+                             resolve_backend, to_uint8, torch_corrupted_batches)
+from .data import class_names, collate_images, find_columns, load_image_dataset, prepare_dataset
 from .distortions import Distorter
-from .models import FeatureTaps, PixelPreprocessor
+from .metrics.corruption_robustness.corruption_robustness import IMAGENET_C_CORRUPTIONS, SEVERITIES
+from .models import FeatureTaps, PixelPreprocessor, as_pixel_classifier
+from .natural_shifts import NaturalShift, subset_predictions
+from .report import RobustnessReport
 
 View = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -49,6 +56,152 @@ def accuracy(model, preprocessor: PixelPreprocessor | None, dataset, view: View 
         total += len(pixels)
     model.train(was_training)
     return correct / max(total, 1)
+
+
+def evaluate_robustness(
+    model, dataset, corruptions: Sequence[str] | None = None, severities: Sequence[int] = SEVERITIES, *,
+    image_processor=None, image_size: int | tuple[int, int] | None = None, backend: str = "torch",
+    baseline: str | RobustnessReport | dict | None = None, natural_shifts: Sequence[NaturalShift | str] = (),
+    batch_size: int = 64, num_workers: int = 0, seed: int = 0, cache_dir: str | None = None, device=None,
+    model_name: str | None = None, dataset_name: str | None = None, split: str | None = None,
+    image_column: str | None = None, label_column: str | None = None, progress: bool = True,
+) -> RobustnessReport:
+    """Top-1 accuracy of ``model`` on ``dataset`` clean, under every corruption x severity, and on
+    each natural shift, with corruption errors and mCE against ``baseline``.
+
+    ``model``: an image classifier with its ``image_processor`` (read from the model's checkpoint
+    when omitted), or a module taking [0, 1] pixels (``CLIPZeroShotClassifier``). ``dataset``: a
+    ``datasets.Dataset`` with an image and a label column, decoded and resized to ``image_size``
+    (the model's input size by default). ``corruptions`` defaults to the 15 of ImageNet-C that
+    ``backend`` makes ("torch": the 11 with torch ports, fast, on the model's device;
+    "reference": the ImageNet-C code, per image, in ``num_workers`` data-loader workers; "auto":
+    the port where there is one). Corrupted sets are deterministic given ``seed`` (and, for the
+    torch backend, ``batch_size``) and cached in ``cache_dir``: a second evaluation, of this
+    model or another, reads them back. ``baseline``: "alexnet" (ImageNet-scale runs), another
+    model's ``RobustnessReport`` on the same data (relative mCE), or ``None``.
+    ``natural_shifts``: ``NaturalShift``s or "name=dataset[:split]" specs (imagenet-r and
+    imagenet-a bring their 200-class subsets).
+    """
+    classifier = as_pixel_classifier(model, image_processor)
+    size = _size(image_size) if image_size is not None else classifier.preprocessor.size
+    device = torch.device(device) if device is not None else next(classifier.parameters()).device
+    if corruptions is None:
+        corruptions = [c for c in IMAGENET_C_CORRUPTIONS if _has_backend(c, backend)]
+    backends = {c: resolve_backend(c, backend) for c in corruptions}
+    shifts = [NaturalShift.parse(s) if isinstance(s, str) else s for s in natural_shifts]
+    image_column, label_column = find_columns(dataset, image_column, label_column)
+    if label_column is None:
+        raise ValueError("the evaluation set has no label column; pass label_column")
+    prepared = prepare_dataset(dataset, size, image_column, label_column)
+    clean_loader = DataLoader(prepared, batch_size=batch_size, shuffle=False, collate_fn=collate_images,
+                              num_workers=num_workers)
+    source = f"{dataset._fingerprint}:{image_column}:{label_column}:{size[0]}x{size[1]}"
+    cache = CorruptedSetCache(cache_dir)
+    name = model_name or _model_name(model)
+
+    was_training = classifier.training
+    classifier.eval()
+    bar = tqdm(total=1 + len(corruptions) * len(severities) + len(shifts), desc=f"robustness of {name}",
+               disable=not progress)
+    try:
+        clean = _accuracy(classifier, ((to_uint8(b["pixel_values"]), b["labels"]) for b in clean_loader), device)
+        bar.update()
+        accuracy: dict[str, dict[int, float]] = {}
+        for corruption in corruptions:
+            for severity in severities:
+                bar.set_postfix_str(f"{corruption} {severity}")
+                entry = CorruptedSet(source, corruption, int(severity), backends[corruption], seed,
+                                     batch_size if backends[corruption] == "torch" else 0)
+                cached = cache.load(entry)
+                if cached is not None:
+                    batches = cached_batches(cached, size, batch_size)
+                elif entry.backend == "torch":
+                    batches = cache.write(entry, torch_corrupted_batches(clean_loader, entry, device))
+                else:
+                    batches = cache.write(entry, reference_corrupted_batches(prepared, entry, batch_size, num_workers))
+                accuracy.setdefault(corruption, {})[int(severity)] = _accuracy(classifier, batches, device)
+                bar.update()
+        shifted = {}
+        for shift in shifts:
+            bar.set_postfix_str(shift.name)
+            shifted[shift.name] = natural_shift_accuracy(classifier, shift, size, batch_size, num_workers, device)
+            bar.update()
+    finally:
+        bar.close()
+        classifier.train(was_training)
+    return RobustnessReport(
+        model_name=name, dataset_name=dataset_name or _dataset_name(dataset), split=split, num_examples=len(dataset),
+        image_size=tuple(size), clean_accuracy=clean, accuracy=accuracy, backends=backends, seed=seed,
+        natural_shifts=shifted, baseline=_baseline(baseline),
+    )
+
+
+def natural_shift_accuracy(classifier, shift: NaturalShift, size: tuple[int, int], batch_size: int = 64,
+                           num_workers: int = 0, device=None) -> float:
+    """Top-1 accuracy of a [0, 1]-pixel classifier on a shifted test set, logits restricted to
+    the shift's class subset."""
+    data = load_image_dataset(shift.dataset, shift.config)
+    if shift.split not in data:
+        raise ValueError(f"no split {shift.split!r} in {shift.dataset}; it has {list(data)}")
+    data = data[shift.split]
+    image_column, label_column = find_columns(data)
+    subset = shift.subset()
+    names = class_names(data, label_column)
+    labels_in_subset = subset is not None and names is not None and len(names) == len(subset)
+    loader = DataLoader(prepare_dataset(data, size, image_column, label_column), batch_size=batch_size,
+                        collate_fn=collate_images, num_workers=num_workers)
+    batches = ((to_uint8(b["pixel_values"]), b["labels"]) for b in loader)
+    return _accuracy(classifier, batches, device, subset, labels_in_subset)
+
+
+@torch.inference_mode()
+def _accuracy(classifier, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device, subset=None,
+              labels_in_subset: bool = False) -> float:
+    correct = total = 0
+    for images, labels in batches:
+        logits = classifier(images.to(device).float().div_(255))
+        predictions = subset_predictions(logits, subset, labels_in_subset).cpu()
+        correct += (predictions == labels).sum().item()
+        total += len(labels)
+    return correct / max(total, 1)
+
+
+def _has_backend(corruption: str, backend: str) -> bool:
+    try:
+        resolve_backend(corruption, backend)
+    except ValueError:
+        return False
+    return True
+
+
+def _size(image_size) -> tuple[int, int]:
+    return (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
+
+
+def _model_name(model) -> str:
+    inner = getattr(model, "model", model)
+    for candidate in (getattr(model, "name_or_path", None), getattr(inner, "name_or_path", None),
+                      getattr(getattr(inner, "config", None), "_name_or_path", None)):
+        if candidate:
+            return str(candidate)
+    return type(model).__name__
+
+
+def _dataset_name(dataset) -> str:
+    info = getattr(dataset, "info", None)
+    return (getattr(info, "dataset_name", None) or getattr(info, "builder_name", None) or "evaluation set")
+
+
+def _baseline(baseline) -> dict | None:
+    if baseline is None:
+        return None
+    if isinstance(baseline, RobustnessReport):
+        return baseline.as_baseline()
+    if isinstance(baseline, str):
+        if baseline.lower() != "alexnet":
+            raise ValueError(f"baseline must be 'alexnet', a RobustnessReport or None, got {baseline!r}")
+        return {"name": "AlexNet"}
+    return dict(baseline)
 
 
 @torch.inference_mode()

@@ -271,6 +271,22 @@ class PixelSpaceClassifier(torch.nn.Module):
         return self.model(pixel_values=self.preprocessor(pixel_values)).logits
 
 
+def as_pixel_classifier(model: torch.nn.Module, image_processor=None) -> torch.nn.Module:
+    """``model`` as a module from [0, 1] pixels to logits: as it is when it already is one (it
+    carries a ``preprocessor``), else wrapped with ``image_processor``'s normalisation (read from
+    the model's checkpoint when omitted)."""
+    if isinstance(getattr(model, "preprocessor", None), PixelPreprocessor):
+        return model
+    if image_processor is None:
+        source = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", None)
+        if not source:
+            raise ValueError("pass the model's image_processor: it cannot be read from the model's checkpoint")
+        image_processor = AutoImageProcessor.from_pretrained(source)
+    preprocessor = (image_processor if isinstance(image_processor, PixelPreprocessor)
+                    else PixelPreprocessor.from_image_processor(image_processor))
+    return PixelSpaceClassifier(model, preprocessor)
+
+
 class AttentionMapsUnavailable(RuntimeError):
     def __init__(self, model_name: str):
         super().__init__(

@@ -24,8 +24,9 @@ import torch
 from transformers import AutoConfig, AutoImageProcessor
 
 from hf_robust_distill import (CLIPZeroShotClassifier, DistillationConfig, RobustDistillationTrainer, VQDiscretizer,
-                               generate_dad_dataset)
-from hf_robust_distill.cli import DataArguments, load_splits, parse_recipe_args
+                               generate_dad_dataset, push_robust_student)
+from hf_robust_distill.cli import (DataArguments, RobustnessArguments, load_splits, parse_recipe_args, report_and_card,
+                                   take_push_request)
 from hf_robust_distill.dad import pair_with_dad
 from hf_robust_distill.data import class_names, load_image_dataset, prepare_dataset
 from hf_robust_distill.distortions import parse_distortions
@@ -74,9 +75,10 @@ DEMO_DEFAULTS = dict(
 )
 
 
-def parse_args(argv=None) -> tuple[ScriptArguments, DataArguments, DistillationConfig]:
-    return parse_recipe_args((ScriptArguments, DataArguments, DistillationConfig), argv, defaults=DAD_DEFAULTS,
-                             demo_defaults=DEMO_DEFAULTS)
+def parse_args(argv=None):
+    """(ScriptArguments, DataArguments, RobustnessArguments, DistillationConfig)."""
+    return parse_recipe_args((ScriptArguments, DataArguments, RobustnessArguments, DistillationConfig), argv,
+                             defaults=DAD_DEFAULTS, demo_defaults=DEMO_DEFAULTS)
 
 
 def use_demo_zoo(script_args: ScriptArguments, config: DistillationConfig) -> None:
@@ -138,7 +140,8 @@ def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     if not torch.cuda.is_available():
         torch.set_flush_denormal(True)  # tiny attention probabilities are denormal; slow on CPUs
-    script_args, data_args, config = parse_args(argv)
+    script_args, data_args, robustness, config = parse_args(argv)
+    repo_id = take_push_request(config)
     if config.dad_mode == "none":
         raise ValueError("recipes/dad.py trains with DAD: --dad_mode online or offline")
     use_demo_zoo(script_args, config)
@@ -167,23 +170,35 @@ def main(argv=None) -> dict:
     trainer = train_student(student_path, names, config, teacher if needs_teacher else None, discretizer, train_set)
     results = {"trainer": trainer}
 
-    students = {"DAD student": trainer.model}
+    students = {"DAD student": (trainer.model, config.output_dir, "dad", config)}
     if script_args.plain_kd_baseline:
         kd_config = replace(config, output_dir=os.path.join(config.output_dir, "plain-kd"), dad_mode="none",
                             dad_kd_weight=0.0, dad_ce_weight=0.0)
         kd_train = prepare_dataset(train, size, data_args.image_column, data_args.label_column)
         baseline = train_student(student_path, names, kd_config, teacher, None, kd_train)
-        students = {"plain-KD student": baseline.model, **students}
+        students = {"plain-KD student": (baseline.model, kd_config.output_dir, "kd", kd_config), **students}
         results["baseline"] = baseline
     if not trainer.is_world_process_zero() or names is None:
         return results
 
     columns = [str(entry) for entry in parse_distortions(script_args.eval_distortions)]
-    models = {"teacher": teacher_classifier.to(config.device).eval(), **{k: m.eval() for k, m in students.items()}}
+    teacher_classifier = teacher_classifier.to(config.device).eval()
+    models = {"teacher": teacher_classifier, **{k: m.eval() for k, (m, *_) in students.items()}}
     preprocessors = {name: student_pixels for name in students}  # the teacher takes [0,1] pixels itself
     table = distortion_table(models, preprocessors, eval_set, columns, config.seed)
     report_table(table, config.output_dir)
     results["table"] = table
+    results["reports"] = report_and_card(
+        {name: (PixelSpaceClassifier(model, student_pixels), folder, student_path, method, student_config)
+         for name, (model, folder, method, student_config) in students.items()},
+        teacher_classifier, script_args.teacher_name_or_path, evaluation, robustness, config,
+        train_dataset=data_args.dataset_name, num_train_examples=len(train), image_size=size, repo_id=repo_id,
+        vq_name_or_path=script_args.vq_name_or_path, eval_split=data_args.eval_split,
+        image_column=data_args.image_column, label_column=data_args.label_column)
+    if repo_id:
+        results["commit"] = push_robust_student(config.output_dir, repo_id, token=config.hub_token,
+                                                private=config.hub_private_repo)
+        print(f"Pushed the DAD student to {results['commit'].commit_url}")
     return results
 
 

@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 import torch
 from transformers import AutoImageProcessor
 
-from hf_robust_distill import DistillationConfig, RobustDistillationTrainer
-from hf_robust_distill.cli import DataArguments, load_splits, parse_recipe_args
+from hf_robust_distill import DistillationConfig, RobustDistillationTrainer, push_robust_student
+from hf_robust_distill.cli import (DataArguments, RobustnessArguments, load_splits, parse_recipe_args, report_and_card,
+                                   take_push_request)
 from hf_robust_distill.data import class_names, prepare_dataset
 from hf_robust_distill.distortions import parse_distortions
 from hf_robust_distill.evaluation import cls_features, distortion_table, fit_linear_probe, report_table
-from hf_robust_distill.models import PixelPreprocessor, has_matching_head, load_vision_model
+from hf_robust_distill.models import PixelPreprocessor, PixelSpaceClassifier, has_matching_head, load_vision_model
 
 logger = logging.getLogger("multilevel")
 
@@ -54,10 +55,12 @@ DEMO_DEFAULTS = dict(
 )
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, DataArguments, DistillationConfig]:
-    """Command-line flags, optionally on top of ``--config file.yaml``; with no teacher given the
-    embedded demo's settings are the defaults, and any flag still overrides them."""
-    return parse_recipe_args((ScriptArguments, DataArguments, DistillationConfig), argv, demo_defaults=DEMO_DEFAULTS)
+def parse_args(argv: list[str] | None = None):
+    """(ScriptArguments, DataArguments, RobustnessArguments, DistillationConfig) from the command
+    line, optionally on top of ``--config file.yaml``; with no teacher given the embedded demo's
+    settings are the defaults, and any flag still overrides them."""
+    return parse_recipe_args((ScriptArguments, DataArguments, RobustnessArguments, DistillationConfig), argv,
+                             demo_defaults=DEMO_DEFAULTS)
 
 
 def build_teacher_if_demo(script_args: ScriptArguments, config: DistillationConfig) -> None:
@@ -85,7 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     if not torch.cuda.is_available():
         torch.set_flush_denormal(True)  # tiny attention probabilities are denormal; slow on CPUs
-    script_args, data_args, config = parse_args(argv)
+    script_args, data_args, robustness, config = parse_args(argv)
+    repo_id = take_push_request(config)
     build_teacher_if_demo(script_args, config)
     student_path = script_args.student_name_or_path or script_args.teacher_name_or_path
 
@@ -135,6 +139,18 @@ def main(argv: list[str] | None = None) -> dict:
     if table:
         report_table(table, config.output_dir)
     results["table"] = table
+    if names is not None and has_matching_head(student, names):
+        results["reports"] = report_and_card(
+            {"student": (PixelSpaceClassifier(student, student_pixels), config.output_dir, student_path, "multilevel",
+                         config)},
+            PixelSpaceClassifier(trainer.teacher, teacher_pixels) if teacher_has_head else None,
+            script_args.teacher_name_or_path, evaluation, robustness, config,
+            train_dataset=data_args.dataset_name, num_train_examples=len(train), image_size=size, repo_id=repo_id,
+            eval_split=data_args.eval_split, image_column=data_args.image_column, label_column=data_args.label_column)
+    if repo_id:
+        results["commit"] = push_robust_student(config.output_dir, repo_id, token=config.hub_token,
+                                                private=config.hub_private_repo)
+        print(f"Pushed the student to {results['commit'].commit_url}")
     return results
 
 

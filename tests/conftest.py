@@ -70,3 +70,26 @@ def tiny_vq(tmp_path_factory) -> str:
     torch.manual_seed(0)
     VQDiscretizer(demo_vq_model(num_codes=64), input_range="[-1,1]").save_pretrained(str(path))
     return str(path)
+
+
+@pytest.fixture
+def local_hub(monkeypatch):
+    """A Hub on loopback that ``huggingface_hub`` reaches through ``HF_ENDPOINT``. The client reads
+    its endpoint and offline flag when ``huggingface_hub.constants`` is imported, so that module is
+    reloaded with the test's environment, and again afterwards."""
+    import importlib
+
+    from huggingface_hub import constants
+
+    from tests.local_hub import LocalHub
+
+    with LocalHub() as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+        monkeypatch.setenv("HF_TOKEN", "hf_localtesttoken1234")
+        importlib.reload(constants)
+        try:
+            yield hub
+        finally:
+            monkeypatch.undo()
+            importlib.reload(constants)

@@ -1,0 +1,199 @@
+"""Corrupted evaluation sets: each (corruption, severity) of an evaluation set made once, from a
+seed, and kept as 8-bit images in a memory-mapped Arrow file that ``datasets`` opens.
+
+Two backends make them:
+
+* ``"torch"``: the package's batched ports (``distortions.corrupt``) on the model's device, with
+  random numbers from a CPU generator seeded by (seed, corruption, severity, batch), so a GPU
+  and a CPU make the same set;
+* ``"reference"``: the reference ImageNet-C code (``imagecorruptions``, the
+  ``imagecorruptions-imaug`` fork), image by image in data-loader workers, NumPy seeded by
+  (seed, corruption, severity, image index). Exact, and slow for glass blur.
+
+``"auto"`` takes the torch port where there is one and the reference code otherwise. Like the
+ImageNet-C release, corrupted images are stored, and evaluated, as 8-bit images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+from datasets import Dataset
+from torch.utils.data import DataLoader
+
+from .distortions import CORRUPTIONS, corrupt
+
+BACKENDS = ("torch", "reference", "auto")
+FORMAT_VERSION = 1
+
+
+def reference_corruptions() -> tuple[str, ...]:
+    """Every corruption of the reference code (the 15 of ImageNet-C and the 4 held-out ones)."""
+    return tuple(_imagecorruptions().get_corruption_names("all"))
+
+
+def _imagecorruptions():
+    try:
+        import imagecorruptions
+    except ImportError as error:
+        raise ImportError("the reference ImageNet-C backend needs imagecorruptions: pip install "
+                          "'hf-robust-distill[imagenet-c]' (the imagecorruptions-imaug fork)") from error
+    return imagecorruptions
+
+
+def resolve_backend(corruption: str, backend: str) -> str:
+    """The backend that makes ``corruption``: "torch" or "reference"."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown corruption backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if backend in ("torch", "auto") and corruption in CORRUPTIONS:
+        return "torch"
+    if backend == "torch":
+        raise ValueError(f"{corruption!r} has no torch port (ported: {', '.join(CORRUPTIONS)}); "
+                         "use backend='reference' or 'auto'")
+    if corruption not in reference_corruptions():
+        raise ValueError(f"unknown corruption {corruption!r}; the reference code has {', '.join(reference_corruptions())}")
+    return "reference"
+
+
+def default_cache_dir() -> str:
+    """``$HF_ROBUST_DISTILL_CACHE``, else ``$HF_HOME/hf_robust_distill/corrupted``."""
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_ROBUST_DISTILL_CACHE", os.path.join(constants.HF_HOME, "hf_robust_distill", "corrupted"))
+
+
+def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    return pixels.clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
+@dataclass(frozen=True)
+class CorruptedSet:
+    """What one cached set is made from; its hash names the file."""
+
+    source: str  # the evaluation set's fingerprint, columns and size
+    corruption: str
+    severity: int
+    backend: str
+    seed: int
+    batch_size: int  # the torch backend draws random numbers per batch
+
+    @property
+    def key(self) -> str:
+        payload = json.dumps({**asdict(self), "format": FORMAT_VERSION}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+class CorruptedSetCache:
+    """Arrow files ``<cache_dir>/<corruption>-<severity>-<key>.arrow`` (columns ``pixels``, flat
+    uint8 (3*H*W), and ``label``), written to a temporary name and renamed when complete, so an
+    interrupted run leaves nothing that a later one would trust."""
+
+    def __init__(self, cache_dir: str | None = None):
+        self.cache_dir = cache_dir or default_cache_dir()
+
+    def path(self, entry: CorruptedSet) -> str:
+        return os.path.join(self.cache_dir, f"{entry.corruption}-{entry.severity}-{entry.key}.arrow")
+
+    def load(self, entry: CorruptedSet) -> Dataset | None:
+        path = self.path(entry)
+        return Dataset.from_file(path) if os.path.isfile(path) else None
+
+    def write(self, entry: CorruptedSet, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
+              ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Passes ``batches`` (uint8 images, labels) through, writing them; the file appears
+        when the last batch has gone through."""
+        os.makedirs(self.cache_dir, exist_ok=True)
+        path = self.path(entry)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        writer = None
+        try:
+            with pa.OSFile(tmp, "wb") as sink:
+                for images, labels in batches:
+                    flat = images.reshape(len(images), -1).numpy()
+                    table = pa.table({
+                        "pixels": pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1]),
+                        "label": pa.array(labels.numpy().astype(np.int64)),
+                    })
+                    if writer is None:
+                        writer = pa.ipc.new_stream(sink, table.schema)
+                    writer.write_table(table)
+                    yield images, labels
+                if writer is not None:
+                    writer.close()
+            if writer is not None:
+                os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def cached_batches(dataset: Dataset, size: tuple[int, int], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(uint8 images (B, 3, H, W), labels) from a cached set of ``size`` (H, W) images."""
+    table = dataset.with_format("numpy")
+    for start in range(0, len(dataset), batch_size):
+        rows = table[start : start + batch_size]
+        yield (torch.from_numpy(np.asarray(rows["pixels"], dtype=np.uint8).reshape(-1, 3, *size)),
+               torch.from_numpy(np.asarray(rows["label"], dtype=np.int64)))
+
+
+def torch_corrupted_batches(clean: DataLoader, entry: CorruptedSet, device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of ``clean`` (``pixel_values`` in [0, 1], ``labels``) corrupted on ``device``."""
+    index = CORRUPTIONS.index(entry.corruption)
+    for i, batch in enumerate(clean):
+        generator = torch.Generator().manual_seed(int(np.random.SeedSequence(
+            [entry.seed, index, entry.severity, i]).generate_state(1)[0]))
+        pixels = corrupt(batch["pixel_values"].to(device), entry.corruption, entry.severity, generator)
+        yield to_uint8(pixels).cpu(), batch["labels"]
+
+
+class ReferenceCorruptedImages(torch.utils.data.Dataset):
+    """The reference code applied to each image of a prepared set, seeded per image: NumPy's
+    global generator (restored afterwards) and, for the corruptions that take one, their seed."""
+
+    def __init__(self, clean, entry: CorruptedSet):
+        self.clean = clean
+        self.entry = entry
+        self.index = reference_corruptions().index(entry.corruption)
+        function = _imagecorruptions().corruption_dict[entry.corruption]
+        # glass_blur and impulse_noise draw from their own generator, seeded by this argument.
+        self.takes_seed = "seed" in inspect.signature(function).parameters
+
+    def __len__(self) -> int:
+        return len(self.clean)
+
+    def __getitem__(self, i: int) -> dict:
+        example = self.clean[i]
+        image = to_uint8(example["pixel_values"]).permute(1, 2, 0).numpy()
+        if min(image.shape[:2]) < 32:
+            raise ValueError(f"the reference ImageNet-C code needs images of at least 32x32 px, got {image.shape[:2]}")
+        seed = int(np.random.SeedSequence([self.entry.seed, self.index, self.entry.severity, i]).generate_state(1)[0])
+        state = np.random.get_state()
+        np.random.seed(seed)
+        try:
+            out = _imagecorruptions().corrupt(image, severity=self.entry.severity, corruption_name=self.entry.corruption,
+                                              **({"seed": seed} if self.takes_seed else {}))
+        finally:
+            np.random.set_state(state)
+        out = np.clip(np.asarray(out, dtype=np.float64), 0, 255).round().astype(np.uint8)
+        return {"pixels": torch.from_numpy(out).permute(2, 0, 1).contiguous(), "labels": example["labels"]}
+
+
+def reference_corrupted_batches(clean, entry: CorruptedSet, batch_size: int, num_workers: int
+                                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    loader = DataLoader(ReferenceCorruptedImages(clean, entry), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, collate_fn=_stack)
+    for batch in loader:
+        yield batch["pixels"], batch["labels"]
+
+
+def _stack(examples: list[dict]) -> dict:
+    return {"pixels": torch.stack([e["pixels"] for e in examples]),
+            "labels": torch.tensor([e["labels"] for e in examples], dtype=torch.long)}

@@ -1,0 +1,248 @@
+"""A distilled student as a Hub model: its model card (robustness table, plot, ``model-index``
+results, settings, citations) and its push.
+
+A card never holds a token or a local path: checkpoints and datasets that are not Hub ids appear
+by their folder name only. The push sends the student's own files (weights, config, image
+processor, card, report, plot) and nothing else that lies in the training folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .report import PLOT_FILE, REPORT_FILE, RobustnessReport
+
+CARD_TEMPLATE = Path(__file__).parent / "model_cards" / "robust_student.md"
+CARD_FILE = "README.md"
+STUDENT_FILES = ("config.json", "preprocessor_config.json", "model.safetensors.index.json", CARD_FILE, REPORT_FILE,
+                 PLOT_FILE)
+WEIGHTS = re.compile(r"model(-\d+-of-\d+)?\.safetensors")
+REPO_PLACEHOLDER = "your-username/{name}"
+METHOD_TAGS = {"multilevel": ["multilevel-distillation"], "dad": ["dad", "adversarial-augmentation"], "kd": []}
+
+METHODS = {
+    "multilevel": (
+        "asymmetric multi-level ViT distillation",
+        "teacher and student start from the same pretrained ViT; the frozen teacher sees clean images, the "
+        "student sees distorted ones, and the student learns to match the teacher's [CLS] embedding, patch "
+        "tokens and attention maps (Alexis et al., 2026).",
+    ),
+    "dad": (
+        "Discrete Adversarial Distillation (DAD)",
+        "the student learns by knowledge distillation on clean images and on adversarial examples against the "
+        "teacher, discretized by a VQ model so that they look like natural images rather than noise "
+        "(Zhou et al., 2023).",
+    ),
+    "kd": (
+        "knowledge distillation",
+        "the student learns to match the teacher's softened predictions (and the labels) on clean images; it "
+        "is the plain-KD baseline that DAD is compared with.",
+    ),
+}
+
+
+def is_hub_id(name: str | None) -> bool:
+    """Whether ``name`` reads as a Hub repo id (``name`` or ``namespace/name``) rather than a path."""
+    if not name or os.path.exists(name) or name.startswith((".", "~", "/")) or "\\" in name:
+        return False
+    return re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) is not None and name.count("/") <= 1
+
+
+def public_name(name_or_path: str | None) -> str | None:
+    """A Hub id as it is, in backticks; a local path as its folder name only."""
+    if not name_or_path:
+        return None
+    if is_hub_id(name_or_path):
+        return f"[`{name_or_path}`](https://huggingface.co/{name_or_path})" if "/" in name_or_path else f"`{name_or_path}`"
+    return f"a local checkpoint (`{Path(str(name_or_path).rstrip('/')).name}`)"
+
+
+def _plain_name(name_or_path: str) -> str:
+    return name_or_path if is_hub_id(name_or_path) else Path(str(name_or_path).rstrip("/")).name
+
+
+def training_settings(config, method: str, vq_name_or_path: str | None = None) -> dict[str, str]:
+    """The settings a card shows, read from a ``DistillationConfig``: the method's own (distortions
+    or DAD's attack and VQ model), loss weights and the optimisation. Nothing else of the
+    training arguments (tokens, paths) reaches the card."""
+    settings = {}
+    if method == "multilevel" or config.distortions != "clean":
+        settings["Student's distortions"] = f"`{config.distortions}`"
+    if method == "dad":
+        attack = config.attack_settings()
+        settings["DAD images"] = f"{config.dad_mode} (made {'during training' if config.dad_mode == 'online' else 'once, before training'})"
+        settings["Attack"] = (f"{attack.steps}-step {config.attack_norm.upper()} PGD against the teacher, eps "
+                              f"{attack.eps:g}, step {attack.step_size:g}, random start with probability "
+                              f"{attack.random_start_prob:g}, projected around VQ(x)")
+        if vq_name_or_path:
+            settings["VQ model"] = public_name(vq_name_or_path)
+    weights = {"[CLS]": config.cls_weight, "patch tokens": config.patch_weight, "attention maps": config.attn_weight,
+               "KD": config.kd_weight, "CE": config.ce_weight, "KD on DAD images": config.dad_kd_weight,
+               "CE on DAD images": config.dad_ce_weight}
+    settings["Loss weights"] = ", ".join(f"{name} {w:g}" for name, w in weights.items() if w)
+    if config.kd_weight or config.dad_kd_weight:
+        settings["KD temperature"] = f"{config.temperature:g}"
+    length = f"{config.max_steps} steps" if config.max_steps and config.max_steps > 0 else f"{config.num_train_epochs:g} epochs"
+    batch = config.per_device_train_batch_size * max(config.world_size, 1) * config.gradient_accumulation_steps
+    settings["Optimisation"] = (f"{length}, batch {batch}, {config.optim} lr {config.learning_rate:g} "
+                                f"({config.lr_scheduler_type}), weight decay {config.weight_decay:g}"
+                                + (", bf16" if config.bf16 else ", fp16" if config.fp16 else ""))
+    settings["Seed"] = str(config.seed)
+    return settings
+
+
+def eval_results(report: RobustnessReport, dataset_id: str) -> list[EvalResult]:
+    """``model-index`` results: clean accuracy, mean corrupted accuracy and mCE, and each natural shift."""
+    task = dict(task_type="image-classification", task_name="Image Classification")
+    corrupted = dict(task, dataset_type=dataset_id, dataset_name=f"{report.dataset_name} (corrupted)",
+                     dataset_config="corruptions", dataset_split=report.split)
+    results = [EvalResult(**task, dataset_type=dataset_id, dataset_name=report.dataset_name, dataset_split=report.split,
+                          metric_type="accuracy", metric_name="Top-1 accuracy (clean)",
+                          metric_value=round(100 * report.clean_accuracy, 2))]
+    if report.mean_corrupted_accuracy is not None:
+        results.append(EvalResult(**corrupted, metric_type="accuracy", metric_name="Mean corrupted top-1 accuracy",
+                                  metric_value=round(100 * report.mean_corrupted_accuracy, 2)))
+    if report.mce is not None:
+        baseline = _plain_name(report.baseline["name"])
+        results.append(EvalResult(**corrupted, metric_type="mce", metric_name=f"mCE (vs {baseline})",
+                                  metric_value=round(report.mce, 2)))
+    if report.relative_mce is not None:
+        results.append(EvalResult(**corrupted, metric_type="relative_mce", metric_name=f"Relative mCE (vs {baseline})",
+                                  metric_value=round(report.relative_mce, 2)))
+    for name, accuracy in report.natural_shifts.items():
+        results.append(EvalResult(**task, dataset_type=name, dataset_name=name, metric_type="accuracy",
+                                  metric_name="Top-1 accuracy", metric_value=round(100 * accuracy, 2)))
+    return results
+
+
+def model_card(report: RobustnessReport, *, method: str, teacher: str, train_dataset: str,
+               settings: dict[str, str], model_name: str, student_init: str | None = None, repo_id: str | None = None,
+               architecture: str | None = None, num_train_examples: int | None = None, license: str | None = None,
+               plot_file: str | None = PLOT_FILE) -> ModelCard:
+    """The student's card, rendered from ``model_cards/robust_student.md``."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; one of {', '.join(METHODS)}")
+    method_name, method_summary = METHODS[method]
+    dataset_id = _plain_name(train_dataset)
+    card_data = ModelCardData(
+        model_name=model_name, library_name="transformers", pipeline_tag="image-classification", license=license,
+        base_model=student_init if is_hub_id(student_init) and "/" in (student_init or "") else None,
+        datasets=[dataset_id] if is_hub_id(train_dataset) and "/" in train_dataset else None,
+        tags=["hf_robust_distill", "robustness", "knowledge-distillation", *METHOD_TAGS[method]],
+        eval_results=eval_results(report, dataset_id),
+    )
+    baseline = report.baseline or {}
+    return ModelCard.from_template(
+        card_data, template_path=str(CARD_TEMPLATE), model_name=model_name,
+        repo_id=repo_id or REPO_PLACEHOLDER.format(name=model_name), report=report, headline=report.headline(),
+        method_name=method_name, method_summary=method_summary, teacher=public_name(teacher),
+        student_init=public_name(student_init), train_dataset=public_name(train_dataset) if is_hub_id(train_dataset) else f"`{dataset_id}`",
+        eval_dataset=f"`{_plain_name(report.dataset_name)}`" + (f" ({report.split} split)" if report.split else ""),
+        num_train_examples=num_train_examples, settings=settings, plot_file=plot_file,
+        architecture_phrase=f"a `{architecture}`" if architecture else "an",
+        backends_phrase=_backends_phrase(report.backends),
+        baseline_phrase=("AlexNet's ImageNet-C errors" if baseline.get("name") == "AlexNet"
+                         else f"the errors of {public_name(baseline.get('name'))} on the same images"),
+    )
+
+
+def _backends_phrase(backends: dict[str, str]) -> str:
+    used = set(backends.values())
+    if used == {"torch"}:
+        return "the package's batched torch ports of ImageNet-C"
+    if used == {"reference"}:
+        return "the reference ImageNet-C code (imagecorruptions)"
+    reference = sorted(c for c, b in backends.items() if b == "reference")
+    return f"the package's torch ports of ImageNet-C, and the reference code for {', '.join(reference)}"
+
+
+def write_student_card(output_dir: str, report: RobustnessReport, **card_kwargs) -> dict[str, str]:
+    """Writes the report (JSON), its plot and the model card into ``output_dir``, next to the
+    student's weights: the folder is then ready for ``push_robust_student``."""
+    paths = {"report": report.save(os.path.join(output_dir, REPORT_FILE)),
+             "plot": os.path.join(output_dir, PLOT_FILE)}
+    report.plot(paths["plot"])
+    card = model_card(report, **card_kwargs)
+    paths["card"] = os.path.join(output_dir, CARD_FILE)
+    card.save(paths["card"])
+    return paths
+
+
+class PushToHubError(RuntimeError):
+    """A push that did not complete; the local folder is as it was, and the message says how to retry."""
+
+
+def student_files(folder: str) -> list[str]:
+    """The files of ``folder`` a push sends: weights, config, image processor, card, report, plot."""
+    names = sorted(os.listdir(folder))
+    files = [n for n in names if (n in STUDENT_FILES or WEIGHTS.fullmatch(n)) and os.path.isfile(os.path.join(folder, n))]
+    missing = [n for n in ("config.json", CARD_FILE) if n not in files]
+    if not any(WEIGHTS.fullmatch(n) for n in files):
+        missing.append("model.safetensors")
+    if missing:
+        raise FileNotFoundError(f"{folder} is not a complete student: {', '.join(missing)} missing (the recipes write "
+                                "them at the end of training; write_student_card writes the card)")
+    return files
+
+
+def retry_command(folder: str, repo_id: str) -> str:
+    return f"python -m hf_robust_distill.hub {folder} {repo_id}"
+
+
+def push_robust_student(folder: str, repo_id: str, *, token: str | None = None, private: bool | None = None,
+                        revision: str | None = None, commit_message: str = "Upload robust student (hf_robust_distill)"):
+    """Pushes the student in ``folder`` to the Hub model repo ``repo_id`` (created if needed):
+    its safetensors weights, config, image processor, card, robustness report and plot; never the
+    teacher, checkpoints, training arguments or generated datasets that lie beside them.
+
+    The card is sent with ``repo_id`` in its loading example; the local folder is only read.
+    On failure (no network, bad token, no permission) raises ``PushToHubError`` naming the
+    cause and the command that retries. Returns the commit info.
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    files = student_files(folder)
+    card = ModelCard.load(os.path.join(folder, CARD_FILE))
+    model_name = card.data.get("model_name") or Path(folder).name
+    content = str(card).replace(REPO_PLACEHOLDER.format(name=model_name), repo_id)
+    if token and token in content:
+        raise ValueError("the model card contains the Hub token; refusing to push it")
+    operations = [CommitOperationAdd(path_in_repo=CARD_FILE, path_or_fileobj=content.encode())]
+    operations += [CommitOperationAdd(path_in_repo=n, path_or_fileobj=os.path.join(folder, n))
+                   for n in files if n != CARD_FILE]
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        return api.create_commit(repo_id, operations, commit_message=commit_message, revision=revision)
+    except Exception as error:  # network, HTTP and offline-mode errors all end here
+        raise PushToHubError(
+            f"pushing {folder} to the Hub repo {repo_id} failed: {type(error).__name__}: {error}\n"
+            f"The local folder is complete and unchanged. Once the cause is fixed (network, HF_TOKEN or "
+            f"`hf auth login`, write access to {repo_id}), retry with:\n    {retry_command(folder, repo_id)}"
+        ) from error
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m hf_robust_distill.hub",
+                                     description="Push a distilled student folder to the Hub.")
+    parser.add_argument("folder")
+    parser.add_argument("repo_id")
+    parser.add_argument("--private", action="store_true", default=None)
+    parser.add_argument("--revision", default=None)
+    args = parser.parse_args(argv)
+    try:
+        info = push_robust_student(args.folder, args.repo_id, private=args.private, revision=args.revision)
+    except PushToHubError as error:
+        sys.exit(str(error))
+    print(f"pushed to {info.commit_url}")
+
+
+if __name__ == "__main__":
+    main()

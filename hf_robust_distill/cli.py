@@ -75,7 +75,8 @@ class RobustnessArguments:
         default=None, metadata={"help": "Comma-separated name=dataset[:split], e.g. imagenet-r=axiong/imagenet-r:test "
                                         "(imagenet-r and imagenet-a bring their 200-class subsets)."})
     corruption_cache_dir: str | None = field(
-        default=None, metadata={"help": "Where corrupted evaluation sets are cached; default $HF_HOME/hf_robust_distill."})
+        default=None, metadata={"help": "Where corrupted evaluation sets are cached; default "
+                                        "$HF_HOME/hf_robust_distill/corrupted."})
     robustness_batch_size: int = field(default=64, metadata={"help": "Batch size of the robustness evaluation."})
     robustness_num_workers: int = field(default=0, metadata={"help": "Data-loader workers (the reference backend "
                                                                      "corrupts in them)."})
@@ -84,7 +85,8 @@ class RobustnessArguments:
     def evaluation_kwargs(self) -> dict:
         """Keyword arguments of ``evaluate_robustness``."""
         return dict(
-            corruptions=[c.strip() for c in self.robustness_corruptions.split(",")] if self.robustness_corruptions else None,
+            corruptions=(None if not self.robustness_corruptions
+                         else [c.strip() for c in self.robustness_corruptions.split(",")]),
             severities=[int(s) for s in self.robustness_severities.split(",")], backend=self.robustness_backend,
             natural_shifts=[s.strip() for s in self.natural_shifts.split(",")] if self.natural_shifts else (),
             cache_dir=self.corruption_cache_dir, batch_size=self.robustness_batch_size,
@@ -113,17 +115,19 @@ def report_and_card(students: dict, teacher, teacher_name: str, evaluation, robu
     plot and model card in its folder. Classifiers take [0, 1] pixels (``PixelSpaceClassifier``).
     Returns ``{name: RobustnessReport}`` (the teacher's under "teacher")."""
     from .evaluation import evaluate_robustness
-    from .hub import training_settings, write_student_card
+    from .hub import plain_name, training_settings, write_student_card
     from .report import RobustnessReport
 
     choice = robustness.robustness_baseline.lower()
     if choice not in ("teacher", "alexnet", "none"):
         raise ValueError(f"--robustness_baseline is teacher, alexnet or none, got {robustness.robustness_baseline!r}")
+    train_dataset = _dataset_label(train_dataset)
     kwargs = dict(robustness.evaluation_kwargs(), image_size=image_size, seed=config.seed, split=eval_split,
-                  dataset_name=_dataset_label(train_dataset), image_column=image_column, label_column=label_column)
+                  dataset_name=train_dataset, image_column=image_column, label_column=label_column,
+                  progress=not config.disable_tqdm)
     reports: dict[str, RobustnessReport] = {}
     if teacher is not None:
-        reports["teacher"] = evaluate_robustness(teacher, evaluation, model_name=teacher_name, **kwargs,
+        reports["teacher"] = evaluate_robustness(teacher, evaluation, model_name=plain_name(teacher_name), **kwargs,
                                                  baseline="alexnet" if choice == "alexnet" else None)
         reports["teacher"].save(os.path.join(config.output_dir, TEACHER_REPORT_FILE))
     baseline = {"teacher": reports.get("teacher"), "alexnet": "alexnet", "none": None}[choice]
@@ -139,7 +143,7 @@ def report_and_card(students: dict, teacher, teacher_name: str, evaluation, robu
             architecture=_architecture(model), num_train_examples=num_train_examples,
             license=robustness.card_license)
         reports[name] = report
-        mce = f", mCE {report.mce:.1f} vs {report.baseline['name'] if report.baseline else ''}" if report.mce is not None else ""
+        mce = "" if report.mce is None else f", mCE {report.mce:.1f} (vs {report.baseline['name']})"
         print(f"  {name}: clean {100 * report.clean_accuracy:.1f}%, mean corrupted "
               f"{100 * report.mean_corrupted_accuracy:.1f}%{mce}\n    {os.path.abspath(paths['card'])}\n"
               f"    {os.path.abspath(paths['plot'])}\n    {os.path.abspath(paths['report'])}")

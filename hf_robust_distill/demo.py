@@ -43,7 +43,7 @@ def demo_image_processor(image_size: int = DEMO_IMAGE_SIZE) -> ViTImageProcessor
                              image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
 
 
-def build_demo_vit(output_dir: str, epochs: int = 15, seed: int = 0, learning_rate: float = 1e-3) -> str:
+def build_demo_vit(output_dir: str, epochs: int = 10, seed: int = 0, learning_rate: float = 1e-3) -> str:
     """Trains the demo ViT from scratch on clean, upscaled scikit-learn digits and saves it
     (safetensors, config, image processor) to ``output_dir``, which it returns."""
     digits = demo_digits(seed=seed)
@@ -123,7 +123,7 @@ class CaptionedImages:
                 "attention_mask": tokens["attention_mask"], "return_loss": True}
 
 
-def build_demo_clip(output_dir: str, epochs: int = 10, seed: int = 0, learning_rate: float = 1e-3) -> str:
+def build_demo_clip(output_dir: str, epochs: int = 6, seed: int = 0, learning_rate: float = 1e-3) -> str:
     """Trains a tiny CLIP (CLIP's contrastive loss, ``transformers.Trainer``) on clean digits and
     captions such as "a photo of the digit 3.", and saves model, tokenizer and image processor."""
     digits = demo_digits(seed=seed)
@@ -158,7 +158,7 @@ def demo_vq_model(image_size: int = DEMO_IMAGE_SIZE, num_codes: int = 256, chann
                    norm_num_groups=min(channels) // 2, sample_size=image_size, mid_block_add_attention=False)
 
 
-def build_demo_vq(output_dir: str, epochs: int = 4, seed: int = 0, learning_rate: float = 3e-3,
+def build_demo_vq(output_dir: str, epochs: int = 2, seed: int = 0, learning_rate: float = 3e-3,
                   batch_size: int = 32) -> str:
     """Trains the demo VQ model as an autoencoder (L1 reconstruction plus VQ commitment loss) on
     clean digits in [-1, 1], and saves it in diffusers format with its input range."""

@@ -58,11 +58,14 @@ def public_name(name_or_path: str | None) -> str | None:
     if not name_or_path:
         return None
     if is_hub_id(name_or_path):
-        return f"[`{name_or_path}`](https://huggingface.co/{name_or_path})" if "/" in name_or_path else f"`{name_or_path}`"
+        if "/" in name_or_path:
+            return f"[`{name_or_path}`](https://huggingface.co/{name_or_path})"
+        return f"`{name_or_path}`"
     return f"a local checkpoint (`{Path(str(name_or_path).rstrip('/')).name}`)"
 
 
-def _plain_name(name_or_path: str) -> str:
+def plain_name(name_or_path: str) -> str:
+    """A Hub id as it is; a local path as its folder name (what reports and cards may show)."""
     return name_or_path if is_hub_id(name_or_path) else Path(str(name_or_path).rstrip("/")).name
 
 
@@ -75,7 +78,8 @@ def training_settings(config, method: str, vq_name_or_path: str | None = None) -
         settings["Student's distortions"] = f"`{config.distortions}`"
     if method == "dad":
         attack = config.attack_settings()
-        settings["DAD images"] = f"{config.dad_mode} (made {'during training' if config.dad_mode == 'online' else 'once, before training'})"
+        made = "during training" if config.dad_mode == "online" else "once, before training"
+        settings["DAD images"] = f"{config.dad_mode} (made {made})"
         settings["Attack"] = (f"{attack.steps}-step {config.attack_norm.upper()} PGD against the teacher, eps "
                               f"{attack.eps:g}, step {attack.step_size:g}, random start with probability "
                               f"{attack.random_start_prob:g}, projected around VQ(x)")
@@ -87,10 +91,13 @@ def training_settings(config, method: str, vq_name_or_path: str | None = None) -
     settings["Loss weights"] = ", ".join(f"{name} {w:g}" for name, w in weights.items() if w)
     if config.kd_weight or config.dad_kd_weight:
         settings["KD temperature"] = f"{config.temperature:g}"
-    length = f"{config.max_steps} steps" if config.max_steps and config.max_steps > 0 else f"{config.num_train_epochs:g} epochs"
+    steps = config.max_steps and config.max_steps > 0
+    epochs = config.num_train_epochs
+    length = f"{config.max_steps} steps" if steps else f"{epochs:g} epoch{'' if epochs == 1 else 's'}"
     batch = config.per_device_train_batch_size * max(config.world_size, 1) * config.gradient_accumulation_steps
-    settings["Optimisation"] = (f"{length}, batch {batch}, {config.optim} lr {config.learning_rate:g} "
-                                f"({config.lr_scheduler_type}), weight decay {config.weight_decay:g}"
+    optimizer, schedule = (getattr(v, "value", v) for v in (config.optim, config.lr_scheduler_type))
+    settings["Optimisation"] = (f"{length}, batch {batch}, {optimizer} lr {config.learning_rate:g} ({schedule}), "
+                                f"weight decay {config.weight_decay:g}"
                                 + (", bf16" if config.bf16 else ", fp16" if config.fp16 else ""))
     settings["Seed"] = str(config.seed)
     return settings
@@ -108,12 +115,12 @@ def eval_results(report: RobustnessReport, dataset_id: str) -> list[EvalResult]:
         results.append(EvalResult(**corrupted, metric_type="accuracy", metric_name="Mean corrupted top-1 accuracy",
                                   metric_value=round(100 * report.mean_corrupted_accuracy, 2)))
     if report.mce is not None:
-        baseline = _plain_name(report.baseline["name"])
+        baseline = plain_name(report.baseline["name"])
         results.append(EvalResult(**corrupted, metric_type="mce", metric_name=f"mCE (vs {baseline})",
                                   metric_value=round(report.mce, 2)))
     if report.relative_mce is not None:
-        results.append(EvalResult(**corrupted, metric_type="relative_mce", metric_name=f"Relative mCE (vs {baseline})",
-                                  metric_value=round(report.relative_mce, 2)))
+        results.append(EvalResult(**corrupted, metric_type="relative_mce",
+                                  metric_name=f"Relative mCE (vs {baseline})", metric_value=round(report.relative_mce, 2)))
     for name, accuracy in report.natural_shifts.items():
         results.append(EvalResult(**task, dataset_type=name, dataset_name=name, metric_type="accuracy",
                                   metric_name="Top-1 accuracy", metric_value=round(100 * accuracy, 2)))
@@ -128,7 +135,7 @@ def model_card(report: RobustnessReport, *, method: str, teacher: str, train_dat
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; one of {', '.join(METHODS)}")
     method_name, method_summary = METHODS[method]
-    dataset_id = _plain_name(train_dataset)
+    dataset_id = plain_name(train_dataset)
     card_data = ModelCardData(
         model_name=model_name, library_name="transformers", pipeline_tag="image-classification", license=license,
         base_model=student_init if is_hub_id(student_init) and "/" in (student_init or "") else None,
@@ -141,8 +148,9 @@ def model_card(report: RobustnessReport, *, method: str, teacher: str, train_dat
         card_data, template_path=str(CARD_TEMPLATE), model_name=model_name,
         repo_id=repo_id or REPO_PLACEHOLDER.format(name=model_name), report=report, headline=report.headline(),
         method_name=method_name, method_summary=method_summary, teacher=public_name(teacher),
-        student_init=public_name(student_init), train_dataset=public_name(train_dataset) if is_hub_id(train_dataset) else f"`{dataset_id}`",
-        eval_dataset=f"`{_plain_name(report.dataset_name)}`" + (f" ({report.split} split)" if report.split else ""),
+        student_init=public_name(student_init),
+        train_dataset=public_name(train_dataset) if is_hub_id(train_dataset) else f"`{dataset_id}`",
+        eval_dataset=f"`{plain_name(report.dataset_name)}`" + (f" ({report.split} split)" if report.split else ""),
         num_train_examples=num_train_examples, settings=settings, plot_file=plot_file,
         architecture_phrase=f"a `{architecture}`" if architecture else "an",
         backends_phrase=_backends_phrase(report.backends),
@@ -180,7 +188,8 @@ class PushToHubError(RuntimeError):
 def student_files(folder: str) -> list[str]:
     """The files of ``folder`` a push sends: weights, config, image processor, card, report, plot."""
     names = sorted(os.listdir(folder))
-    files = [n for n in names if (n in STUDENT_FILES or WEIGHTS.fullmatch(n)) and os.path.isfile(os.path.join(folder, n))]
+    files = [n for n in names
+             if (n in STUDENT_FILES or WEIGHTS.fullmatch(n)) and os.path.isfile(os.path.join(folder, n))]
     missing = [n for n in ("config.json", CARD_FILE) if n not in files]
     if not any(WEIGHTS.fullmatch(n) for n in files):
         missing.append("model.safetensors")

@@ -135,9 +135,9 @@ class RobustnessReport:
         ax.set_xlabel("severity")
         ax.set_ylabel("top-1 accuracy (%)")
         ax.set_ylim(0, 100)
-        title = f"{self.model_name} on {self.dataset_name}"
+        title = f"{os.path.basename(self.model_name.rstrip('/'))} on {self.dataset_name}"
         if self.mce is not None:
-            title += f"  (mCE {self.mce:.1f}" + (f" vs {self.baseline['name']})" if self.baseline else ")")
+            title += f"  (mCE {self.mce:.1f} vs {os.path.basename(str(self.baseline['name']).rstrip('/'))})"
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)

@@ -69,7 +69,8 @@ DAD_DEFAULTS = dict(
     lr_scheduler_type="cosine", warmup_steps=0.05,
 )
 DEMO_DEFAULTS = dict(
-    output_dir="demo_output/dad", num_train_epochs=3, per_device_train_batch_size=32, per_device_eval_batch_size=128,
+    output_dir="demo_output/dad", corruption_cache_dir="demo_output/corrupted", num_train_epochs=1,
+    per_device_train_batch_size=32, per_device_eval_batch_size=128,
     learning_rate=5e-4, logging_steps=50, eval_strategy="no", save_strategy="no", report_to="none",
     disable_tqdm=True, prompt_templates="short", plain_kd_baseline=True,
 )

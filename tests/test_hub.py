@@ -145,6 +145,9 @@ def test_multilevel_recipe_reports_cards_and_pushes_after_training(tiny_vit, tmp
     # Nothing reached the Hub before the student was trained and saved.
     first_request = min(t for t, _, _ in local_hub.requests)
     assert first_request > os.path.getmtime(out / "model.safetensors")
-    assert sorted(local_hub.repos["tester/ml-student"].files) == [
+    pushed = local_hub.repos["tester/ml-student"].files
+    for name in ("README.md", "robustness_report.json"):  # the teacher was a local folder: no path leaks
+        assert str(tmp_path).encode() not in pushed[name] and tiny_vit.encode() not in pushed[name]
+    assert sorted(pushed) == [
         "README.md", "config.json", "model.safetensors", "preprocessor_config.json", "robustness.png",
         "robustness_report.json"]

@@ -25,7 +25,8 @@ def test_dad_recipe_trains_and_prints_the_table(tiny_clip, tiny_vq, tiny_vit, tm
         "--max_train_samples", "16", "--max_eval_samples", "16", "--max_steps", "2",
         "--per_device_train_batch_size", "8", "--generation_batch_size", "8", "--use_cpu",
         "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true", "--logging_steps", "1",
-        "--eval_distortions", "gaussian_noise:3", "--plain_kd_baseline",
+        "--eval_distortions", "gaussian_noise:3", "--plain_kd_baseline", "--robustness_corruptions",
+        "gaussian_noise,contrast", "--robustness_severities", "2", "--corruption_cache_dir", str(tmp_path / "cache"),
     ])
     table = results["table"]
     assert list(table) == ["teacher", "plain-KD student", "DAD student"]
@@ -36,6 +37,12 @@ def test_dad_recipe_trains_and_prints_the_table(tiny_clip, tiny_vq, tiny_vit, tm
     assert logs and "loss_kd_dad" in logs[-1]
     assert "loss_kd_dad" not in [e for e in results["baseline"].state.log_history if "loss" in e][-1]
     assert os.path.isfile(out / "model.safetensors") and os.path.isfile(out / "plain-kd" / "model.safetensors")
+    for folder in (out, out / "plain-kd"):  # each student gets its report, plot and card
+        assert {"README.md", "robustness.png", "robustness_report.json"} <= set(os.listdir(folder))
+    reports = results["reports"]
+    assert reports["DAD student"].baseline == reports["teacher"].as_baseline()
+    with open(out / "plain-kd" / "README.md") as f:
+        assert "knowledge distillation" in f.read()
     if mode == "offline":
         assert results["trainer"].teacher is None  # the stored logits stood in for the teacher
         assert os.path.isfile(out / "dad-dataset" / "dad_generation.json")

@@ -202,7 +202,7 @@ def test_report_saves_loads_and_plots(tmp_path):
 def test_evaluate_recipe_writes_report_and_plot(tiny_vit, tmp_path):
     from tests.test_recipes import load_recipe
 
-    recipe = load_recipe("evaluate")
+    recipe = load_recipe("evaluate_robustness")
     report = recipe.main(["--model_name_or_path", tiny_vit, "--max_eval_samples", "16", "--output_dir",
                           str(tmp_path / "out"), "--robustness_corruptions", "gaussian_noise,pixelate",
                           "--robustness_severities", "1,5", "--robustness_baseline", "none", "--corruption_cache_dir",

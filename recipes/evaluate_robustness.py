@@ -3,12 +3,12 @@ folder; a saved ``CLIPZeroShotClassifier`` too): accuracy on clean images and un
 ImageNet-C corruption x severity, corruption errors and mCE, natural shifts; written as
 ``robustness_report.json`` and ``robustness.png`` in ``--output_dir``.
 
-    python recipes/evaluate.py --model_name_or_path google/vit-base-patch16-224 \\
+    python recipes/evaluate_robustness.py --model_name_or_path google/vit-base-patch16-224 \\
         --dataset_name <imagenet-1k on the Hub> --eval_split validation --robustness_baseline alexnet \\
         --robustness_backend auto --robustness_num_workers 8 \\
         --natural_shifts imagenet-r=axiong/imagenet-r:test --output_dir vit-b16-robustness
-    python recipes/evaluate.py --model_name_or_path my-student --baseline_report teacher/robustness_report.json
-    python recipes/evaluate.py      # the embedded demo: the demo zoo's ViT on the digits
+    python recipes/evaluate_robustness.py --model_name_or_path my-student --baseline_report teacher/robustness_report.json
+    python recipes/evaluate_robustness.py      # the embedded demo: the demo zoo's ViT on the digits
 
 Flags: the fields of ``EvaluateArguments``, ``DataArguments`` and ``RobustnessArguments``.
 """
@@ -39,7 +39,8 @@ class EvaluateArguments:
     seed: int = field(default=0, metadata={"help": "Seed of the corrupted sets."})
 
 
-DEMO_DEFAULTS = dict(output_dir="demo_output/evaluate", robustness_baseline="none")
+DEMO_DEFAULTS = dict(output_dir="demo_output/evaluate", corruption_cache_dir="demo_output/corrupted",
+                     robustness_baseline="none")
 
 
 def load_classifier(name_or_path: str) -> torch.nn.Module:
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> RobustnessReport:
     elif robustness.robustness_baseline.lower() in ("alexnet", "none"):
         baseline = None if robustness.robustness_baseline.lower() == "none" else "alexnet"
     else:
-        raise ValueError("evaluate.py has no teacher: give --baseline_report, or --robustness_baseline alexnet or none")
+        raise ValueError("evaluate_robustness.py has no teacher: give --baseline_report, or --robustness_baseline alexnet or none")
 
     classifier = load_classifier(args.model_name_or_path).to(device)
     report = evaluate_robustness(

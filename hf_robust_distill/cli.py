@@ -105,6 +105,18 @@ def take_push_request(config) -> str | None:
     return config.hub_model_id
 
 
+def push_if_requested(config, repo_id: str | None):
+    """After training: the student in ``config.output_dir`` to ``repo_id`` (when one was asked
+    for by ``take_push_request``); the commit info, or ``None``."""
+    if not repo_id:
+        return None
+    from .hub import push_robust_student
+
+    commit = push_robust_student(config.output_dir, repo_id, token=config.hub_token, private=config.hub_private_repo)
+    print(f"Pushed the student to {commit.commit_url}")
+    return commit
+
+
 def report_and_card(students: dict, teacher, teacher_name: str, evaluation, robustness: RobustnessArguments, config,
                     *, train_dataset: str | None, num_train_examples: int, image_size,
                     repo_id: str | None = None, vq_name_or_path: str | None = None, eval_split: str | None = None,

@@ -18,7 +18,7 @@ from torch import nn
 from transformers import logging as hf_logging
 from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel, CLIPVisionModelWithProjection
 
-from .models import PixelPreprocessor
+from .models import PixelPreprocessor, PixelSpaceClassifier, load_vision_model
 from .prompts import resolve_templates
 
 HEAD_WEIGHTS = "zero_shot_head.safetensors"
@@ -139,3 +139,10 @@ class CLIPZeroShotClassifier(nn.Module):
         embeds = self.image_embeddings(pixel_values)
         return self.logit_scale * embeds @ self.head.to(embeds.dtype).t()
 
+
+def load_pixel_classifier(name_or_path: str) -> nn.Module:
+    """A module from [0, 1] pixels to logits: a saved ``CLIPZeroShotClassifier``, or an image
+    classifier behind its own image processor's normalisation."""
+    if os.path.isfile(os.path.join(name_or_path, HEAD_WEIGHTS)):
+        return CLIPZeroShotClassifier.from_pretrained(name_or_path)
+    return PixelSpaceClassifier(load_vision_model(name_or_path), PixelPreprocessor.from_pretrained(name_or_path))

@@ -24,15 +24,15 @@ import torch
 from transformers import AutoConfig, AutoImageProcessor
 
 from hf_robust_distill import (CLIPZeroShotClassifier, DistillationConfig, RobustDistillationTrainer, VQDiscretizer,
-                               generate_dad_dataset, push_robust_student)
-from hf_robust_distill.cli import (DataArguments, RobustnessArguments, load_splits, parse_recipe_args, report_and_card,
-                                   take_push_request)
+                               generate_dad_dataset)
+from hf_robust_distill.cli import (DataArguments, RobustnessArguments, load_splits, parse_recipe_args,
+                                   push_if_requested, report_and_card, take_push_request)
 from hf_robust_distill.dad import pair_with_dad
 from hf_robust_distill.data import class_names, load_image_dataset, prepare_dataset
 from hf_robust_distill.distortions import parse_distortions
 from hf_robust_distill.evaluation import distortion_table, report_table
 from hf_robust_distill.models import PixelPreprocessor, PixelSpaceClassifier, has_matching_head, load_vision_model
-from hf_robust_distill.teachers import HEAD_WEIGHTS
+from hf_robust_distill.teachers import HEAD_WEIGHTS, load_pixel_classifier
 
 logger = logging.getLogger("dad")
 
@@ -96,17 +96,16 @@ def use_demo_zoo(script_args: ScriptArguments, config: DistillationConfig) -> No
 
 def load_teacher(path: str, names: list[str] | None, templates: str):
     """(teacher, its [0,1]-pixel classifier): a CLIP zero-shot classifier or an image classifier."""
-    if os.path.isfile(os.path.join(path, HEAD_WEIGHTS)):
-        teacher = CLIPZeroShotClassifier.from_pretrained(path)
-        return teacher, teacher
-    if AutoConfig.from_pretrained(path).model_type == "clip":
+    if not os.path.isfile(os.path.join(path, HEAD_WEIGHTS)) and AutoConfig.from_pretrained(path).model_type == "clip":
         teacher = CLIPZeroShotClassifier.from_clip(path, names, templates=templates)
         return teacher, teacher
-    teacher = load_vision_model(path)
-    if not has_matching_head(teacher, names):
+    classifier = load_pixel_classifier(path)
+    if isinstance(classifier, CLIPZeroShotClassifier):
+        return classifier, classifier
+    if not has_matching_head(classifier.model, names):
         raise ValueError(f"the teacher {path} does not predict this dataset's classes; use a CLIP teacher or a "
                          "classifier fine-tuned on them")
-    return teacher, PixelSpaceClassifier(teacher, PixelPreprocessor.from_pretrained(path))
+    return classifier.model, classifier
 
 
 def offline_training_set(script_args, data_args, config, train, teacher_classifier, discretizer, size):
@@ -196,10 +195,7 @@ def main(argv=None) -> dict:
         train_dataset=data_args.dataset_name, num_train_examples=len(train), image_size=size, repo_id=repo_id,
         vq_name_or_path=script_args.vq_name_or_path, eval_split=data_args.eval_split,
         image_column=data_args.image_column, label_column=data_args.label_column)
-    if repo_id:
-        results["commit"] = push_robust_student(config.output_dir, repo_id, token=config.hub_token,
-                                                private=config.hub_private_repo)
-        print(f"Pushed the DAD student to {results['commit'].commit_url}")
+    results["commit"] = push_if_requested(config, repo_id)
     return results
 
 

@@ -20,12 +20,10 @@ import os
 from dataclasses import dataclass, field
 
 import torch
-from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-from hf_robust_distill import CLIPZeroShotClassifier, RobustnessReport, evaluate_robustness
+from hf_robust_distill import RobustnessReport, evaluate_robustness
 from hf_robust_distill.cli import DataArguments, RobustnessArguments, load_splits, parse_recipe_args
-from hf_robust_distill.models import PixelPreprocessor, PixelSpaceClassifier
-from hf_robust_distill.teachers import HEAD_WEIGHTS
+from hf_robust_distill.teachers import load_pixel_classifier
 
 
 @dataclass
@@ -41,15 +39,6 @@ class EvaluateArguments:
 
 DEMO_DEFAULTS = dict(output_dir="demo_output/evaluate", corruption_cache_dir="demo_output/corrupted",
                      robustness_baseline="none")
-
-
-def load_classifier(name_or_path: str) -> torch.nn.Module:
-    """The model as a module from [0, 1] pixels to logits."""
-    if os.path.isfile(os.path.join(name_or_path, HEAD_WEIGHTS)):
-        return CLIPZeroShotClassifier.from_pretrained(name_or_path)
-    model = AutoModelForImageClassification.from_pretrained(name_or_path)
-    return PixelSpaceClassifier(model, PixelPreprocessor.from_image_processor(
-        AutoImageProcessor.from_pretrained(name_or_path)))
 
 
 def main(argv: list[str] | None = None) -> RobustnessReport:
@@ -69,7 +58,7 @@ def main(argv: list[str] | None = None) -> RobustnessReport:
     else:
         raise ValueError("evaluate_robustness.py has no teacher: give --baseline_report, or --robustness_baseline alexnet or none")
 
-    classifier = load_classifier(args.model_name_or_path).to(device)
+    classifier = load_pixel_classifier(args.model_name_or_path).to(device)
     report = evaluate_robustness(
         classifier, evaluation, **robustness.evaluation_kwargs(), baseline=baseline, seed=args.seed, device=device,
         model_name=args.model_name_or_path, dataset_name=data_args.dataset_name or "sklearn-digits",

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 import torch
 from transformers import AutoImageProcessor
 
-from hf_robust_distill import DistillationConfig, RobustDistillationTrainer, push_robust_student
-from hf_robust_distill.cli import (DataArguments, RobustnessArguments, load_splits, parse_recipe_args, report_and_card,
-                                   take_push_request)
+from hf_robust_distill import DistillationConfig, RobustDistillationTrainer
+from hf_robust_distill.cli import (DataArguments, RobustnessArguments, load_splits, parse_recipe_args,
+                                   push_if_requested, report_and_card, take_push_request)
 from hf_robust_distill.data import class_names, prepare_dataset
 from hf_robust_distill.distortions import parse_distortions
 from hf_robust_distill.evaluation import cls_features, distortion_table, fit_linear_probe, report_table
@@ -148,10 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
             script_args.teacher_name_or_path, evaluation, robustness, config,
             train_dataset=data_args.dataset_name, num_train_examples=len(train), image_size=size, repo_id=repo_id,
             eval_split=data_args.eval_split, image_column=data_args.image_column, label_column=data_args.label_column)
-    if repo_id:
-        results["commit"] = push_robust_student(config.output_dir, repo_id, token=config.hub_token,
-                                                private=config.hub_private_repo)
-        print(f"Pushed the student to {results['commit'].commit_url}")
+    results["commit"] = push_if_requested(config, repo_id)
     return results
 
 

@@ -24,8 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(OFFLINE) $(BIN)/python recipes/multilevel.py
-	$(OFFLINE) $(BIN)/python recipes/dad.py
+	$(OFFLINE) $(BIN)/python recipes/demo.py
 
 test: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m pytest tests

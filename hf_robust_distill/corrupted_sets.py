@@ -11,7 +11,9 @@ Two backends make them:
   (seed, corruption, severity, image index). Exact, and slow for glass blur.
 
 ``"auto"`` takes the torch port where there is one and the reference code otherwise. Like the
-ImageNet-C release, corrupted images are stored, and evaluated, as 8-bit images.
+ImageNet-C release, corrupted images are stored, and evaluated, as 8-bit images. The evaluation
+set itself is decoded and resized once, into the same cache (corruption ``"clean"``), and every
+corrupted set is made from that copy.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import hashlib
 import inspect
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -33,6 +35,7 @@ from .distortions import CORRUPTIONS, corrupt
 
 BACKENDS = ("torch", "reference", "auto")
 FORMAT_VERSION = 1
+CLEAN = "clean"
 
 
 def reference_corruptions() -> tuple[str, ...]:
@@ -76,7 +79,8 @@ def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class CorruptedSet:
-    """What one cached set is made from; its hash names the file."""
+    """What one cached set is made from; its hash names the file. The decoded evaluation set is
+    the entry ``CorruptedSet.clean(source)``."""
 
     source: str  # the evaluation set's fingerprint, columns and size
     corruption: str
@@ -84,6 +88,10 @@ class CorruptedSet:
     backend: str
     seed: int
     batch_size: int  # the torch backend draws random numbers per batch
+
+    @classmethod
+    def clean(cls, source: str) -> CorruptedSet:
+        return cls(source, CLEAN, 0, "decoded", 0, 0)
 
     @property
     def key(self) -> str:
@@ -134,6 +142,18 @@ class CorruptedSetCache:
             if os.path.exists(tmp):
                 os.remove(tmp)
 
+    def fill(self, entry: CorruptedSet, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> Dataset:
+        """Writes all of ``batches`` and returns the stored set."""
+        for _ in self.write(entry, batches):
+            pass
+        return self.load(entry)
+
+
+def decoded_batches(loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(uint8 images, labels) of a prepared set's loader (``pixel_values`` in [0, 1], ``labels``)."""
+    for batch in loader:
+        yield to_uint8(batch["pixel_values"]), batch["labels"]
+
 
 def cached_batches(dataset: Dataset, size: tuple[int, int], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(uint8 images (B, 3, H, W), labels) from a cached set of ``size`` (H, W) images."""
@@ -144,22 +164,25 @@ def cached_batches(dataset: Dataset, size: tuple[int, int], batch_size: int) -> 
                torch.from_numpy(np.asarray(rows["label"], dtype=np.int64)))
 
 
-def torch_corrupted_batches(clean: DataLoader, entry: CorruptedSet, device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches of ``clean`` (``pixel_values`` in [0, 1], ``labels``) corrupted on ``device``."""
+def torch_corrupted_batches(clean: Iterable[tuple[torch.Tensor, torch.Tensor]], entry: CorruptedSet, device
+                            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of ``clean`` (uint8 images, labels) corrupted on ``device``."""
     index = CORRUPTIONS.index(entry.corruption)
-    for i, batch in enumerate(clean):
+    for i, (images, labels) in enumerate(clean):
         generator = torch.Generator().manual_seed(int(np.random.SeedSequence(
             [entry.seed, index, entry.severity, i]).generate_state(1)[0]))
-        pixels = corrupt(batch["pixel_values"].to(device), entry.corruption, entry.severity, generator)
-        yield to_uint8(pixels).cpu(), batch["labels"]
+        pixels = corrupt(images.to(device).float().div_(255), entry.corruption, entry.severity, generator)
+        yield to_uint8(pixels).cpu(), labels
 
 
 class ReferenceCorruptedImages(torch.utils.data.Dataset):
-    """The reference code applied to each image of a prepared set, seeded per image: NumPy's
-    global generator (restored afterwards) and, for the corruptions that take one, their seed."""
+    """The reference code applied to each image of a stored clean set of ``size`` (H, W) images,
+    seeded per image: NumPy's global generator (restored afterwards) and, for the corruptions
+    that take one, their seed."""
 
-    def __init__(self, clean, entry: CorruptedSet):
-        self.clean = clean
+    def __init__(self, clean: Dataset, size: tuple[int, int], entry: CorruptedSet):
+        self.clean = clean.with_format("numpy")
+        self.size = tuple(size)
         self.entry = entry
         self.index = reference_corruptions().index(entry.corruption)
         function = _imagecorruptions().corruption_dict[entry.corruption]
@@ -171,7 +194,7 @@ class ReferenceCorruptedImages(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         example = self.clean[i]
-        image = to_uint8(example["pixel_values"]).permute(1, 2, 0).numpy()
+        image = np.asarray(example["pixels"], dtype=np.uint8).reshape(3, *self.size).transpose(1, 2, 0)
         if min(image.shape[:2]) < 32:
             raise ValueError(f"the reference ImageNet-C code needs images of at least 32x32 px, got {image.shape[:2]}")
         seed = int(np.random.SeedSequence([self.entry.seed, self.index, self.entry.severity, i]).generate_state(1)[0])
@@ -183,12 +206,12 @@ class ReferenceCorruptedImages(torch.utils.data.Dataset):
         finally:
             np.random.set_state(state)
         out = np.clip(np.asarray(out, dtype=np.float64), 0, 255).round().astype(np.uint8)
-        return {"pixels": torch.from_numpy(out).permute(2, 0, 1).contiguous(), "labels": example["labels"]}
+        return {"pixels": torch.from_numpy(out).permute(2, 0, 1).contiguous(), "labels": int(example["label"])}
 
 
-def reference_corrupted_batches(clean, entry: CorruptedSet, batch_size: int, num_workers: int
-                                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    loader = DataLoader(ReferenceCorruptedImages(clean, entry), batch_size=batch_size, shuffle=False,
+def reference_corrupted_batches(clean: Dataset, size: tuple[int, int], entry: CorruptedSet, batch_size: int,
+                                num_workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    loader = DataLoader(ReferenceCorruptedImages(clean, size, entry), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=_stack)
     for batch in loader:
         yield batch["pixels"], batch["labels"]

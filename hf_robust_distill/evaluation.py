@@ -12,8 +12,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .corrupted_sets import (CorruptedSet, CorruptedSetCache, cached_batches, reference_corrupted_batches,
-                             resolve_backend, to_uint8, torch_corrupted_batches)
+from .corrupted_sets import (CorruptedSet, CorruptedSetCache, cached_batches, decoded_batches,
+                             reference_corrupted_batches, resolve_backend, torch_corrupted_batches)
 from .data import class_names, collate_images, find_columns, load_image_dataset, prepare_dataset
 from .distortions import Distorter
 from .metrics.corruption_robustness.corruption_robustness import IMAGENET_C_CORRUPTIONS, SEVERITIES
@@ -92,11 +92,13 @@ def evaluate_robustness(
     image_column, label_column = find_columns(dataset, image_column, label_column)
     if label_column is None:
         raise ValueError("the evaluation set has no label column; pass label_column")
-    prepared = prepare_dataset(dataset, size, image_column, label_column)
-    clean_loader = DataLoader(prepared, batch_size=batch_size, shuffle=False, collate_fn=collate_images,
-                              num_workers=num_workers)
     source = f"{dataset._fingerprint}:{image_column}:{label_column}:{size[0]}x{size[1]}"
     cache = CorruptedSetCache(cache_dir)
+    clean_set = cache.load(CorruptedSet.clean(source))
+    if clean_set is None:
+        loader = DataLoader(prepare_dataset(dataset, size, image_column, label_column), batch_size=batch_size,
+                            shuffle=False, collate_fn=collate_images, num_workers=num_workers)
+        clean_set = cache.fill(CorruptedSet.clean(source), decoded_batches(loader))
     name = model_name or _model_name(model)
 
     was_training = classifier.training
@@ -104,7 +106,7 @@ def evaluate_robustness(
     bar = tqdm(total=1 + len(corruptions) * len(severities) + len(shifts), desc=f"robustness of {name}",
                disable=not progress)
     try:
-        clean = _accuracy(classifier, ((to_uint8(b["pixel_values"]), b["labels"]) for b in clean_loader), device)
+        clean = _accuracy(classifier, cached_batches(clean_set, size, batch_size), device)
         bar.update()
         accuracy: dict[str, dict[int, float]] = {}
         for corruption in corruptions:
@@ -116,9 +118,11 @@ def evaluate_robustness(
                 if cached is not None:
                     batches = cached_batches(cached, size, batch_size)
                 elif entry.backend == "torch":
-                    batches = cache.write(entry, torch_corrupted_batches(clean_loader, entry, device))
+                    clean_batches = cached_batches(clean_set, size, batch_size)
+                    batches = cache.write(entry, torch_corrupted_batches(clean_batches, entry, device))
                 else:
-                    batches = cache.write(entry, reference_corrupted_batches(prepared, entry, batch_size, num_workers))
+                    batches = cache.write(entry, reference_corrupted_batches(clean_set, size, entry, batch_size,
+                                                                             num_workers))
                 accuracy.setdefault(corruption, {})[int(severity)] = _accuracy(classifier, batches, device)
                 bar.update()
         shifted = {}
@@ -150,8 +154,7 @@ def natural_shift_accuracy(classifier, shift: NaturalShift, size: tuple[int, int
     labels_in_subset = subset is not None and names is not None and len(names) == len(subset)
     loader = DataLoader(prepare_dataset(data, size, image_column, label_column), batch_size=batch_size,
                         collate_fn=collate_images, num_workers=num_workers)
-    batches = ((to_uint8(b["pixel_values"]), b["labels"]) for b in loader)
-    return _accuracy(classifier, batches, device, subset, labels_in_subset)
+    return _accuracy(classifier, decoded_batches(loader), device, subset, labels_in_subset)
 
 
 @torch.inference_mode()

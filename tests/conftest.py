@@ -74,11 +74,13 @@ def tiny_vq(tmp_path_factory) -> str:
 
 @pytest.fixture
 def local_hub(monkeypatch):
-    """A Hub on loopback that ``huggingface_hub`` reaches through ``HF_ENDPOINT``. The client reads
-    its endpoint and offline flag when ``huggingface_hub.constants`` is imported, so that module is
-    reloaded with the test's environment, and again afterwards."""
+    """A Hub on loopback that ``huggingface_hub`` and ``datasets`` reach through ``HF_ENDPOINT``.
+    Both read the endpoint and offline flag when imported, so ``huggingface_hub.constants`` is
+    reloaded with the test's environment (and again afterwards) and ``datasets.config`` patched. Xet is
+    turned off so that large files take the LFS route the local hub speaks."""
     import importlib
 
+    from datasets import config as datasets_config
     from huggingface_hub import constants
 
     from tests.local_hub import LocalHub
@@ -87,6 +89,9 @@ def local_hub(monkeypatch):
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         monkeypatch.setenv("HF_HUB_OFFLINE", "0")
         monkeypatch.setenv("HF_TOKEN", "hf_localtesttoken1234")
+        monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+        monkeypatch.setattr(datasets_config, "HF_ENDPOINT", hub.url)
+        monkeypatch.setattr(datasets_config, "HUB_DATASETS_URL", hub.url + "/datasets/{repo_id}/resolve/{revision}/{path}")
         importlib.reload(constants)
         try:
             yield hub

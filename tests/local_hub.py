@@ -1,8 +1,12 @@
 """A Hub on loopback for tests: the few routes of the Hub's HTTP API that ``huggingface_hub``
-uses to create a model repo, commit files to it and download them again.
+and ``datasets`` use to create a model or dataset repo, commit files to it, list it and download
+them again.
 
-Files are answered as "regular" at preupload, so the client sends them inline in the commit and
-no LFS or Xet storage is needed. Repos live in memory. A request with the token
+Files are answered as "regular" at preupload, so the client sends them inline in the commit,
+except those with a suffix in ``LFS_SUFFIXES`` (``datasets`` uploads its parquet shards before the
+commit and deletes them, as the Hub stores them in LFS): those go through the LFS batch API and its
+basic transfer, a PUT of the whole file (the client must have Xet disabled). Repos live in memory, in ``repos``, keyed as in the Hub's URLs:
+``owner/name`` for a model, ``datasets/owner/name`` for a dataset. A request with the token
 ``LocalHub.BAD_TOKEN`` is refused with 401, and every request is recorded in ``requests`` as
 (time, method, path).
 """
@@ -17,12 +21,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 
 @dataclass
 class Repo:
     files: dict[str, bytes] = field(default_factory=dict)
+    lfs_paths: set[str] = field(default_factory=set)
     sha: str = "0" * 40
 
 
@@ -32,9 +37,11 @@ def _git_blob_sha(content: bytes) -> str:
 
 class LocalHub:
     BAD_TOKEN = "hf_refused"
+    LFS_SUFFIXES = (".parquet", ".arrow")
 
     def __init__(self):
         self.repos: dict[str, Repo] = {}
+        self.lfs_objects: dict[str, bytes] = {}
         self.requests: list[tuple[float, str, str]] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -70,29 +77,43 @@ class LocalHub:
             def do_POST(self):
                 hub._route(self, "POST")
 
+            def do_PUT(self):
+                hub._route(self, "PUT")
+
         return Handler
 
     # ---------------------------------------------------------------- routing
 
     def _route(self, request: BaseHTTPRequestHandler, method: str) -> None:
-        path = urlsplit(request.path).path
+        url = urlsplit(request.path)
+        path = url.path
         self.requests.append((time.time(), method, path))
-        body = request.rfile.read(int(request.headers.get("Content-Length") or 0)) if method == "POST" else b""
+        body = request.rfile.read(int(request.headers.get("Content-Length") or 0)) if method in ("POST", "PUT") else b""
         if request.headers.get("Authorization") == f"Bearer {self.BAD_TOKEN}":
             return self._json(request, {"error": "Invalid credentials in Authorization header"}, 401)
+        repo = r"(?P<kind>models|datasets)/(?P<repo>[^/]+/[^/]+)"
         routes = [
             ("POST", r"/api/repos/create", self._create_repo),
             ("POST", r"/api/validate-yaml", self._validate_yaml),
-            ("POST", r"/api/models/(?P<repo>[^/]+/[^/]+)/preupload/(?P<rev>[^/]+)", self._preupload),
-            ("POST", r"/api/models/(?P<repo>[^/]+/[^/]+)/commit/(?P<rev>[^/]+)", self._commit),
-            ("GET", r"/api/models/(?P<repo>[^/]+/[^/]+)(?:/revision/(?P<rev>[^/]+))?", self._repo_info),
-            ("GET", r"/api/models/(?P<repo>[^/]+/[^/]+)/tree/(?P<rev>[^/]+)(?:/(?P<sub>.*))?", self._tree),
-            (None, r"/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)", self._resolve),
+            ("POST", rf"/api/{repo}/preupload/(?P<rev>[^/]+)", self._preupload),
+            ("POST", rf"/api/{repo}/commit/(?P<rev>[^/]+)", self._commit),
+            ("POST", rf"/api/{repo}/paths-info/(?P<rev>[^/]+)", self._paths_info),
+            ("GET", rf"/api/{repo}(?:/revision/(?P<rev>[^/]+))?", self._repo_info),
+            ("GET", rf"/api/{repo}/tree/(?P<rev>[^/]+)(?:/(?P<sub>.*))?", self._tree),
+            ("POST", r"/(?:(?P<kind>datasets)/)?(?P<repo>[^/]+/[^/]+)\.git/info/lfs/objects/batch", self._lfs_batch),
+            ("PUT", r"/lfs-objects/(?P<oid>[0-9a-f]{64})", self._lfs_put),
+            (None, r"/(?:(?P<kind>datasets)/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)", self._resolve),
         ]
         for verb, pattern, handler in routes:
             match = re.fullmatch(pattern, path)
             if match and verb in (None, method):
-                return handler(request, method, body, **{k: unquote(v) if v else v for k, v in match.groupdict().items()})
+                groups = {k: unquote(v) if v else v for k, v in match.groupdict().items()}
+                if "repo" in groups:
+                    kind = groups.pop("kind") or "models"
+                    groups["repo"] = groups["repo"] if kind == "models" else f"{kind}/{groups['repo']}"
+                if handler == self._tree:
+                    groups["recursive"] = parse_qs(url.query).get("recursive", ["false"])[0].lower() == "true"
+                return handler(request, method, body, **groups)
         self._json(request, {"error": f"no route for {method} {path}"}, 404)
 
     def _json(self, request, payload, status: int = 200, headers: dict | None = None) -> None:
@@ -116,10 +137,11 @@ class LocalHub:
         repo_id = f"{payload['organization']}/{payload['name']}" if payload.get("organization") else payload["name"]
         if "/" not in repo_id:
             repo_id = f"tester/{repo_id}"
-        if repo_id in self.repos:
-            return self._json(request, {"error": "You already created this model repo", "url": f"{self.url}/{repo_id}"}, 409)
-        self.repos[repo_id] = Repo()
-        self._json(request, {"url": f"{self.url}/{repo_id}", "name": repo_id})
+        key = repo_id if payload.get("type", "model") == "model" else f"{payload['type']}s/{repo_id}"
+        if key in self.repos:
+            return self._json(request, {"error": "You already created this repo", "url": f"{self.url}/{key}"}, 409)
+        self.repos[key] = Repo()
+        self._json(request, {"url": f"{self.url}/{key}", "name": repo_id})
 
     def _validate_yaml(self, request, method, body):
         """The model card's metadata must parse, as the Hub checks before a commit with a README."""
@@ -137,8 +159,25 @@ class LocalHub:
         if repo not in self.repos:
             return self._missing(request, repo)
         files = json.loads(body)["files"]
-        self._json(request, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None}
+        self._json(request, {"files": [{"path": f["path"], "shouldIgnore": False, "oid": None,
+                                        "uploadMode": "lfs" if f["path"].endswith(self.LFS_SUFFIXES) else "regular"}
                                        for f in files]})
+
+    def _lfs_batch(self, request, method, body, repo):
+        if repo not in self.repos:
+            return self._missing(request, repo)
+        objects = json.loads(body)["objects"]
+        self._json(request, {"transfer": "basic", "objects": [
+            {"oid": o["oid"], "size": o["size"], "actions": {"upload": {"href": f"{self.url}/lfs-objects/{o['oid']}"}}}
+            for o in objects]})
+
+    def _lfs_put(self, request, method, body, oid):
+        if hashlib.sha256(body).hexdigest() != oid:
+            return self._json(request, {"error": "the content does not hash to its oid"}, 400)
+        self.lfs_objects[oid] = body
+        request.send_response(200)
+        request.send_header("Content-Length", "0")
+        request.end_headers()
 
     def _commit(self, request, method, body, repo, rev):
         if repo not in self.repos:
@@ -151,8 +190,15 @@ class LocalHub:
             value = item["value"]
             if item["key"] == "file":
                 stored.files[value["path"]] = base64.b64decode(value["content"])
+                stored.lfs_paths.discard(value["path"])
+            elif item["key"] == "lfsFile":
+                if value["oid"] not in self.lfs_objects:
+                    return self._json(request, {"error": f"LFS object {value['oid']} was never uploaded"}, 400)
+                stored.files[value["path"]] = self.lfs_objects[value["oid"]]
+                stored.lfs_paths.add(value["path"])
             elif item["key"] == "deletedFile":
                 stored.files.pop(value["path"], None)
+                stored.lfs_paths.discard(value["path"])
             elif item["key"] != "header":
                 return self._json(request, {"error": f"this local hub does not take {item['key']!r}"}, 400)
         stored.sha = hashlib.sha1(stored.sha.encode() + json.dumps(sorted(stored.files)).encode()
@@ -164,16 +210,48 @@ class LocalHub:
         if repo not in self.repos:
             return self._missing(request, repo)
         stored = self.repos[repo]
-        self._json(request, {"id": repo, "modelId": repo, "sha": stored.sha, "private": False,
+        repo_id = repo.removeprefix("datasets/")
+        self._json(request, {"id": repo_id, "modelId": repo_id, "sha": stored.sha, "private": False,
                              "siblings": [{"rfilename": p, "size": len(c)} for p, c in sorted(stored.files.items())]})
 
-    def _tree(self, request, method, body, repo, rev, sub=None):
+    def _tree(self, request, method, body, repo, rev, sub=None, recursive=False):
         if repo not in self.repos:
             return self._missing(request, repo)
-        prefix = f"{sub.rstrip('/')}/" if sub else ""
-        entries = [{"type": "file", "path": p, "size": len(c), "oid": _git_blob_sha(c)}
-                   for p, c in sorted(self.repos[repo].files.items()) if p.startswith(prefix)]
+        files = self.repos[repo].files
+        prefix = f"{sub.strip('/')}/" if sub else ""
+        entries = {}
+        for path in sorted(p for p in files if p.startswith(prefix)):
+            parts = path[len(prefix):].split("/")
+            for depth in range(1, len(parts)):  # the folders on the way
+                folder = prefix + "/".join(parts[:depth])
+                if recursive or depth == 1:
+                    entries.setdefault(folder, {"type": "directory", "path": folder, "oid": "0" * 40})
+            if recursive or len(parts) == 1:
+                entries[path] = self._file_entry(self.repos[repo], path)
+        if sub and not entries:
+            return self._json(request, {"error": "Entry not found"}, 404, {"X-Error-Code": "EntryNotFound"})
+        self._json(request, list(entries.values()))
+
+    def _paths_info(self, request, method, body, repo, rev):
+        if repo not in self.repos:
+            return self._missing(request, repo)
+        files = self.repos[repo].files
+        entries = []
+        for path in parse_qs(body.decode()).get("paths", []):
+            path = path.strip("/")
+            if path in files:
+                entries.append(self._file_entry(self.repos[repo], path))
+            elif any(p.startswith(f"{path}/") for p in files):
+                entries.append({"type": "directory", "path": path, "oid": "0" * 40})
         self._json(request, entries)
+
+    @staticmethod
+    def _file_entry(stored: Repo, path: str) -> dict:
+        content = stored.files[path]
+        entry = {"type": "file", "path": path, "size": len(content), "oid": _git_blob_sha(content)}
+        if path in stored.lfs_paths:
+            entry["lfs"] = {"oid": hashlib.sha256(content).hexdigest(), "size": len(content), "pointerSize": 134}
+        return entry
 
     def _resolve(self, request, method, body, repo, rev, file):
         stored = self.repos.get(repo)
@@ -186,6 +264,9 @@ class LocalHub:
         request.send_header("Content-Type", "application/octet-stream")
         request.send_header("Content-Length", str(len(content)))
         request.send_header("ETag", f'"{_git_blob_sha(content)}"')
+        if file in stored.lfs_paths:
+            request.send_header("X-Linked-Etag", f'"{hashlib.sha256(content).hexdigest()}"')
+            request.send_header("X-Linked-Size", str(len(content)))
         request.send_header("X-Repo-Commit", stored.sha)
         request.end_headers()
         if method == "GET":

@@ -5,6 +5,7 @@ import sys
 import pytest
 import torch
 from datasets import load_dataset
+from huggingface_hub import snapshot_download
 from transformers import AutoImageProcessor
 
 from hf_robust_distill import (CLIPZeroShotClassifier, DistillationConfig, RobustDistillationTrainer, VQDiscretizer,
@@ -74,10 +75,20 @@ def test_generation_keeps_labels_order_and_classes(uninterrupted, source):
     assert len(dad[0]["teacher_logits_clean"]) == len(dad[0]["teacher_logits_dad"]) == 10
 
 
-def test_generation_returns_what_it_wrote(clip_teacher, discretizer, source, uninterrupted, tmp_path):
-    returned = generate(clip_teacher, discretizer, source, tmp_path, teacher_logits=True)
+def test_generation_returns_what_it_wrote_and_pushes_it(clip_teacher, discretizer, source, uninterrupted, tmp_path,
+                                                        local_hub):
+    returned = generate(clip_teacher, discretizer, source, tmp_path / "out", teacher_logits=True,
+                        push_to_hub="tester/digits-dad")
     assert rows_of(returned) == rows_of(uninterrupted)  # and reproducibly: same seed, same rows
-    assert sorted(os.listdir(tmp_path)) == ["dad_generation.json", "data"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["dad_generation.json", "data"]
+
+    pushed = local_hub.repos["datasets/tester/digits-dad"].files
+    assert "README.md" in pushed and any(p.startswith("data/") and p.endswith(".parquet") for p in pushed)
+    folder = snapshot_download("tester/digits-dad", repo_type="dataset", local_dir=str(tmp_path / "pulled"))
+    pulled = load_dataset(folder, split="train")
+    assert pulled.features == uninterrupted.features
+    assert rows_of(pulled) == rows_of(uninterrupted)
+    assert pulled["teacher_logits_dad"] == uninterrupted["teacher_logits_dad"]
 
 
 def test_an_interrupted_generation_resumes_to_the_same_rows(clip_teacher, discretizer, source, uninterrupted,

@@ -117,25 +117,33 @@ def test_metric_module_loads_offline_by_path_and_agrees_with_the_report():
 def test_cached_sets_are_reused_by_the_next_evaluation(tiny_vit, vit, eval_digits, tmp_path):
     evaluate_robustness(vit, eval_digits, ["gaussian_noise"], severities=(2,), batch_size=8, cache_dir=str(tmp_path),
                         progress=False)
-    [name] = os.listdir(tmp_path)
-    assert name.startswith("gaussian_noise-2-") and name.endswith(".arrow")
-    cached = Dataset.from_file(str(tmp_path / name))
-    assert len(cached) == 24 and len(cached[0]["pixels"]) == 3 * 32 * 32
+    names = sorted(os.listdir(tmp_path))  # the decoded evaluation set and the one corrupted set
+    assert [n.split("-")[:2] for n in names] == [["clean", "0"], ["gaussian_noise", "2"]]
+    assert all(n.endswith(".arrow") for n in names)
+    prepared = prepare_dataset(eval_digits, (32, 32))
+    decoded = to_uint8(torch.stack([prepared[i]["pixel_values"] for i in range(len(prepared))]))
+    cached = Dataset.from_file(str(tmp_path / names[0]))
+    assert torch.equal(torch.tensor(cached["pixels"], dtype=torch.uint8), decoded.reshape(24, -1))
+    assert len(Dataset.from_file(str(tmp_path / names[1]))) == 24
 
-    # Black out the cached images: the next evaluation, of another model, must read them, not remake them.
+    # Black out the cached images: the next evaluation, of another model, must read them, not
+    # decode or corrupt again.
     assert cached["label"] == eval_digits["label"]
     schema = cached.data.table.schema
-    del cached  # it maps the file we are about to overwrite
+    del cached  # it maps the files we are about to overwrite
     black = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(24 * 3 * 32 * 32, dtype=np.uint8)), 3 * 32 * 32)
-    with pa.OSFile(str(tmp_path / name), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-        writer.write_table(pa.table([black, pa.array(eval_digits["label"], pa.int64())], schema=schema))
+    for name in names:
+        with pa.OSFile(str(tmp_path / name), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+            writer.write_table(pa.table([black, pa.array(eval_digits["label"], pa.int64())], schema=schema))
     other = ViTForImageClassification.from_pretrained(save_tiny_vit(tmp_path / "other", seed=1)).eval()
     processor = AutoImageProcessor.from_pretrained(tiny_vit)
     report = evaluate_robustness(other, eval_digits, ["gaussian_noise"], severities=(2,), batch_size=8,
                                  cache_dir=str(tmp_path), image_processor=processor, progress=False)
-    assert sorted(os.listdir(tmp_path)) == sorted([name, "other"])
+    assert sorted(os.listdir(tmp_path)) == sorted([*names, "other"])
     labels = torch.tensor(eval_digits["label"])
     blacked = hand_accuracy(other, processor, torch.zeros(24, 3, 32, 32), labels)
+    assert hand_accuracy(other, processor, decoded.float() / 255, labels) != pytest.approx(blacked)
+    assert report.clean_accuracy == pytest.approx(blacked)
     assert report.accuracy["gaussian_noise"][2] == pytest.approx(blacked)
 
 

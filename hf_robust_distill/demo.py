@@ -13,7 +13,7 @@ from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordLevel
 from torch.utils.data import DataLoader
 from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, PreTrainedTokenizerFast, Trainer,
-                          TrainingArguments, ViTConfig, ViTForImageClassification, ViTImageProcessor)
+                          TrainingArguments, ViTConfig, ViTForImageClassification, ViTImageProcessor, set_seed)
 
 from .config import DistillationConfig
 from .data import class_names, collate_images, demo_digits, prepare_dataset
@@ -49,6 +49,7 @@ def build_demo_vit(output_dir: str, epochs: int = 10, seed: int = 0, learning_ra
     digits = demo_digits(seed=seed)
     names = class_names(digits["train"], "label")
     processor = demo_image_processor()
+    set_seed(seed)
     model = ViTForImageClassification(demo_vit_config(names))
     model.set_attn_implementation("eager")  # on CPUs, eager beats sdpa at this size
     args = DistillationConfig(
@@ -131,6 +132,7 @@ def build_demo_clip(output_dir: str, epochs: int = 6, seed: int = 0, learning_ra
     vocabulary = [t.format(n) for n in names for t in DEMO_CAPTIONS + OPENAI_IMAGENET_TEMPLATES]
     tokenizer = build_word_tokenizer(vocabulary)
     image_processor = demo_clip_image_processor()
+    set_seed(seed)
     model = CLIPModel(demo_clip_config(tokenizer))
     model.set_attn_implementation("eager")
     args = TrainingArguments(
@@ -162,9 +164,9 @@ def build_demo_vq(output_dir: str, epochs: int = 2, seed: int = 0, learning_rate
                   batch_size: int = 32) -> str:
     """Trains the demo VQ model as an autoencoder (L1 reconstruction plus VQ commitment loss) on
     clean digits in [-1, 1], and saves it in diffusers format with its input range."""
-    torch.manual_seed(seed)
     digits = demo_digits(seed=seed)
     train = prepare_dataset(digits["train"], (DEMO_IMAGE_SIZE, DEMO_IMAGE_SIZE))
+    set_seed(seed)
     model = demo_vq_model().train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
     loader = DataLoader(train, batch_size=batch_size, shuffle=True, collate_fn=collate_images,

@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass, field, replace
 
 import torch
-from transformers import AutoConfig, AutoImageProcessor
+from transformers import AutoConfig, AutoImageProcessor, set_seed
 
 from hf_robust_distill import (CLIPZeroShotClassifier, DistillationConfig, RobustDistillationTrainer, VQDiscretizer,
                                generate_dad_dataset)
@@ -141,6 +141,7 @@ def main(argv=None) -> dict:
     if not torch.cuda.is_available():
         torch.set_flush_denormal(True)  # tiny attention probabilities are denormal; slow on CPUs
     script_args, data_args, robustness, config = parse_args(argv)
+    set_seed(config.seed)  # before any model is made: new heads and the demo zoo start from the seed
     repo_id = take_push_request(config)
     if config.dad_mode == "none":
         raise ValueError("recipes/dad.py trains with DAD: --dad_mode online or offline")

@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
-from transformers import AutoImageProcessor
+from transformers import AutoImageProcessor, set_seed
 
 from hf_robust_distill import DistillationConfig, RobustDistillationTrainer
 from hf_robust_distill.cli import (DataArguments, RobustnessArguments, load_splits, parse_recipe_args,
@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not torch.cuda.is_available():
         torch.set_flush_denormal(True)  # tiny attention probabilities are denormal; slow on CPUs
     script_args, data_args, robustness, config = parse_args(argv)
+    set_seed(config.seed)  # before any model is made: new heads and the demo zoo start from the seed
     repo_id = take_push_request(config)
     build_teacher_if_demo(script_args, config)
     student_path = script_args.student_name_or_path or script_args.teacher_name_or_path

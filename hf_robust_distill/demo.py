@@ -57,6 +57,7 @@ def build_demo_vit(output_dir: str, epochs: int = 10, seed: int = 0, learning_ra
         num_train_epochs=epochs, per_device_train_batch_size=32, learning_rate=learning_rate,
         weight_decay=0.05, lr_scheduler_type="cosine", warmup_steps=0.05, logging_steps=50,
         save_strategy="no", report_to="none", seed=seed, disable_tqdm=True,
+        dataloader_pin_memory=torch.accelerator.is_available(),
     )
     size = (DEMO_IMAGE_SIZE, DEMO_IMAGE_SIZE)
     trainer = RobustDistillationTrainer(model=model, teacher=None, args=args, processing_class=processor,
@@ -139,6 +140,7 @@ def build_demo_clip(output_dir: str, epochs: int = 6, seed: int = 0, learning_ra
         output_dir=output_dir, num_train_epochs=epochs, per_device_train_batch_size=64, learning_rate=learning_rate,
         weight_decay=0.05, lr_scheduler_type="cosine", warmup_steps=0.05, logging_steps=50, save_strategy="no",
         report_to="none", seed=seed, disable_tqdm=True, remove_unused_columns=False,
+        dataloader_pin_memory=torch.accelerator.is_available(),
     )
     train = prepare_dataset(digits["train"], (DEMO_IMAGE_SIZE, DEMO_IMAGE_SIZE))
     Trainer(model=model, args=args, train_dataset=train,

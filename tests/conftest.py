@@ -1,5 +1,8 @@
+import importlib.util
 import os
 import socket
+import sys
+from functools import partial
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -7,6 +10,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from accelerate import debug_launcher  # noqa: E402
+from accelerate.state import AcceleratorState, GradientState  # noqa: E402
+from accelerate.utils import patch_environment  # noqa: E402
 from transformers import ViTForImageClassification  # noqa: E402
 
 from transformers import CLIPModel  # noqa: E402
@@ -24,6 +30,36 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def load_recipe(name: str):
+    """A script of ``recipes/`` as a module, so a test can call its ``main(argv)``."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(__file__), "..", "recipes",
+                                                                      f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_in_two_processes(function, *args) -> None:
+    """Runs ``function(*args)`` in two processes forked from this one and joined in a gloo process
+    group (``accelerate.debug_launcher``); an exception in either is raised here. A fork inherits this
+    interpreter's imports, which spares the minutes two fresh interpreters (torchrun) take on a
+    2-core machine; the DDP and collective code under test is the same.
+
+    Each process keeps to one thread: a fork inherits the parent's OpenMP pool without its threads, and
+    a parallel region there waits for them forever. OMP_NUM_THREADS tells accelerate not to raise the
+    count when it sets up the process group."""
+    with patch_environment(omp_num_threads=1):
+        debug_launcher(partial(_in_forked_process, function), args=args, num_processes=2)
+
+
+def _in_forked_process(function, *args) -> None:
+    torch.set_num_threads(1)
+    AcceleratorState._reset_state(reset_partial_state=True)  # the parent's state describes one process
+    GradientState._reset_state()
+    function(*args)
 
 
 def save_tiny_vit(path, seed=0, **overrides) -> str:

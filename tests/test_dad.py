@@ -1,20 +1,19 @@
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from accelerate import PartialState
 from datasets import load_dataset
 from huggingface_hub import snapshot_download
 from transformers import AutoImageProcessor
 
 from hf_robust_distill import (CLIPZeroShotClassifier, DistillationConfig, RobustDistillationTrainer, VQDiscretizer,
                                generate_dad_dataset, pgd_attack)
-from hf_robust_distill.dad import AttackSettings, dad_images, pair_with_dad
+from hf_robust_distill.dad import AttackSettings, DADGenerator, dad_images, pair_with_dad
 from hf_robust_distill.data import demo_digits, prepare_dataset
 from hf_robust_distill.models import load_vision_model
 
-from .conftest import DIGIT_NAMES, free_port
+from .conftest import DIGIT_NAMES, run_in_two_processes
 
 ROWS, SHARD = 20, 8  # three shards, the last one short
 
@@ -108,14 +107,18 @@ def test_an_interrupted_generation_resumes_to_the_same_rows(clip_teacher, discre
         generate(clip_teacher, discretizer, source, tmp_path, teacher_logits=False)
 
 
+def generate_in_shards(clip_path, vq_path, source, output_dir):
+    state = PartialState(cpu=True)
+    teacher = CLIPZeroShotClassifier.from_clip(clip_path, DIGIT_NAMES, templates="short")
+    generator = DADGenerator(teacher, VQDiscretizer.from_pretrained(vq_path), source, output_dir, image_size=(32, 32),
+                             batch_size=3, shard_size=SHARD, state=state, progress=False)
+    generator.run()
+    with open(os.path.join(output_dir, f"written-by-rank{state.process_index}.txt"), "w") as f:
+        f.write(" ".join(str(shard) for shard in generator.written))
+
+
 def test_two_processes_write_disjoint_shards(tiny_clip, tiny_vq, clip_teacher, discretizer, source, tmp_path):
-    script = os.path.join(os.path.dirname(__file__), "dad_generation_run.py")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(free_port()), script, tiny_clip, tiny_vq, str(tmp_path / "two"), str(ROWS),
-               str(SHARD)]
-    result = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                            timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_in_two_processes(generate_in_shards, tiny_clip, tiny_vq, source, str(tmp_path / "two"))
     written = [set((tmp_path / "two" / f"written-by-rank{r}.txt").read_text().split()) for r in (0, 1)]
     assert written[0] == {"0", "2"} and written[1] == {"1"}
     assert not [f for f in os.listdir(tmp_path / "two" / "data") if ".tmp" in f]

@@ -128,7 +128,7 @@ def test_an_incomplete_folder_is_refused_before_any_request(tiny_vit, tmp_path, 
 
 
 def test_multilevel_recipe_reports_cards_and_pushes_after_training(tiny_vit, tmp_path, local_hub):
-    from tests.test_recipes import load_recipe
+    from tests.conftest import load_recipe
 
     out = tmp_path / "out"
     results = load_recipe("multilevel").main([

@@ -1,18 +1,9 @@
-import importlib.util
 import json
 import os
-import sys
 
 import pytest
 
-
-def load_recipe(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(__file__), "..", "recipes",
-                                                                      f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from .conftest import load_recipe
 
 
 @pytest.mark.parametrize("mode", ["online", "offline"])

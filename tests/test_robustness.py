@@ -148,17 +148,23 @@ def test_cached_sets_are_reused_by_the_next_evaluation(tiny_vit, vit, eval_digit
 
 
 def test_reference_backend_is_deterministic_and_reported(vit, eval_digits, tmp_path):
+    """impulse_noise draws from the generator its ``seed=`` argument seeds, fog from NumPy's global one:
+    both must give the same images in another cache. (glass_blur, the other seeded one, is left out: its
+    numba kernel compiles for half a minute in every process.)"""
     data = eval_digits.select(range(8))
-    kwargs = dict(severities=(3,), backend="auto", batch_size=4, progress=False)
-    a = evaluate_robustness(vit, data, ["impulse_noise", "glass_blur", "fog"], cache_dir=str(tmp_path / "a"), **kwargs)
-    b = evaluate_robustness(vit, data, ["impulse_noise", "glass_blur", "fog"], cache_dir=str(tmp_path / "b"), **kwargs)
-    assert a.backends == {"impulse_noise": "torch", "glass_blur": "reference", "fog": "reference"}
-    for corruption in ("glass_blur", "fog"):
+    corruptions = ["impulse_noise", "fog"]
+    kwargs = dict(severities=(3,), batch_size=4, progress=False)
+    a = evaluate_robustness(vit, data, corruptions, backend="reference", cache_dir=str(tmp_path / "a"), **kwargs)
+    b = evaluate_robustness(vit, data, corruptions, backend="reference", cache_dir=str(tmp_path / "b"), **kwargs)
+    assert a.backends == {"impulse_noise": "reference", "fog": "reference"}
+    for corruption in corruptions:
         [name] = [n for n in os.listdir(tmp_path / "a") if n.startswith(corruption)]
         pixels_a = Dataset.from_file(str(tmp_path / "a" / name))["pixels"]
         pixels_b = Dataset.from_file(str(tmp_path / "b" / name))["pixels"]
         assert pixels_a == pixels_b  # same seed, same images, in another cache
     assert a.accuracy == b.accuracy
+    auto = evaluate_robustness(vit, data, corruptions, backend="auto", cache_dir=str(tmp_path / "c"), **kwargs)
+    assert auto.backends == {"impulse_noise": "torch", "fog": "reference"}
     with pytest.raises(ValueError, match="no torch port"):
         evaluate_robustness(vit, data, ["fog"], backend="torch", progress=False)
 
@@ -208,7 +214,7 @@ def test_report_saves_loads_and_plots(tmp_path):
 
 
 def test_evaluate_recipe_writes_report_and_plot(tiny_vit, tmp_path):
-    from tests.test_recipes import load_recipe
+    from tests.conftest import load_recipe
 
     recipe = load_recipe("evaluate_robustness")
     report = recipe.main(["--model_name_or_path", tiny_vit, "--max_eval_samples", "16", "--output_dir",

@@ -73,6 +73,7 @@ DEMO_DEFAULTS = dict(
     per_device_train_batch_size=32, per_device_eval_batch_size=128,
     learning_rate=5e-4, logging_steps=50, eval_strategy="no", save_strategy="no", report_to="none",
     disable_tqdm=True, prompt_templates="short", plain_kd_baseline=True,
+    dataloader_pin_memory=torch.accelerator.is_available(),
 )
 
 

@@ -53,6 +53,7 @@ DEMO_DEFAULTS = dict(
     per_device_eval_batch_size=128, learning_rate=5e-4, weight_decay=1e-4, lr_scheduler_type="cosine",
     warmup_steps=0.05, logging_steps=50, eval_strategy="no", save_strategy="no", report_to="none",
     distortions="pixel_mask:0.5-0.8,noise:0.2-0.5,blur:2-3", linear_probe=True, disable_tqdm=True,
+    dataloader_pin_memory=torch.accelerator.is_available(),
 )
 
 

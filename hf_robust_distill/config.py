@@ -62,6 +62,14 @@ class DistillationConfig(TrainingArguments):
     kd_weight: float = field(default=0.0, metadata={"help": "Weight of logit distillation (needs a teacher head)."})
     temperature: float = field(default=4.0, metadata={"help": "Temperature of logit distillation."})
     ce_weight: float = field(default=0.0, metadata={"help": "Weight of cross-entropy with the labels."})
+    head_ce_weight: float = field(
+        default=1.0, metadata={"help": "When no KD or CE term reads the student's logits: weight of the cross-entropy "
+                                       "that trains its classification head on detached features (the backbone "
+                                       "learns from the feature terms only), so no head is left untrained. 0 "
+                                       "freezes the head instead."})
+    max_bad_image_fraction: float = field(
+        default=0.01, metadata={"help": "Images that fail to decode are skipped and logged; more than this share of "
+                                        "a split stops the run with their list."})
     dad_mode: str = field(
         default="none", metadata={"help": "Discrete adversarial images for the student: 'none', 'online' "
                                           "(made each step with the teacher and a VQ model) or 'offline' "
@@ -116,6 +124,19 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(f"attack_random_start is a probability, got {self.attack_random_start}")
         if self.remove_unused_columns:
             raise ValueError("remove_unused_columns=True drops the columns distillation needs; leave it False")
+        if self.head_ce_weight < 0:
+            raise ValueError(f"head_ce_weight must be >= 0, got {self.head_ce_weight}")
+        if not 0 <= self.max_bad_image_fraction <= 1:
+            raise ValueError(f"max_bad_image_fraction is a share of a split, in [0, 1], got {self.max_bad_image_fraction}")
+
+    def __getstate__(self) -> dict:
+        """Pickled (``training_args.bin`` beside every checkpoint) without the Hub token."""
+        return {**self.__dict__, "hub_token": None}
+
+    @property
+    def logits_read(self) -> bool:
+        """Whether a KD or CE term reads the student's logits (and so trains its head)."""
+        return any(w > 0 for w in (self.kd_weight, self.ce_weight, self.dad_kd_weight, self.dad_ce_weight))
 
     def attack_settings(self, offline: bool | None = None) -> AttackSettings:
         """The PGD settings of DAD; the default step size follows ``dad_mode`` (or ``offline``)."""

@@ -1,18 +1,24 @@
 """Image-classification data: a Hub id, a local imagefolder, or the embedded demo digits.
 
-Every image leaves here as a float (3, H, W) tensor in [0, 1] at the size the models are fed;
+Every image leaves here as a float (3, H, W) tensor in [0, 1] at the size the models are fed,
+made by the model's own image processor without its normalisation (``images.ImageResizer``);
 normalisation happens later, at each model's own door (``models.PixelPreprocessor``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict, Image as ImageFeature, load_dataset
+from datasets import ClassLabel, Dataset, DatasetDict, Image as ImageFeature, Value, load_dataset
 from PIL import Image
+
+from .images import BadImage, ImageResizer, decode_rgb
+
+logger = logging.getLogger(__name__)
 
 DEMO_DATASET = "sklearn-digits"
 """The name that selects the embedded demo data: scikit-learn's handwritten digits (8x8 px)."""
@@ -38,42 +44,92 @@ def demo_digits(test_size: float = 0.25, seed: int = 0) -> DatasetDict:
 
 def load_image_dataset(name_or_path: str | None = None, config_name: str | None = None,
                        cache_dir: str | None = None, seed: int = 0) -> DatasetDict:
-    """Loads a dataset by Hub id, local imagefolder path, or the embedded demo (``None``)."""
+    """Loads a dataset by Hub id, local folder (of images, or of data files such as a generated
+    DAD dataset's Parquet shards), saved dataset (``save_to_disk``), or the embedded demo (``None``)."""
     if name_or_path in (None, "", DEMO_DATASET):
         return demo_digits(seed=seed)
-    if os.path.isdir(name_or_path) and not _is_saved_dataset(name_or_path):
-        dataset = load_dataset("imagefolder", data_dir=name_or_path, cache_dir=cache_dir)
-    elif os.path.isdir(name_or_path):
+    if os.path.isdir(name_or_path) and _is_saved_dataset(name_or_path):
         from datasets import load_from_disk
 
         dataset = load_from_disk(name_or_path)
-    else:
+    elif os.path.isdir(name_or_path) and not _holds_data_files(name_or_path):
+        dataset = load_dataset("imagefolder", data_dir=name_or_path, cache_dir=cache_dir)
+    else:  # a Hub id, or a folder of Parquet/Arrow/CSV/JSON files (temporary, hidden files are ignored)
         dataset = load_dataset(name_or_path, config_name, cache_dir=cache_dir)
     if isinstance(dataset, Dataset):
         dataset = DatasetDict({"train": dataset})
     return dataset
 
 
+DATA_FILE_EXTENSIONS = (".parquet", ".arrow", ".csv", ".json", ".jsonl")
+
+
+def _holds_data_files(path: str) -> bool:
+    """Whether a folder holds tabular data files (in it or its ``data/``) rather than images."""
+    for folder in (path, os.path.join(path, "data")):
+        if os.path.isdir(folder) and any(not name.startswith(".") and name.endswith(DATA_FILE_EXTENSIONS)
+                                         and name != "metadata.csv" and name != "metadata.jsonl"
+                                         for name in os.listdir(folder)):
+            return True
+    return False
+
+
 def _is_saved_dataset(path: str) -> bool:
     return os.path.exists(os.path.join(path, "dataset_dict.json")) or os.path.exists(
-        os.path.join(path, "dataset_info.json"))
+        os.path.join(path, "state.json"))
+
+
+UNLABELLED = -1
+"""The label ``datasets`` (and the Hub's test splits) give an image without one."""
+
+EVAL_SPLIT_NAMES = ("validation", "valid", "val", "test")
 
 
 def split_train_eval(dataset: DatasetDict, train_split: str = "train", eval_split: str | None = None,
-                     eval_fraction: float = 0.1, seed: int = 0) -> tuple[Dataset, Dataset]:
-    """The training split and an evaluation split: the named one, the usual names, or a held-out
-    ``eval_fraction`` of the training split."""
+                     eval_fraction: float = 0.1, seed: int = 0,
+                     label_column: str | None = None) -> tuple[Dataset, Dataset]:
+    """The training split and an evaluation split: the named one, the first of the usual names
+    whose images are labelled (an unlabelled ``test`` split, labels all -1, is passed over), or a
+    held-out ``eval_fraction`` of the training split."""
     if train_split not in dataset:
-        raise ValueError(f"no split {train_split!r} in the dataset; it has {list(dataset)}")
+        raise ValueError(f"no split {train_split!r} in the dataset; it has {list(dataset)}: pass --train_split")
     if eval_split is not None:
         if eval_split not in dataset:
-            raise ValueError(f"no split {eval_split!r} in the dataset; it has {list(dataset)}")
+            raise ValueError(f"no split {eval_split!r} in the dataset; it has {list(dataset)}: pass --eval_split")
         return dataset[train_split], dataset[eval_split]
-    for name in ("validation", "valid", "val", "test"):
+    for name in EVAL_SPLIT_NAMES:
         if name in dataset and name != train_split:
+            column = find_columns(dataset[name], label_column=label_column)[1]
+            if column is not None and unlabelled_rows(dataset[name], column) == len(dataset[name]):
+                logger.warning("the %r split is unlabelled (every label is %d): not evaluating on it", name,
+                               UNLABELLED)
+                continue
             return dataset[train_split], dataset[name]
     parts = dataset[train_split].train_test_split(test_size=eval_fraction, seed=seed)
     return parts["train"], parts["test"]
+
+
+def label_values(dataset: Dataset, label_column: str) -> np.ndarray:
+    """The label column as an array, read from Arrow without decoding any image."""
+    return np.asarray(dataset.select_columns([label_column]).with_format("numpy")[label_column])
+
+
+def unlabelled_rows(dataset: Dataset, label_column: str) -> int:
+    values = label_values(dataset, label_column)
+    return int((values == UNLABELLED).sum()) if values.dtype.kind in "iu" else 0
+
+
+def encode_string_labels(splits: list[Dataset], label_column: str | None) -> list[Dataset]:
+    """Splits whose labels are strings, with a ``ClassLabel`` of the sorted names of all of them
+    (the same ids in every split); other splits as they are."""
+    if label_column is None or not splits or label_column not in splits[0].features:
+        return splits
+    feature = splits[0].features[label_column]
+    if not (isinstance(feature, Value) and feature.dtype in ("string", "large_string")):
+        return splits
+    names = sorted({str(v) for split in splits for v in split.unique(label_column)})
+    logger.info("labels are strings: encoded as %d classes in sorted order", len(names))
+    return [split.cast_column(label_column, ClassLabel(names=names)) for split in splits]
 
 
 def find_columns(dataset: Dataset, image_column: str | None = None,
@@ -101,57 +157,42 @@ def class_names(dataset: Dataset, label_column: str | None) -> list[str] | None:
     return list(feature.names) if isinstance(feature, ClassLabel) else None
 
 
-def to_rgb(image) -> Image.Image:
-    """Any decoded image as 8-bit RGB: greyscale and palette images are expanded, transparency
-    is laid over white, high-bit-depth greyscale is rescaled."""
-    if isinstance(image, np.ndarray):
-        array = image
-        if array.ndim == 3 and array.shape[-1] not in (1, 3, 4):
-            raise ValueError(f"cannot read an image array of shape {array.shape} as RGB; "
-                             "expected (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)")
-        image = Image.fromarray(array.squeeze(-1) if array.ndim == 3 and array.shape[-1] == 1 else array)
-    if not isinstance(image, Image.Image):
-        raise ValueError(f"expected a decoded image, got {type(image).__name__}")
-    if image.mode in ("I", "I;16", "I;16B", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        top = array.max() if array.max() > 0 else 1.0
-        image = Image.fromarray(np.round(array / top * 255).astype(np.uint8), mode="L")
-    if image.mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    if image.mode in ("RGBA", "LA"):
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, image.convert("RGBA"))
-    return image.convert("RGB")
-
-
-def _to_pixels(image, size: tuple[int, int], resample: int) -> torch.Tensor:
-    rgb = to_rgb(image).resize((size[1], size[0]), resample)
-    array = torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy())
-    if array.ndim != 3 or array.shape[-1] != 3:
-        raise ValueError(f"an image is not 3-channel after decoding: shape {tuple(array.shape)}")
-    return array.permute(2, 0, 1).float().div_(255)
-
-
 @dataclass
 class ImageTransform:
-    """``datasets`` on-the-fly transform: decoded images to (3, size, size) floats in [0, 1].
+    """``datasets`` on-the-fly transform: image cells to (3, H, W) floats in [0, 1] at the model's
+    input (``images.ImageResizer``: the model's processor without normalisation, or a size).
 
     ``image_column`` becomes ``pixel_values`` and ``label_column`` ``labels``; ``extra_images``
     maps further image columns to output names (an offline DAD image beside its clean one), and
-    ``extra_columns`` are passed on as tensors (stored teacher logits).
+    ``extra_columns`` are passed on as tensors (stored teacher logits). A row whose image does
+    not decode gets ``pixel_values=None`` and a ``bad_image``; ``collate_images`` leaves it out.
+    The image columns must be undecoded (``prepare_dataset`` casts them).
     """
 
     image_column: str
     label_column: str | None
-    size: tuple[int, int]
-    resample: int = Image.BICUBIC
+    resizer: ImageResizer
     extra_images: dict[str, str] | None = None
     extra_columns: tuple[str, ...] = ()
 
     def __call__(self, batch: dict) -> dict:
-        out = {"pixel_values": [_to_pixels(im, self.size, self.resample) for im in batch[self.image_column]]}
-        for column, name in (self.extra_images or {}).items():
-            out[name] = [_to_pixels(im, self.size, self.resample) for im in batch[column]]
+        columns = {self.image_column: "pixel_values", **(self.extra_images or {})}
+        rows = len(batch[self.image_column])
+        bad: list[BadImage | None] = [None] * rows
+        decoded = {}
+        for column, name in columns.items():
+            images = []
+            for i, cell in enumerate(batch[column]):
+                image, problem = decode_rgb(cell)
+                images.append(image)
+                bad[i] = bad[i] or problem
+            decoded[name] = images
+        good = [i for i in range(rows) if bad[i] is None]
+        out = {}
+        for name, images in decoded.items():
+            pixels = iter(self.resizer([images[i] for i in good]))
+            out[name] = [next(pixels) if bad[i] is None else None for i in range(rows)]
+        out["bad_image"] = bad
         for column in self.extra_columns:
             out[column] = [torch.as_tensor(v, dtype=torch.float32) for v in batch[column]]
         if self.label_column is not None:
@@ -159,23 +200,36 @@ class ImageTransform:
         return out
 
 
-def prepare_dataset(dataset: Dataset, size: tuple[int, int], image_column: str | None = None,
+def prepare_dataset(dataset: Dataset, size_or_processor, image_column: str | None = None,
                     label_column: str | None = None, extra_images: dict[str, str] | None = None,
                     extra_columns: tuple[str, ...] = ()) -> Dataset:
     """The dataset, decoding and resizing on access, yielding ``pixel_values`` (and ``labels``,
-    and the ``extra_images`` / ``extra_columns`` of ``ImageTransform``)."""
+    and the ``extra_images`` / ``extra_columns`` of ``ImageTransform``).
+
+    ``size_or_processor``: the model's image processor (its resize, crop and resample, exactly
+    as ``pipeline("image-classification")`` applies them) or an (H, W) size."""
     image_column, label_column = find_columns(dataset, image_column, label_column)
-    return dataset.with_transform(ImageTransform(image_column, label_column, tuple(size),
+    for column in [image_column, *(extra_images or {})]:
+        if isinstance(dataset.features.get(column), ImageFeature) and dataset.features[column].decode:
+            dataset = dataset.cast_column(column, ImageFeature(decode=False))
+    resizer = size_or_processor if isinstance(size_or_processor, ImageResizer) else ImageResizer(size_or_processor)
+    return dataset.with_transform(ImageTransform(image_column, label_column, resizer,
                                                  extra_images=extra_images, extra_columns=tuple(extra_columns)))
 
 
-def collate_images(examples: list[dict]) -> dict[str, torch.Tensor]:
+def collate_images(examples: list[dict]) -> dict:
     """Stacks ``pixel_values`` (B, 3, H, W) in [0, 1] and every other tensor field; ``labels``
-    become a (B,) long tensor."""
+    become a (B,) long tensor. Rows whose image did not decode are left out and listed under
+    ``bad_images`` (after every tensor, so batch-size lookups find ``pixel_values`` first); a
+    batch of bad images only holds nothing else."""
+    good = [e for e in examples if e.get("bad_image") is None]
     batch = {}
-    for key, value in examples[0].items():
+    for key, value in (good[0].items() if good else ()):
         if key == "labels":
-            batch[key] = torch.tensor([e[key] for e in examples], dtype=torch.long)
+            batch[key] = torch.tensor([e[key] for e in good], dtype=torch.long)
         elif isinstance(value, torch.Tensor):
-            batch[key] = torch.stack([e[key] for e in examples])
+            batch[key] = torch.stack([e[key] for e in good])
+    bad = [e["bad_image"] for e in examples if e.get("bad_image") is not None]
+    if bad:
+        batch["bad_images"] = bad
     return batch

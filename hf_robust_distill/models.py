@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassification, PreTrainedModel
 
+from .images import input_size
+
 logger = logging.getLogger(__name__)
 
 
@@ -58,29 +60,6 @@ class PixelPreprocessor:
             )
         mean, std = self._stats[key]
         return (pixels - mean) / std
-
-
-def input_size(processor) -> tuple[int, int]:
-    """(height, width) a model is fed, read from its image processor (crop size when it crops)."""
-    def read(size):
-        if size is None:
-            return None
-        get = size.get if isinstance(size, dict) else (lambda k: getattr(size, k, None))
-        if get("height") and get("width"):
-            return int(get("height")), int(get("width"))
-        if get("shortest_edge"):
-            return int(get("shortest_edge")), int(get("shortest_edge"))
-        return None
-
-    if getattr(processor, "do_center_crop", False):
-        crop = read(getattr(processor, "crop_size", None))
-        if crop:
-            return crop
-    size = read(getattr(processor, "size", None))
-    if size is None:
-        raise ValueError(f"cannot read an input size from {type(processor).__name__}: it has no "
-                         "size with height/width or shortest_edge")
-    return size
 
 
 def load_vision_model(name_or_path: str, *, attention_maps: bool = False,

@@ -14,11 +14,15 @@ from .config import DistillationConfig
 from .dad import dad_images
 from .data import collate_images
 from .distortions import Distorter
+from .divergence import loss_error, non_finite_tensors, weights_error
+from .heads import (REORDER, SAME, describe_difference, detach_head_inputs, freeze_unread_head, head_classes,
+                    is_image_classifier, match_head)
+from .images import BadImageLog
 from .losses import attention_loss, ce_loss, cls_loss, kd_loss, patch_loss
 from .models import (Features, FeatureTaps, PixelPreprocessor, PixelSpaceClassifier, check_compatible, map_layers,
                      set_eager_attention, transformer_blocks)
 
-LOSS_PARTS = ("loss_cls", "loss_patch", "loss_attn", "loss_kd", "loss_ce", "loss_kd_dad", "loss_ce_dad")
+LOSS_PARTS = ("loss_cls", "loss_patch", "loss_attn", "loss_kd", "loss_ce", "loss_kd_dad", "loss_ce_dad", "loss_head")
 STORED_TEACHER_LOGITS = ("teacher_logits_clean", "teacher_logits_dad")
 
 
@@ -32,35 +36,20 @@ def accuracy_clean_and_distorted(eval_pred: EvalPrediction) -> dict[str, float]:
     }
 
 
-def _is_classifier(model) -> bool:
-    return type(model).__name__.endswith("ForImageClassification")
-
-
-def _num_labels(model) -> int | None:
-    """Classes a model predicts: a transformers image classifier's or a pixel-space classifier's."""
-    if isinstance(model, PreTrainedModel):
-        return model.config.num_labels if _is_classifier(model) else None
-    return getattr(model, "num_labels", None)
-
-
 def _stored_teacher_logits(dataset) -> bool:
     """Whether an offline DAD training set carries the teacher's logits (so it can be skipped)."""
     columns = getattr(dataset, "column_names", None) or []
     return all(c in columns for c in STORED_TEACHER_LOGITS)
 
 
-def freeze_unread_heads(model) -> None:
-    """Freezes the classifier head and pooler, which no feature loss reads.
-
-    They would get no gradient, and DDP refuses to train parameters that get none; frozen, they
-    also stay out of the optimizer. The student keeps its inherited head unchanged.
-    """
-    base = getattr(model, "base_model", model)
-    in_base = {id(p) for p in base.parameters()} if base is not model else None
-    for name, parameter in model.named_parameters():
-        outside_base = in_base is not None and id(parameter) not in in_base
-        if outside_base or ".pooler." in f".{name}":
-            parameter.requires_grad_(False)
+def _has_labels(dataset) -> bool:
+    """Whether a prepared training set yields labels (its first row says; no set: assume so)."""
+    if dataset is None:
+        return True
+    try:
+        return "labels" in dataset[0]
+    except (TypeError, IndexError, KeyError):
+        return True
 
 
 def _joined(batches: list[torch.Tensor]) -> torch.Tensor:
@@ -130,9 +119,13 @@ class RobustDistillationTrainer(Trainer):
                         "implementation that returns attention maps; load it with "
                         "attn_implementation='eager' or set attn_weight=0")
 
-        if not any(getattr(args, w) > 0 for w in ("kd_weight", "ce_weight", "dad_kd_weight", "dad_ce_weight")):
-            freeze_unread_heads(model)
-        if compute_metrics is None and _is_classifier(model):
+        self._trains_head = (not args.logits_read and args.head_ce_weight > 0 and is_image_classifier(model)
+                             and _has_labels(train_dataset))
+        if not args.logits_read:
+            freeze_unread_head(model, keep_head=self._trains_head)
+            if self._trains_head:
+                detach_head_inputs(model)
+        if compute_metrics is None and is_image_classifier(model):
             compute_metrics = accuracy_clean_and_distorted
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, data_collator=data_collator or collate_images,
@@ -164,8 +157,11 @@ class RobustDistillationTrainer(Trainer):
         self.loss_weights = {
             "loss_cls": args.cls_weight, "loss_patch": args.patch_weight, "loss_attn": args.attn_weight,
             "loss_kd": args.kd_weight, "loss_ce": args.ce_weight, "loss_kd_dad": args.dad_kd_weight,
-            "loss_ce_dad": args.dad_ce_weight,
+            "loss_ce_dad": args.dad_ce_weight, "loss_head": args.head_ce_weight,
         }
+        self.bad_images = BadImageLog(len(train_dataset) if train_dataset is not None else 0,
+                                      args.max_bad_image_fraction)
+        self._last_parts: dict[str, torch.Tensor] = {}
         self._generator: torch.Generator | None = None
         self._view_key = (-1, -1)  # (global step, micro-batch) of the last training view
         self._eval_batch = 0
@@ -190,14 +186,19 @@ class RobustDistillationTrainer(Trainer):
     @staticmethod
     def _check_heads(model, teacher, args) -> None:
         if (args.kd_weight > 0 or args.dad_kd_weight > 0) and teacher is not None:
-            student_classes, teacher_classes = _num_labels(model), _num_labels(teacher)
+            student_classes, teacher_classes = head_classes(model), head_classes(teacher)
             if student_classes is None or teacher_classes is None:
                 raise ValueError("logit distillation (kd_weight, dad_kd_weight) needs image classifiers as "
                                  "teacher and student; set those weights to 0")
-            if student_classes != teacher_classes:
-                raise ValueError(f"logit distillation needs the same classes: the student has {student_classes} "
-                                 f"labels, the teacher {teacher_classes}")
-        if (args.ce_weight > 0 or args.dad_ce_weight > 0 or args.kd_weight > 0) and not _is_classifier(model):
+            match = match_head(teacher, student_classes)
+            if match == REORDER:
+                raise ValueError("the teacher predicts the student's classes in another order (or among others): "
+                                 "reorder its head first with hf_robust_distill.heads.align_head(teacher, "
+                                 "student_class_names), or KD would match the wrong classes")
+            if match != SAME:
+                raise ValueError("logit distillation needs a teacher of the student's classes: the teacher "
+                                 + describe_difference(teacher_classes, student_classes))
+        if (args.ce_weight > 0 or args.dad_ce_weight > 0 or args.kd_weight > 0) and not is_image_classifier(model):
             raise ValueError("ce_weight, dad_ce_weight and kd_weight need a student with a classification head; "
                              "set them to 0")
 
@@ -222,6 +223,12 @@ class RobustDistillationTrainer(Trainer):
     # ---- the loss ----------------------------------------------------------------------------
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:
+            self.bad_images.record(inputs.pop("bad_images", ()))
+        else:
+            inputs.pop("bad_images", None)
+        if "pixel_values" not in inputs:  # every image of the micro-batch failed to decode
+            return self._nothing_to_learn(model, return_outputs)
         pixels = inputs["pixel_values"]
         labels = inputs.get("labels")
         batch = len(pixels)
@@ -239,7 +246,14 @@ class RobustDistillationTrainer(Trainer):
             parts.update(self.dad_loss_parts(student.logits[batch:], teacher_dad_logits, labels))
         loss = sum(self.loss_weights[name] * value for name, value in parts.items())
         self._accumulate(parts, model.training)
+        self._last_parts = parts
         return (loss, student_clean) if return_outputs else loss
+
+    @staticmethod
+    def _nothing_to_learn(model, return_outputs: bool):
+        """A zero loss that still reaches every trainable parameter (DDP expects a gradient for each)."""
+        loss = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
+        return (loss, Features()) if return_outputs else loss
 
     def _dad_batch(self, inputs, labels, generator, training: bool) -> torch.Tensor | None:
         """The batch's DAD images: made now (online) or read from the batch (offline)."""
@@ -298,6 +312,8 @@ class RobustDistillationTrainer(Trainer):
             parts["loss_kd"] = kd_loss(student.logits, teacher.logits, a.temperature)
         if a.ce_weight > 0:
             parts["loss_ce"] = ce_loss(student.logits, self._labels(labels))
+        if self._trains_head and labels is not None:
+            parts["loss_head"] = ce_loss(student.logits, labels)  # the head's input is detached
         return parts
 
     def dad_loss_parts(self, student_logits, teacher_logits, labels) -> dict[str, torch.Tensor]:
@@ -314,6 +330,28 @@ class RobustDistillationTrainer(Trainer):
         if labels is None:
             raise ValueError("ce_weight and dad_ce_weight need labels in the dataset")
         return labels
+
+    # ---- divergence ----------------------------------------------------------------------------
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """The step, stopped before the optimizer applies it when the loss is NaN or Inf on any
+        process (one flag gathered; ``Trainer`` already synchronises on the loss each step)."""
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        finite = torch.isfinite(loss).reshape(1)
+        everywhere = self.accelerator.gather(finite) if self.args.world_size > 1 else finite
+        if not bool(everywhere.all()):
+            parts = {name: float(value) for name, value in self._last_parts.items()}
+            if bool(finite):
+                loss, parts = torch.tensor(float("nan")), {"the loss of another process": float("nan")}
+            raise loss_error(self.state.global_step + 1, float(loss), parts, self.args.output_dir)
+        return loss
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        """Saves the student unless a weight is NaN or Inf: a diverged run keeps its last good checkpoint."""
+        bad = non_finite_tensors(state_dict if state_dict is not None else self.model.state_dict())
+        if bad:
+            raise weights_error(bad, output_dir or self.args.output_dir, self.args.output_dir)
+        super()._save(output_dir, state_dict)
 
     # ---- logging of the parts -----------------------------------------------------------------
 

@@ -47,9 +47,9 @@ def test_end_to_end_logs_parts_and_freezes_the_teacher(tiny_vit, digits, tmp_pat
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(logs) == 3
     for entry in logs:
-        for part in ("loss_cls", "loss_patch", "loss_attn"):
+        for part in ("loss_cls", "loss_patch", "loss_attn", "loss_head"):
             assert part in entry and entry[part] >= 0
-        weighted = entry["loss_cls"] + entry["loss_patch"] + 0.1 * entry["loss_attn"]
+        weighted = entry["loss_cls"] + entry["loss_patch"] + 0.1 * entry["loss_attn"] + entry["loss_head"]
         assert entry["loss"] == pytest.approx(weighted, rel=1e-3, abs=1e-4)
     assert not trainer.teacher.training
     assert all(torch.equal(v, trainer.teacher.state_dict()[k]) for k, v in teacher_before.items())
@@ -71,7 +71,7 @@ def test_distillation_lowers_the_loss(tiny_vit, digits, tmp_path):
     trainer = make_trainer(tiny_vit, make_config(tmp_path, max_steps=24, learning_rate=3e-3,
                                                  distortions="noise:0.3"), train)
     trainer.train()
-    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    losses = [e["loss_cls"] + e["loss_patch"] + 0.1 * e["loss_attn"] for e in trainer.state.log_history if "loss" in e]
     assert sum(losses[-4:]) / 4 < 0.7 * sum(losses[:4]) / 4
 
 

@@ -22,7 +22,7 @@ import hashlib
 import inspect
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -31,9 +31,14 @@ import torch
 from datasets import Dataset
 from torch.utils.data import DataLoader
 
+from .data import collate_images, prepare_dataset
 from .distortions import CORRUPTIONS, corrupt
+from .images import BadImage, ImageResizer
+from .metrics.corruption_robustness.corruption_robustness import IMAGENET_C_CORRUPTIONS
 
 BACKENDS = ("torch", "reference", "auto")
+KNOWN_CORRUPTIONS: tuple[str, ...] = IMAGENET_C_CORRUPTIONS + ("speckle_noise", "gaussian_blur", "spatter", "saturate")
+"""The corruptions of the reference code: the 15 of ImageNet-C and the 4 held-out ones."""
 FORMAT_VERSION = 1
 CLEAN = "clean"
 
@@ -56,13 +61,14 @@ def resolve_backend(corruption: str, backend: str) -> str:
     """The backend that makes ``corruption``: "torch" or "reference"."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown corruption backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if corruption not in KNOWN_CORRUPTIONS:
+        raise ValueError(f"unknown corruption {corruption!r}; the corruptions are {', '.join(KNOWN_CORRUPTIONS)}")
     if backend in ("torch", "auto") and corruption in CORRUPTIONS:
         return "torch"
     if backend == "torch":
-        raise ValueError(f"{corruption!r} has no torch port (ported: {', '.join(CORRUPTIONS)}); "
-                         "use backend='reference' or 'auto'")
-    if corruption not in reference_corruptions():
-        raise ValueError(f"unknown corruption {corruption!r}; the reference code has {', '.join(reference_corruptions())}")
+        raise ValueError(f"{corruption!r} has no torch port (ported: {', '.join(CORRUPTIONS)}); use the reference "
+                         "ImageNet-C code for it: backend 'auto' (--robustness_backend auto) or 'reference'")
+    _imagecorruptions()  # the reference backend is installed
     return "reference"
 
 
@@ -114,10 +120,18 @@ class CorruptedSetCache:
         path = self.path(entry)
         return Dataset.from_file(path) if os.path.isfile(path) else None
 
-    def write(self, entry: CorruptedSet, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
-              ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def metadata(self, entry: CorruptedSet) -> dict:
+        """What was recorded beside a set when it was written (the decoded set's bad images)."""
+        path = self.path(entry) + ".json"
+        if not os.path.isfile(path):
+            return {}
+        with open(path) as f:
+            return json.load(f)
+
+    def write(self, entry: CorruptedSet, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+              metadata: Callable[[], dict] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Passes ``batches`` (uint8 images, labels) through, writing them; the file appears
-        when the last batch has gone through."""
+        when the last batch has gone through, after ``metadata()`` (when given) is saved beside it."""
         os.makedirs(self.cache_dir, exist_ok=True)
         path = self.path(entry)
         tmp = f"{path}.{os.getpid()}.tmp"
@@ -137,22 +151,59 @@ class CorruptedSetCache:
                 if writer is not None:
                     writer.close()
             if writer is not None:
+                recorded = metadata() if metadata is not None else None
+                if recorded:
+                    _write_json(path + ".json", recorded)
                 os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
 
-    def fill(self, entry: CorruptedSet, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> Dataset:
+    def fill(self, entry: CorruptedSet, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+             metadata: Callable[[], dict] | None = None) -> Dataset:
         """Writes all of ``batches`` and returns the stored set."""
-        for _ in self.write(entry, batches):
+        for _ in self.write(entry, batches, metadata):
             pass
         return self.load(entry)
 
 
-def decoded_batches(loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(uint8 images, labels) of a prepared set's loader (``pixel_values`` in [0, 1], ``labels``)."""
+def _write_json(path: str, data: dict) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
+def decoded_batches(loader: DataLoader, bad_images: list | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(uint8 images, labels) of a prepared set's loader (``pixel_values`` in [0, 1], ``labels``);
+    the images that did not decode are left out and appended to ``bad_images``."""
     for batch in loader:
-        yield to_uint8(batch["pixel_values"]), batch["labels"]
+        if bad_images is not None:
+            bad_images.extend(batch.get("bad_images", ()))
+        if "pixel_values" in batch:
+            yield to_uint8(batch["pixel_values"]), batch["labels"]
+
+
+def source_key(dataset: Dataset, image_column: str, label_column: str, resizer: ImageResizer) -> str:
+    """What a decoded evaluation set is made from: the data's fingerprint, its columns, and how
+    images are brought to the model's input."""
+    return f"{dataset._fingerprint}:{image_column}:{label_column}:{resizer.key}"
+
+
+def decode_evaluation_set(dataset: Dataset, resizer: ImageResizer, cache: CorruptedSetCache, image_column: str,
+                          label_column: str, batch_size: int = 64, num_workers: int = 0
+                          ) -> tuple[Dataset, list[BadImage]]:
+    """The evaluation set decoded once into ``cache`` (uint8, at the model's input), and the
+    images that did not decode (left out of it). A second call, from any process, reads both back."""
+    entry = CorruptedSet.clean(source_key(dataset, image_column, label_column, resizer))
+    stored = cache.load(entry)
+    if stored is None:
+        bad: list[BadImage] = []
+        loader = DataLoader(prepare_dataset(dataset, resizer, image_column, label_column), batch_size=batch_size,
+                            shuffle=False, collate_fn=collate_images, num_workers=num_workers)
+        stored = cache.fill(entry, decoded_batches(loader, bad),
+                            metadata=lambda: {"bad_images": [[b.source, b.error] for b in bad]} if bad else {})
+    return stored, [BadImage(source, error) for source, error in cache.metadata(entry).get("bad_images", [])]
 
 
 def cached_batches(dataset: Dataset, size: tuple[int, int], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

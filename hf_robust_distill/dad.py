@@ -22,11 +22,12 @@ import torch
 from accelerate import PartialState
 from datasets import (ClassLabel, Dataset, Features, Image as ImageFeature, List, Value, concatenate_datasets,
                       load_dataset)
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .attacks import classifier_logits, pgd_attack
 from .data import collate_images, find_columns, prepare_dataset
+from .images import ImageResizer
 
 logger = logging.getLogger(__name__)
 
@@ -97,10 +98,23 @@ def shard_file(output_dir: str, shard: int, num_shards: int) -> str:
     return os.path.join(output_dir, "data", f"train-{shard:05d}-of-{num_shards:05d}.parquet")
 
 
+class _WithRowIndex(torch.utils.data.Dataset):
+    """Rows of a prepared dataset with their index, so rows whose image did not decode can be skipped."""
+
+    def __init__(self, dataset, rows: range):
+        self.dataset, self.rows = dataset, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return {**self.dataset[self.rows[i]], "row_index": torch.tensor(self.rows[i])}
+
+
 class DADGenerator:
     """Writes the DAD image of every row of ``dataset``; see ``generate_dad_dataset``."""
 
-    def __init__(self, teacher, discretizer, dataset: Dataset, output_dir: str, image_size: tuple[int, int],
+    def __init__(self, teacher, discretizer, dataset: Dataset, output_dir: str, image_size,
                  image_column: str | None = None, label_column: str | None = None,
                  attack: AttackSettings | None = None, batch_size: int = 64, shard_size: int = 1024,
                  teacher_logits: bool = False, seed: int = 0, num_workers: int = 0, state=None,
@@ -108,9 +122,10 @@ class DADGenerator:
         self.teacher, self.discretizer = teacher, discretizer
         self.output_dir = output_dir
         self.image_column, self.label_column = find_columns(dataset, image_column, label_column)
-        self.source = prepare_dataset(dataset, image_size, self.image_column, self.label_column)
+        self.resizer = image_size if isinstance(image_size, ImageResizer) else ImageResizer(image_size)
+        self.source = prepare_dataset(dataset, self.resizer, self.image_column, self.label_column)
         self.label_feature = dataset.features[self.label_column] if self.label_column else None
-        self.image_size = tuple(image_size)
+        self.image_size = self.resizer.size
         self.attack = attack or AttackSettings.offline()
         self.batch_size, self.shard_size, self.num_workers = batch_size, shard_size, num_workers
         self.teacher_logits, self.seed, self.progress = teacher_logits, seed, progress
@@ -119,6 +134,7 @@ class DADGenerator:
         self.stopwatch = Stopwatch()
         self.images_done = 0
         self.written: list[int] = []  # shards this process wrote in this run
+        self.bad_images: list = []  # rows skipped because their image did not decode
 
     # ---- what is written ----------------------------------------------------------------------
 
@@ -135,7 +151,8 @@ class DADGenerator:
     def manifest(self) -> dict:
         return {"num_rows": len(self.source), "shard_size": self.shard_size, "num_shards": self.num_shards,
                 "batch_size": self.batch_size,  # randomness is drawn per (shard, batch)
-                "image_size": list(self.image_size), "attack": asdict(self.attack), "seed": self.seed,
+                "image_size": list(self.image_size), "decoding": self.resizer.key, "attack": asdict(self.attack),
+                "seed": self.seed,
                 "teacher_logits": self.teacher_logits, "label_column": self.label_column}
 
     def _check_manifest(self) -> None:
@@ -150,7 +167,7 @@ class DADGenerator:
                                  f"({saved}); use another output_dir or the same settings to resume it")
             return
         if self.state.is_main_process:
-            tmp = f"{path}.tmp-{os.getpid()}"
+            tmp = temporary_file(path)
             with open(tmp, "w") as f:
                 json.dump(manifest, f, indent=2)
             os.replace(tmp, path)
@@ -166,6 +183,8 @@ class DADGenerator:
 
     def run(self) -> Dataset:
         os.makedirs(os.path.join(self.output_dir, "data"), exist_ok=True)
+        if self.state.is_main_process:
+            remove_temporary_files(self.output_dir)
         self.state.wait_for_everyone()
         self._check_manifest()
         shards = self.my_shards()
@@ -183,7 +202,7 @@ class DADGenerator:
 
     def _write_shard(self, shard: int, bar) -> None:
         rows = self._rows(shard)
-        loader = DataLoader(Subset(self.source, list(rows)), batch_size=self.batch_size, shuffle=False,
+        loader = DataLoader(_WithRowIndex(self.source, rows), batch_size=self.batch_size, shuffle=False,
                             collate_fn=collate_images, num_workers=self.num_workers)
         columns: dict[str, list] = {name: [] for name in self.features()}
         device = self.discretizer.device
@@ -192,6 +211,9 @@ class DADGenerator:
         for batch_index in range(len(loader)):
             with watch.section("load"):  # decoding and resizing happen as the batch is drawn
                 batch = next(batches)
+                self._skip(batch.get("bad_images", ()))
+                if "pixel_values" not in batch:
+                    continue
                 images = batch["pixel_values"].to(device)
                 labels = batch["labels"].to(device) if "labels" in batch else None
             generator = _seeded(device, self.seed, shard, batch_index)
@@ -200,19 +222,45 @@ class DADGenerator:
                 with watch.section("teacher", device), torch.no_grad():
                     for column, pixels in (("teacher_logits_clean", images), ("teacher_logits_dad", dad)):
                         columns[column].extend(classifier_logits(self.teacher, pixels).float().cpu().tolist())
-            start = rows.start + batch_index * self.batch_size
             columns["image"].extend(_to_uint8(dad))
-            columns["index"].extend(range(start, start + len(images)))
+            columns["index"].extend(batch["row_index"].tolist())
             if labels is not None:
                 columns["label"].extend(batch["labels"].tolist())
             self.images_done += len(images)
             bar.update(len(images))
         with watch.section("write"):
             path = shard_file(self.output_dir, shard, self.num_shards)
-            tmp = f"{path}.tmp-{self.state.process_index}-{os.getpid()}"
+            tmp = temporary_file(path, self.state.process_index)
             Dataset.from_dict(columns, features=self.features()).to_parquet(tmp)
             os.replace(tmp, path)  # a shard appears whole or not at all
         self.written.append(shard)
+
+    def _skip(self, bad_images) -> None:
+        for bad in bad_images:
+            logger.warning("skipping a row whose image does not decode: %s", bad)
+        self.bad_images.extend(bad_images)
+
+
+def temporary_file(path: str, process_index: int = 0) -> str:
+    """A hidden name beside ``path`` (``datasets`` ignores files starting with a dot) for a file
+    being written; renamed to ``path`` when complete."""
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}.tmp-{process_index}-{os.getpid()}")
+
+
+def remove_temporary_files(output_dir: str) -> list[str]:
+    """Deletes what an interrupted generation left half-written in ``output_dir``; returns the paths."""
+    removed = []
+    for folder in (output_dir, os.path.join(output_dir, "data")):
+        if not os.path.isdir(folder):
+            continue
+        for name in os.listdir(folder):
+            if ".tmp-" in name and (name.startswith(".") or ".parquet.tmp-" in name or ".json.tmp-" in name):
+                os.remove(os.path.join(folder, name))
+                removed.append(os.path.join(folder, name))
+    if removed:
+        logger.info("removed %d temporary file(s) an interrupted generation left", len(removed))
+    return removed
 
 
 def load_dad_dataset(output_dir: str) -> Dataset:
@@ -225,6 +273,28 @@ def load_dad_dataset(output_dir: str) -> Dataset:
         raise FileNotFoundError(f"{len(missing)} of {num_shards} shards are missing (first: {missing[0]}); "
                                 "run the generation again with the same settings to finish it")
     return load_dataset("parquet", data_files={"train": files}, split="train")
+
+
+def load_dad_source(name_or_path: str) -> Dataset:
+    """An offline DAD dataset from wherever it lies: a folder ``generate_dad_dataset`` wrote (its
+    shards, in order), a dataset saved with ``save_to_disk``, a folder of its Parquet files, or a
+    Hub dataset id; temporary files an interrupted run left are ignored."""
+    from .data import load_image_dataset
+
+    if os.path.isfile(os.path.join(name_or_path, MANIFEST)):
+        return load_dad_dataset(name_or_path)
+    if os.path.exists(name_or_path) and not os.path.isdir(name_or_path):
+        raise ValueError(f"--dad_dataset {name_or_path!r} is a file; give the folder generate_dad_dataset wrote, a "
+                         "saved dataset or a Hub id")
+    splits = load_image_dataset(name_or_path)
+    if "train" not in splits:
+        raise ValueError(f"{name_or_path} has no 'train' split (it has {list(splits)})")
+    dad = splits["train"]
+    missing = [c for c in ("image", "index") if c not in dad.column_names]
+    if missing:
+        raise ValueError(f"{name_or_path} is not a DAD dataset: it has no {' or '.join(missing)} column; make one with "
+                         "generate_dad_dataset (recipes/dad.py --dad_mode offline without --dad_dataset)")
+    return dad
 
 
 def generate_dad_dataset(teacher, discretizer, dataset: Dataset, output_dir: str, image_size: tuple[int, int],
@@ -257,17 +327,25 @@ def generate_dad_dataset(teacher, discretizer, dataset: Dataset, output_dir: str
     return result
 
 
-def pair_with_dad(train: Dataset, dad: Dataset) -> Dataset:
+def pair_with_dad(train: Dataset, dad: Dataset, max_missing_fraction: float = 0.01) -> Dataset:
     """``train`` with its DAD images beside it (column ``dad_image``, plus stored teacher logits),
-    matched row by row through the ``index`` column; labels must agree exactly."""
+    matched row by row through the ``index`` column; labels must agree exactly. Rows the
+    generation skipped (their image did not decode, at most ``max_missing_fraction``) are left
+    out of the result."""
     if "index" not in dad.column_names:
         raise ValueError("the DAD dataset has no 'index' column; generate it with generate_dad_dataset")
-    if len(dad) < len(train):
-        raise ValueError(f"the DAD dataset has {len(dad)} rows for {len(train)} training rows; "
-                         "generate it from the same training split")
-    dad = dad.select(range(len(train)))
-    if dad["index"] != list(range(len(train))):
+    indices = np.asarray(dad.with_format("numpy")["index"], dtype=np.int64)
+    if np.any(np.diff(indices) <= 0):
         raise ValueError("the DAD dataset's rows are not in source order; regenerate it")
+    covered = int(np.searchsorted(indices, len(train)))  # rows of this training split
+    missing = len(train) - covered
+    if missing > max_missing_fraction * len(train):
+        raise ValueError(f"the DAD dataset has rows for {covered} of the {len(train)} training rows; generate it from "
+                         "the same training split")
+    dad = dad.select(range(covered))
+    if missing:
+        logger.warning("%d training rows have no DAD image (their image did not decode): left out", missing)
+        train = train.select(indices[:covered].tolist())
     _, label_column = find_columns(train)
     if label_column is not None and "label" in dad.column_names and dad["label"] != train[label_column]:
         raise ValueError("the DAD dataset's labels differ from the training labels: it was generated from "

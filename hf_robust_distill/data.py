@@ -81,6 +81,8 @@ def _is_saved_dataset(path: str) -> bool:
 
 UNLABELLED = -1
 """The label ``datasets`` (and the Hub's test splits) give an image without one."""
+IGNORED_LABEL = -100
+"""What an unlabelled image's label becomes in a batch: the index cross-entropy ignores."""
 
 EVAL_SPLIT_NAMES = ("validation", "valid", "val", "test")
 
@@ -225,8 +227,9 @@ def collate_images(examples: list[dict]) -> dict:
     good = [e for e in examples if e.get("bad_image") is None]
     batch = {}
     for key, value in (good[0].items() if good else ()):
-        if key == "labels":
-            batch[key] = torch.tensor([e[key] for e in good], dtype=torch.long)
+        if key == "labels":  # datasets' unlabelled -1 becomes the -100 losses ignore
+            labels = torch.tensor([e[key] for e in good], dtype=torch.long)
+            batch[key] = labels.masked_fill(labels == UNLABELLED, IGNORED_LABEL)
         elif isinstance(value, torch.Tensor):
             batch[key] = torch.stack([e[key] for e in good])
     bad = [e["bad_image"] for e in examples if e.get("bad_image") is not None]

@@ -11,11 +11,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+from transformers import AutoImageProcessor
 
-from .corrupted_sets import (CorruptedSet, CorruptedSetCache, cached_batches, decoded_batches,
-                             reference_corrupted_batches, resolve_backend, torch_corrupted_batches)
+from .corrupted_sets import (CorruptedSet, CorruptedSetCache, cached_batches, decode_evaluation_set, decoded_batches,
+                             reference_corrupted_batches, resolve_backend, source_key, torch_corrupted_batches)
 from .data import class_names, collate_images, find_columns, load_image_dataset, prepare_dataset
 from .distortions import Distorter
+from .images import ImageResizer
 from .metrics.corruption_robustness.corruption_robustness import IMAGENET_C_CORRUPTIONS, SEVERITIES
 from .models import FeatureTaps, PixelPreprocessor, as_pixel_classifier
 from .natural_shifts import NaturalShift, subset_predictions
@@ -60,7 +62,7 @@ def accuracy(model, preprocessor: PixelPreprocessor | None, dataset, view: View 
 
 def evaluate_robustness(
     model, dataset, corruptions: Sequence[str] | None = None, severities: Sequence[int] = SEVERITIES, *,
-    image_processor=None, image_size: int | tuple[int, int] | None = None, backend: str = "torch",
+    image_processor=None, image_size: int | tuple[int, int] | None = None, decode_with=None, backend: str = "torch",
     baseline: str | RobustnessReport | dict | None = None, natural_shifts: Sequence[NaturalShift | str] = (),
     batch_size: int = 64, num_workers: int = 0, seed: int = 0, cache_dir: str | None = None, device=None,
     model_name: str | None = None, dataset_name: str | None = None, split: str | None = None,
@@ -71,19 +73,23 @@ def evaluate_robustness(
 
     ``model``: an image classifier with its ``image_processor`` (read from the model's checkpoint
     when omitted), or a module taking [0, 1] pixels (``CLIPZeroShotClassifier``). ``dataset``: a
-    ``datasets.Dataset`` with an image and a label column, decoded and resized to ``image_size``
-    (the model's input size by default). ``corruptions`` defaults to the 15 of ImageNet-C that
-    ``backend`` makes ("torch": the 11 with torch ports, fast, on the model's device;
-    "reference": the ImageNet-C code, per image, in ``num_workers`` data-loader workers; "auto":
-    the port where there is one). Corrupted sets are deterministic given ``seed`` (and, for the
-    torch backend, ``batch_size``) and cached in ``cache_dir``: a second evaluation, of this
-    model or another, reads them back. ``baseline``: "alexnet" (ImageNet-scale runs), another
+    ``datasets.Dataset`` with an image and a label column. Images are decoded once as
+    ``pipeline("image-classification")`` would with ``decode_with`` (an image processor or an
+    ``ImageResizer``; by default the model's own processor, or a plain resize to ``image_size``),
+    so the clean accuracy is the one a user of the saved model gets; images that do not decode are
+    left out and counted (``report.skipped_images``). ``corruptions`` defaults to the 15 of
+    ImageNet-C that ``backend`` makes ("torch": the 11 with torch ports, fast, on the model's
+    device; "reference": the ImageNet-C code, per image, in ``num_workers`` data-loader workers;
+    "auto": the port where there is one). Corrupted sets are deterministic given ``seed`` (and,
+    for the torch backend, ``batch_size``) and cached in ``cache_dir``: a second evaluation, of
+    this model or another, reads them back. ``baseline``: "alexnet" (ImageNet-scale runs), another
     model's ``RobustnessReport`` on the same data (relative mCE), or ``None``.
     ``natural_shifts``: ``NaturalShift``s or "name=dataset[:split]" specs (imagenet-r and
     imagenet-a bring their 200-class subsets).
     """
     classifier = as_pixel_classifier(model, image_processor)
-    size = _size(image_size) if image_size is not None else classifier.preprocessor.size
+    resizer = _resizer(model, image_processor, image_size, decode_with)
+    size = resizer.size
     device = torch.device(device) if device is not None else next(classifier.parameters()).device
     if corruptions is None:
         corruptions = [c for c in IMAGENET_C_CORRUPTIONS if _has_backend(c, backend)]
@@ -92,13 +98,10 @@ def evaluate_robustness(
     image_column, label_column = find_columns(dataset, image_column, label_column)
     if label_column is None:
         raise ValueError("the evaluation set has no label column; pass label_column")
-    source = f"{dataset._fingerprint}:{image_column}:{label_column}:{size[0]}x{size[1]}"
+    source = source_key(dataset, image_column, label_column, resizer)
     cache = CorruptedSetCache(cache_dir)
-    clean_set = cache.load(CorruptedSet.clean(source))
-    if clean_set is None:
-        loader = DataLoader(prepare_dataset(dataset, size, image_column, label_column), batch_size=batch_size,
-                            shuffle=False, collate_fn=collate_images, num_workers=num_workers)
-        clean_set = cache.fill(CorruptedSet.clean(source), decoded_batches(loader))
+    clean_set, bad_images = decode_evaluation_set(dataset, resizer, cache, image_column, label_column, batch_size,
+                                                  num_workers)
     name = model_name or _model_name(model)
 
     was_training = classifier.training
@@ -128,22 +131,55 @@ def evaluate_robustness(
         shifted = {}
         for shift in shifts:
             bar.set_postfix_str(shift.name)
-            shifted[shift.name] = natural_shift_accuracy(classifier, shift, size, batch_size, num_workers, device)
+            shifted[shift.name] = natural_shift_accuracy(classifier, shift, resizer, batch_size, num_workers, device)
             bar.update()
     finally:
         bar.close()
         classifier.train(was_training)
     return RobustnessReport(
-        model_name=name, dataset_name=dataset_name or _dataset_name(dataset), split=split, num_examples=len(dataset),
+        model_name=name, dataset_name=dataset_name or _dataset_name(dataset), split=split, num_examples=len(clean_set),
         image_size=tuple(size), clean_accuracy=clean, accuracy=accuracy, backends=backends, seed=seed,
-        natural_shifts=shifted, baseline=_baseline(baseline),
+        natural_shifts=shifted, baseline=_baseline(baseline), skipped_images=len(bad_images),
+        chance_accuracy=chance_accuracy(np.asarray(clean_set.with_format("numpy")["label"]),
+                                        num_outputs=_num_outputs(model)),
     )
 
 
-def natural_shift_accuracy(classifier, shift: NaturalShift, size: tuple[int, int], batch_size: int = 64,
+def chance_accuracy(labels: np.ndarray, num_outputs: int | None = None) -> float:
+    """The accuracy of always answering the evaluation set's most frequent class (1/C when the
+    classes are balanced): what a model that learned nothing scores."""
+    if not len(labels):
+        return 0.0
+    counts = np.bincount(labels[labels >= 0], minlength=num_outputs or 0)
+    return float(counts.max() / len(labels)) if counts.size else 0.0
+
+
+def _num_outputs(model) -> int | None:
+    config = getattr(getattr(model, "model", model), "config", None)
+    return getattr(model, "num_labels", None) or getattr(config, "num_labels", None)
+
+
+def _resizer(model, image_processor, image_size, decode_with) -> ImageResizer:
+    """How evaluation images are decoded: ``decode_with``, else a size, else the model's own processor."""
+    if decode_with is not None:
+        return decode_with if isinstance(decode_with, ImageResizer) else ImageResizer(decode_with)
+    if image_size is not None:
+        return ImageResizer(_size(image_size))
+    processor = image_processor or getattr(model, "image_processor", None)
+    if processor is None or isinstance(processor, PixelPreprocessor):
+        inner = getattr(model, "model", model)
+        source = getattr(inner, "name_or_path", None) or getattr(getattr(inner, "config", None), "_name_or_path", None)
+        if not source:
+            raise ValueError("pass decode_with (the image processor the model is used with) or image_size: the "
+                             "model's processor cannot be read from its checkpoint")
+        processor = AutoImageProcessor.from_pretrained(source)
+    return ImageResizer(processor)
+
+
+def natural_shift_accuracy(classifier, shift: NaturalShift, resizer, batch_size: int = 64,
                            num_workers: int = 0, device=None) -> float:
     """Top-1 accuracy of a [0, 1]-pixel classifier on a shifted test set, logits restricted to
-    the shift's class subset."""
+    the shift's class subset; ``resizer`` decodes its images (an ``ImageResizer`` or a size)."""
     data = load_image_dataset(shift.dataset, shift.config)
     if shift.split not in data:
         raise ValueError(f"no split {shift.split!r} in {shift.dataset}; it has {list(data)}")
@@ -152,7 +188,7 @@ def natural_shift_accuracy(classifier, shift: NaturalShift, size: tuple[int, int
     subset = shift.subset()
     names = class_names(data, label_column)
     labels_in_subset = subset is not None and names is not None and len(names) == len(subset)
-    loader = DataLoader(prepare_dataset(data, size, image_column, label_column), batch_size=batch_size,
+    loader = DataLoader(prepare_dataset(data, resizer, image_column, label_column), batch_size=batch_size,
                         collate_fn=collate_images, num_workers=num_workers)
     return _accuracy(classifier, decoded_batches(loader), device, subset, labels_in_subset)
 

@@ -61,7 +61,12 @@ def class_positions(predicted: list[str], wanted: list[str]) -> list[int] | None
 
 def match_head(model, names: list[str] | None) -> str:
     """``SAME``, ``REORDER`` or ``DIFFERENT`` (also for a model without a head, or no names)."""
-    predicted = head_classes(model)
+    return match_classes(head_classes(model), names)
+
+
+def match_classes(predicted: list[str] | None, names: list[str] | None) -> str:
+    """How a head predicting ``predicted`` relates to the dataset's ``names``: ``SAME``, ``REORDER``
+    or ``DIFFERENT``."""
     if predicted is None or not names:
         return DIFFERENT
     positions = class_positions(predicted, names)
@@ -175,3 +180,28 @@ def freeze_unread_head(model, keep_head: bool = False) -> None:
         in_head = in_base is not None and id(parameter) not in in_base
         if (in_head and not keep_head) or ".pooler." in f".{name}":
             parameter.requires_grad_(False)
+
+
+def load_with_head(name_or_path: str, names: list[str] | None, **load_kwargs) -> tuple[nn.Module, str]:
+    """A checkpoint loaded as a classifier of the dataset's classes, and what became of its head:
+    ``"kept"`` (it predicts them in order), ``"reordered"`` (rows reordered or cut to them),
+    ``"new"`` (a freshly initialised head: the checkpoint predicts other classes), or
+    ``"none"`` (no names, or a model with no classification head)."""
+    from .models import load_vision_model
+
+    model = load_vision_model(name_or_path, **load_kwargs)
+    match = match_head(model, names)
+    if match == SAME:
+        return model, "kept"
+    if match == REORDER:
+        align_head(model, names)
+        logger.info("%s predicts the dataset's classes in another order: its head was reordered to the dataset's",
+                    name_or_path)
+        return model, "reordered"
+    if not names:
+        return model, "none"
+    model = load_vision_model(name_or_path, label_names=names, **load_kwargs)
+    if not is_image_classifier(model):
+        return model, "none"
+    reset_head(model, names)
+    return model, "new"

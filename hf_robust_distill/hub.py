@@ -11,13 +11,16 @@ from __future__ import annotations
 import os
 import re
 import sys
+from importlib import resources
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .report import PLOT_FILE, REPORT_FILE, RobustnessReport
 
-CARD_TEMPLATE = Path(__file__).parent / "model_cards" / "robust_student.md"
+CARD_TEMPLATE = Path(str(resources.files("hf_robust_distill.model_cards") / "robust_student.md"))
+"""The card template: ``model_cards/robust_student.md`` at the top of the repository, installed
+inside the package (``hf_robust_distill.model_cards``)."""
 CARD_FILE = "README.md"
 STUDENT_FILES = ("config.json", "preprocessor_config.json", "model.safetensors.index.json", CARD_FILE, REPORT_FILE,
                  PLOT_FILE)
@@ -114,8 +117,8 @@ def eval_results(report: RobustnessReport, dataset_id: str) -> list[EvalResult]:
     if report.mean_corrupted_accuracy is not None:
         results.append(EvalResult(**corrupted, metric_type="accuracy", metric_name="Mean corrupted top-1 accuracy",
                                   metric_value=round(100 * report.mean_corrupted_accuracy, 2)))
+    baseline = plain_name(report.baseline["name"]) if report.baseline else None
     if report.mce is not None:
-        baseline = plain_name(report.baseline["name"])
         results.append(EvalResult(**corrupted, metric_type="mce", metric_name=f"mCE (vs {baseline})",
                                   metric_value=round(report.mce, 2)))
     if report.relative_mce is not None:
@@ -130,8 +133,9 @@ def eval_results(report: RobustnessReport, dataset_id: str) -> list[EvalResult]:
 def model_card(report: RobustnessReport, *, method: str, teacher: str, train_dataset: str,
                settings: dict[str, str], model_name: str, student_init: str | None = None, repo_id: str | None = None,
                architecture: str | None = None, num_train_examples: int | None = None, license: str | None = None,
-               plot_file: str | None = PLOT_FILE) -> ModelCard:
-    """The student's card, rendered from ``model_cards/robust_student.md``."""
+               plot_file: str | None = PLOT_FILE, teacher_report: RobustnessReport | None = None) -> ModelCard:
+    """The student's card, rendered from ``model_cards/robust_student.md``; with the teacher's
+    report, its numbers stand beside the student's (what distillation bought)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; one of {', '.join(METHODS)}")
     method_name, method_summary = METHODS[method]
@@ -144,9 +148,12 @@ def model_card(report: RobustnessReport, *, method: str, teacher: str, train_dat
         eval_results=eval_results(report, dataset_id),
     )
     baseline = report.baseline or {}
+    teacher_headline = teacher_report.headline() if teacher_report is not None else {}
     return ModelCard.from_template(
         card_data, template_path=str(CARD_TEMPLATE), model_name=model_name,
         repo_id=repo_id or REPO_PLACEHOLDER.format(name=model_name), report=report, headline=report.headline(),
+        teacher_headline=teacher_headline, table=report.to_markdown(reference=teacher_report),
+        chance_percent=None if report.chance_accuracy is None else 100 * report.chance_accuracy,
         method_name=method_name, method_summary=method_summary, teacher=public_name(teacher),
         student_init=public_name(student_init),
         train_dataset=public_name(train_dataset) if is_hub_id(train_dataset) else f"`{dataset_id}`",
@@ -169,13 +176,18 @@ def _backends_phrase(backends: dict[str, str]) -> str:
     return f"the package's torch ports of ImageNet-C, and the reference code for {', '.join(reference)}"
 
 
-def write_student_card(output_dir: str, report: RobustnessReport, **card_kwargs) -> dict[str, str]:
+def write_student_card(output_dir: str, report: RobustnessReport, teacher_report: RobustnessReport | None = None,
+                       **card_kwargs) -> dict[str, str]:
     """Writes the report (JSON), its plot and the model card into ``output_dir``, next to the
-    student's weights: the folder is then ready for ``push_robust_student``."""
+    student's weights, the teacher's numbers beside the student's when its report is given: the
+    folder is then ready for ``push_robust_student``."""
+    bad = report.non_finite_numbers()
+    if bad:
+        raise ValueError(f"refusing to write a card with NaN or Inf numbers ({', '.join(bad[:5])}): the student diverged")
     paths = {"report": report.save(os.path.join(output_dir, REPORT_FILE)),
              "plot": os.path.join(output_dir, PLOT_FILE)}
-    report.plot(paths["plot"])
-    card = model_card(report, **card_kwargs)
+    report.plot(paths["plot"], reference=teacher_report)
+    card = model_card(report, teacher_report=teacher_report, **card_kwargs)
     paths["card"] = os.path.join(output_dir, CARD_FILE)
     card.save(paths["card"])
     return paths
@@ -203,19 +215,47 @@ def retry_command(folder: str, repo_id: str) -> str:
     return f"python -m hf_robust_distill.hub {folder} {repo_id}"
 
 
+class RefusedPush(ValueError):
+    """A student that must not be published: weights with NaN or Inf, or accuracy at or below chance."""
+
+
+def check_publishable(folder: str, force: bool = False) -> None:
+    """Refuses, before any request, weights with NaN or Inf (always) and a student whose clean
+    accuracy is at or below chance (unless ``force``)."""
+    from .divergence import non_finite_weights_in
+
+    bad = non_finite_weights_in(folder)
+    if bad:
+        raise RefusedPush(f"refusing to push {folder}: {len(bad)} weight tensors hold NaN or Inf "
+                          f"({', '.join(bad[:5])}); the run diverged, retrain it")
+    report_path = os.path.join(folder, REPORT_FILE)
+    report = RobustnessReport.load(report_path) if os.path.isfile(report_path) else None
+    if report is not None and report.non_finite_numbers():
+        raise RefusedPush(f"refusing to push {folder}: its robustness report holds NaN or Inf numbers")
+    if report is not None and report.at_or_below_chance and not force:
+        raise RefusedPush(
+            f"refusing to push {folder}: its clean accuracy ({100 * report.clean_accuracy:.1f}%) is at or below chance "
+            f"({100 * report.chance_accuracy:.1f}%, always answering the most frequent class), so it learned nothing "
+            "usable. Train it longer or fix the setup; to publish it anyway pass --force_push "
+            f"(python -m hf_robust_distill.hub {folder} <repo_id> --force)")
+
+
 def push_robust_student(folder: str, repo_id: str, *, token: str | None = None, private: bool | None = None,
-                        revision: str | None = None, commit_message: str = "Upload robust student (hf_robust_distill)"):
+                        revision: str | None = None, commit_message: str = "Upload robust student (hf_robust_distill)",
+                        force: bool = False):
     """Pushes the student in ``folder`` to the Hub model repo ``repo_id`` (created if needed):
     its safetensors weights, config, image processor, card, robustness report and plot; never the
     teacher, checkpoints, training arguments or generated datasets that lie beside them.
 
-    The card is sent with ``repo_id`` in its loading example; the local folder is only read.
-    On failure (no network, bad token, no permission) raises ``PushToHubError`` naming the
-    cause and the command that retries. Returns the commit info.
+    Before any request it refuses weights with NaN or Inf, and a student at or below chance
+    accuracy unless ``force`` (``RefusedPush``). The card is sent with ``repo_id`` in its loading
+    example; the local folder is only read. On failure (no network, bad token, no permission)
+    raises ``PushToHubError`` naming the cause and the command that retries. Returns the commit info.
     """
     from huggingface_hub import CommitOperationAdd, HfApi
 
     files = student_files(folder)
+    check_publishable(folder, force)
     card = ModelCard.load(os.path.join(folder, CARD_FILE))
     model_name = card.data.get("model_name") or Path(folder).name
     content = str(card).replace(REPO_PLACEHOLDER.format(name=model_name), repo_id)
@@ -245,10 +285,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("repo_id")
     parser.add_argument("--private", action="store_true", default=None)
     parser.add_argument("--revision", default=None)
+    parser.add_argument("--force", action="store_true", help="push a student at or below chance accuracy")
     args = parser.parse_args(argv)
     try:
-        info = push_robust_student(args.folder, args.repo_id, private=args.private, revision=args.revision)
-    except PushToHubError as error:
+        info = push_robust_student(args.folder, args.repo_id, private=args.private, revision=args.revision,
+                                   force=args.force)
+    except (PushToHubError, RefusedPush) as error:
         sys.exit(str(error))
     print(f"pushed to {info.commit_url}")
 

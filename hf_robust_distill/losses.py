@@ -91,5 +91,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
 
 
 def ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy with integer labels; -100 marks a sample without a label."""
-    return F.cross_entropy(logits.float(), labels, ignore_index=-100)
+    """Cross-entropy with integer labels; -100 marks a sample without a label, and a batch
+    without any gives 0 (not the NaN of an empty mean)."""
+    total = F.cross_entropy(logits.float(), labels, ignore_index=-100, reduction="sum")
+    return total / (labels != -100).sum().clamp_min(1)

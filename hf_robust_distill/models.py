@@ -86,14 +86,6 @@ def load_vision_model(name_or_path: str, *, attention_maps: bool = False,
         return AutoModel.from_pretrained(name_or_path, **kwargs)
 
 
-def has_matching_head(model: PreTrainedModel, label_names: list[str] | None) -> bool:
-    """Whether the model's classifier was trained on exactly these classes, in this order."""
-    if label_names is None or not hasattr(model.config, "id2label"):
-        return False
-    names = [model.config.id2label[i] for i in range(len(model.config.id2label))]
-    return names == list(label_names)
-
-
 def set_eager_attention(model: PreTrainedModel) -> None:
     """Switches a loaded model to eager attention, which returns attention maps."""
     if getattr(model.config, "_attn_implementation", "eager") != "eager":

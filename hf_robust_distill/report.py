@@ -4,6 +4,7 @@ errors and mCE, saved as JSON and drawn with matplotlib."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -35,6 +36,8 @@ class RobustnessReport:
     split: str | None = None
     natural_shifts: dict[str, float] = field(default_factory=dict)
     baseline: dict | None = None
+    skipped_images: int = 0  # images of the evaluation set that did not decode (left out of every number)
+    chance_accuracy: float | None = None  # always answering the most frequent class
 
     # ------------------------------------------------------------------ numbers
 
@@ -56,11 +59,13 @@ class RobustnessReport:
 
     @property
     def mce(self) -> float | None:
-        return self.summary.get("mce")
+        """mCE; ``None`` when undefined (no baseline, or a baseline that never errs on a corruption)."""
+        return _defined(self.summary.get("mce"))
 
     @property
     def relative_mce(self) -> float | None:
-        return self.summary.get("relative_mce")
+        """Relative mCE; ``None`` when undefined (a baseline that loses no accuracy to a corruption)."""
+        return _defined(self.summary.get("relative_mce"))
 
     @property
     def mce_is_complete(self) -> bool:
@@ -75,6 +80,17 @@ class RobustnessReport:
     def mean_accuracy(self, corruption: str) -> float:
         row = self.accuracy[corruption]
         return sum(row.values()) / len(row)
+
+    @property
+    def at_or_below_chance(self) -> bool:
+        """Whether the clean accuracy is no better than always answering the most frequent class."""
+        return self.chance_accuracy is not None and self.clean_accuracy <= self.chance_accuracy + 1e-9
+
+    def non_finite_numbers(self) -> list[str]:
+        """The measured accuracies that are NaN or Inf (never a real model's)."""
+        numbers = {"clean accuracy": self.clean_accuracy, **self.natural_shifts,
+                   **{f"{c} {s}": a for c, row in self.accuracy.items() for s, a in row.items()}}
+        return [name for name, value in numbers.items() if value is None or not math.isfinite(value)]
 
     def as_baseline(self) -> dict:
         """This report as the ``baseline`` of another model's report."""
@@ -115,32 +131,57 @@ class RobustnessReport:
         with open(path) as f:
             return cls.from_dict(json.load(f))
 
-    def plot(self, path: str | None = None):
-        """Accuracy against severity, one line per corruption, the clean accuracy as a dashed
-        line; saved to ``path`` (a folder gets robustness.png) when given. Returns the figure."""
+    def mean_accuracy_by_severity(self) -> dict[int, float]:
+        """Accuracy averaged over corruptions at each severity, with the clean accuracy at 0."""
+        out = {0: self.clean_accuracy}
+        for s in self.severities:
+            row = [grid[s] for grid in self.accuracy.values() if s in grid]
+            out[s] = sum(row) / len(row)
+        return out
+
+    def plot(self, path: str | None = None, reference: RobustnessReport | None = None,
+             reference_label: str = "teacher"):
+        """Left: accuracy against severity, averaged over corruptions (0 is clean); right: each
+        corruption's accuracy averaged over severities. With ``reference`` (the teacher's report)
+        both panels show it beside this model. Saved to ``path`` (a folder gets robustness.png)
+        when given; returns the figure."""
         import matplotlib
 
         matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
-        colors = plt.get_cmap("tab20").colors
-        for i, (corruption, row) in enumerate(sorted(self.accuracy.items())):
-            severities = sorted(row)
-            ax.plot(severities, [100 * row[s] for s in severities], marker="o", markersize=3, linewidth=1.2,
-                    color=colors[i % len(colors)], label=corruption.replace("_", " "))
-        ax.axhline(100 * self.clean_accuracy, color="black", linestyle="--", linewidth=1.5,
-                   label=f"clean ({100 * self.clean_accuracy:.1f})")
-        ax.set_xticks(self.severities or [1, 2, 3, 4, 5])
-        ax.set_xlabel("severity")
-        ax.set_ylabel("top-1 accuracy (%)")
-        ax.set_ylim(0, 100)
-        title = f"{os.path.basename(self.model_name.rstrip('/'))} on {self.dataset_name}"
+        models = [(_short(self.model_name), self, "tab:blue")]
+        if reference is not None:
+            models.append((f"{reference_label} ({_short(reference.model_name)})", reference, "tab:gray"))
+        corruptions = sorted(self.accuracy)
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.6), layout="constrained",
+                                          gridspec_kw={"width_ratios": [1, 1.25]})
+        for label, report, color in models:
+            curve = report.mean_accuracy_by_severity()
+            left.plot(list(curve), [100 * v for v in curve.values()], marker="o", color=color, label=label,
+                      linestyle="-" if report is self else "--")
+        left.set_xticks(sorted(self.mean_accuracy_by_severity()))
+        left.set_xticklabels(["clean", *map(str, self.severities)])
+        left.set_xlabel("severity")
+        left.set_ylabel("top-1 accuracy (%), mean over corruptions")
+        left.set_ylim(0, 100)
+        left.grid(alpha=0.3)
+        left.legend(fontsize=8, loc="lower left")
+        height = 0.8 / len(models)
+        for k, (label, report, color) in enumerate(models):
+            values = [100 * report.mean_accuracy(c) if c in report.accuracy else float("nan") for c in corruptions]
+            right.barh([i + (k - (len(models) - 1) / 2) * height for i in range(len(corruptions))], values,
+                       height=height, color=color, label=label)
+        right.set_yticks(range(len(corruptions)))
+        right.set_yticklabels([c.replace("_", " ") for c in corruptions], fontsize=8)
+        right.invert_yaxis()
+        right.set_xlim(0, 100)
+        right.set_xlabel("top-1 accuracy (%), mean over severities")
+        right.grid(alpha=0.3, axis="x")
+        title = f"{_short(self.model_name)} on {self.dataset_name}"
         if self.mce is not None:
-            title += f"  (mCE {self.mce:.1f} vs {os.path.basename(str(self.baseline['name']).rstrip('/'))})"
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+            title += f"  (mCE {self.mce:.1f} vs {_short(str(self.baseline['name']))})"
+        fig.suptitle(title, fontsize=10)
         if path is not None:
             if os.path.isdir(path):
                 path = os.path.join(path, PLOT_FILE)
@@ -162,22 +203,42 @@ class RobustnessReport:
         out.update({f"{name} accuracy": 100 * acc for name, acc in self.natural_shifts.items()})
         return out
 
-    def to_markdown(self) -> str:
-        """Accuracy per corruption and severity, the mean, and the CE, in %, as a Markdown table."""
+    def to_markdown(self, reference: RobustnessReport | None = None, reference_label: str = "teacher") -> str:
+        """Accuracy per corruption and severity and its mean, in %, as a Markdown table; with
+        ``reference`` (the teacher's report) also its mean and the difference; and the CE."""
         severities = self.severities
         errors = self.corruption_errors
-        header = ["corruption", *[f"s{s}" for s in severities], "mean"] + (["CE"] if errors else [])
+        compare = [reference_label, "Δ"] if reference is not None else []
+        header = ["corruption", *[f"s{s}" for s in severities], "mean", *compare] + (["CE"] if errors else [])
         lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-        lines.append("| clean | " + " | ".join([""] * len(severities)) + f" | {100 * self.clean_accuracy:.1f} |"
-                     + (" |" if errors else ""))
+
+        def compared(mine: float, theirs: float | None) -> list[str]:
+            if reference is None:
+                return []
+            return ["", ""] if theirs is None else [f"{100 * theirs:.1f}", f"{100 * (mine - theirs):+.1f}"]
+
+        clean = [*[""] * len(severities), f"{100 * self.clean_accuracy:.1f}",
+                 *compared(self.clean_accuracy, reference.clean_accuracy if reference else None)]
+        lines.append("| clean | " + " | ".join(clean + ([""] if errors else [])) + " |")
         for corruption in sorted(self.accuracy):
             row = self.accuracy[corruption]
+            mean = self.mean_accuracy(corruption)
             cells = [f"{100 * row[s]:.1f}" if s in row else "" for s in severities]
-            cells.append(f"{100 * self.mean_accuracy(corruption):.1f}")
+            cells.append(f"{100 * mean:.1f}")
+            theirs = reference.mean_accuracy(corruption) if reference and corruption in reference.accuracy else None
+            cells += compared(mean, theirs)
             if errors:
                 cells.append(f"{errors[corruption]:.1f}" if corruption in errors else "")
             lines.append(f"| {corruption} | " + " | ".join(cells) + " |")
         return "\n".join(lines)
+
+
+def _defined(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _short(name: str) -> str:
+    return os.path.basename(str(name).rstrip("/"))
 
 
 def _int_severities(grid: dict) -> dict[str, dict[int, float]]:

@@ -77,7 +77,7 @@ class CLIPZeroShotClassifier(nn.Module):
         """Builds the head from a ``CLIPModel`` checkpoint (Hub id or path) and class names."""
         if not class_names:
             raise ValueError("a CLIP teacher needs class names: use a dataset whose label column is a "
-                             "ClassLabel, or pass the names (e.g. --class_names_file)")
+                             "ClassLabel, or give them in label order (recipes: --class_names_file)")
         templates = resolve_templates(templates)
         clip = CLIPModel.from_pretrained(name_or_path, **kwargs)
         if device is not None:

@@ -21,17 +21,23 @@ import os
 from dataclasses import dataclass, field, replace
 
 import torch
-from transformers import AutoConfig, AutoImageProcessor, set_seed
+from transformers import AutoConfig, set_seed
 
 from hf_robust_distill import (CLIPZeroShotClassifier, DistillationConfig, RobustDistillationTrainer, VQDiscretizer,
                                generate_dad_dataset)
-from hf_robust_distill.cli import (DataArguments, RobustnessArguments, load_splits, parse_recipe_args,
-                                   push_if_requested, report_and_card, take_push_request)
-from hf_robust_distill.dad import pair_with_dad
-from hf_robust_distill.data import class_names, load_image_dataset, prepare_dataset
+from hf_robust_distill.cli import (DataArguments, RobustnessArguments, check_card_possible, decode_evaluation_split,
+                                   load_recipe_data, parse_recipe_args, push_if_requested, report_and_card,
+                                   take_push_request)
+from hf_robust_distill.dad import load_dad_source, pair_with_dad
+from hf_robust_distill.data import prepare_dataset
 from hf_robust_distill.distortions import parse_distortions
 from hf_robust_distill.evaluation import distortion_table, report_table
-from hf_robust_distill.models import PixelPreprocessor, PixelSpaceClassifier, has_matching_head, load_vision_model
+from hf_robust_distill.heads import (DIFFERENT, REORDER, align_head, describe_difference, load_with_head,
+                                     match_classes, match_head)
+from hf_robust_distill.images import ImageResizer
+from hf_robust_distill.models import PixelPreprocessor, PixelSpaceClassifier
+from hf_robust_distill.preflight import (Problems, check_dataset_reachable, check_distortions, config_classes,
+                                         read_image_processor, read_model_config, read_vq_config, saved_head_classes)
 from hf_robust_distill.teachers import HEAD_WEIGHTS, load_pixel_classifier
 
 logger = logging.getLogger("dad")
@@ -50,8 +56,8 @@ class ScriptArguments:
         default=None, metadata={"help": "'[-1,1]' or '[0,1]'; read from vq_discretizer.json when saved there."})
     student_name_or_path: str | None = field(default=None, metadata={"help": "Student initialisation."})
     dad_dataset: str | None = field(
-        default=None, metadata={"help": "Offline mode: a dataset made by generate_dad_dataset (path or Hub id); "
-                                        "made into <output_dir>/dad-dataset when unset."})
+        default=None, metadata={"help": "Offline mode: a dataset made by generate_dad_dataset (the folder it wrote, a "
+                                        "saved dataset or a Hub id); made into <output_dir>/dad-dataset when unset."})
     dad_teacher_logits: bool = field(
         default=True, metadata={"help": "Offline generation also stores the teacher's logits (training skips "
                                         "the teacher)."})
@@ -77,10 +83,10 @@ DEMO_DEFAULTS = dict(
 )
 
 
-def parse_args(argv=None):
+def parse_args(argv=None, problems: Problems | None = None):
     """(ScriptArguments, DataArguments, RobustnessArguments, DistillationConfig)."""
     return parse_recipe_args((ScriptArguments, DataArguments, RobustnessArguments, DistillationConfig), argv,
-                             defaults=DAD_DEFAULTS, demo_defaults=DEMO_DEFAULTS)
+                             defaults=DAD_DEFAULTS, demo_defaults=DEMO_DEFAULTS, problems=problems)
 
 
 def use_demo_zoo(script_args: ScriptArguments, config: DistillationConfig) -> None:
@@ -95,92 +101,159 @@ def use_demo_zoo(script_args: ScriptArguments, config: DistillationConfig) -> No
         script_args.student_name_or_path = script_args.student_name_or_path or demo_model("vit", seed=config.seed)
 
 
-def load_teacher(path: str, names: list[str] | None, templates: str):
-    """(teacher, its [0,1]-pixel classifier): a CLIP zero-shot classifier or an image classifier."""
+def check_teacher(path: str, data) -> None:
+    """Before any weight is read: the teacher gives logits for the dataset's classes."""
+    names = data.names if data is not None else None
+    saved = saved_head_classes(path) if os.path.isdir(path) else None
+    if saved is not None:
+        if match_classes(saved, names) == DIFFERENT:
+            raise ValueError(f"the saved zero-shot head predicts other classes than the dataset's: "
+                             f"{describe_difference(saved, names or [])}; build the head from the CLIP checkpoint "
+                             "for these classes")
+        return
+    config = read_model_config(path, "the teacher")
+    if config.model_type == "clip":
+        if data is not None and not data.named:
+            raise ValueError("a CLIP teacher builds its zero-shot head from the class names, and the labels have "
+                             "none: give --class_names_file (one name per line, in label order)")
+        return
+    classes = config_classes(config)
+    if match_classes(classes, names) == DIFFERENT:
+        raise ValueError(f"the teacher {path} does not predict the dataset's classes ({describe_difference(classes, names or [])}): "
+                         "use a CLIP teacher, or a classifier fine-tuned on them")
+
+
+def check_dad_dataset(name_or_path: str) -> None:
+    if os.path.isdir(name_or_path):
+        return
+    if os.path.exists(name_or_path) or name_or_path.startswith((".", "/", "~")):
+        raise ValueError(f"{name_or_path!r} is not a folder: give the folder generate_dad_dataset wrote, a saved "
+                         "dataset or a Hub id")
+    check_dataset_reachable(name_or_path)
+
+
+def load_teacher(path: str, names: list[str], templates: str):
+    """(teacher, its [0,1]-pixel classifier): a CLIP zero-shot classifier or an image classifier,
+    its outputs in the dataset's class order."""
     if not os.path.isfile(os.path.join(path, HEAD_WEIGHTS)) and AutoConfig.from_pretrained(path).model_type == "clip":
         teacher = CLIPZeroShotClassifier.from_clip(path, names, templates=templates)
         return teacher, teacher
     classifier = load_pixel_classifier(path)
+    if match_head(classifier, names) == REORDER:
+        align_head(classifier, names)
+        logger.info("the teacher predicts the dataset's classes in another order: its head was reordered")
     if isinstance(classifier, CLIPZeroShotClassifier):
         return classifier, classifier
-    if not has_matching_head(classifier.model, names):
-        raise ValueError(f"the teacher {path} does not predict this dataset's classes; use a CLIP teacher or a "
-                         "classifier fine-tuned on them")
     return classifier.model, classifier
 
 
-def offline_training_set(script_args, data_args, config, train, teacher_classifier, discretizer, size):
+def offline_training_set(script_args, data, config, teacher_classifier, discretizer, resizer):
     """The training split with each row's DAD image (and teacher logits) beside it."""
     if script_args.dad_dataset:
-        dad = load_image_dataset(script_args.dad_dataset)["train"]
+        dad = load_dad_source(script_args.dad_dataset)
     else:
         dad = generate_dad_dataset(
-            teacher_classifier, discretizer, train, os.path.join(config.output_dir, "dad-dataset"), size,
-            data_args.image_column, data_args.label_column, attack=config.attack_settings(offline=True),
+            teacher_classifier, discretizer, data.train, os.path.join(config.output_dir, "dad-dataset"), resizer,
+            data.image_column, data.label_column, attack=config.attack_settings(offline=True),
             batch_size=script_args.generation_batch_size, teacher_logits=script_args.dad_teacher_logits,
             seed=config.seed)
     stored = [c for c in ("teacher_logits_clean", "teacher_logits_dad") if c in dad.column_names]
-    return prepare_dataset(pair_with_dad(train, dad), size, data_args.image_column, data_args.label_column,
-                           extra_images={"dad_image": "dad_pixel_values"}, extra_columns=tuple(stored))
+    return prepare_dataset(pair_with_dad(data.train, dad, config.max_bad_image_fraction), resizer, data.image_column,
+                           data.label_column, extra_images={"dad_image": "dad_pixel_values"},
+                           extra_columns=tuple(stored))
 
 
-def train_student(student_path, names, config, teacher, discretizer, train_set):
-    student = load_vision_model(student_path)
-    if names is not None and not has_matching_head(student, names):
-        logger.warning("the student's head does not predict this dataset's classes: starting a new head")
-        student = load_vision_model(student_path, label_names=names)
-    processor = AutoImageProcessor.from_pretrained(student_path)
+def train_student(student_path, names, config, teacher, discretizer, train_set, processor):
+    student, head = load_with_head(student_path, names)
+    if head == "new":
+        logger.warning("the student's head predicts other classes than the dataset's: starting a new head (the CE and "
+                       "KD terms train it)")
     trainer = RobustDistillationTrainer(model=student, teacher=teacher, args=config, train_dataset=train_set,
                                         processing_class=processor, discretizer=discretizer)
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model(config.output_dir)
+    logger.info("%s", trainer.bad_images.summary())
     return trainer
+
+
+def preflight(argv):
+    """Everything checked before any weight is loaded: flags, the teacher, VQ model and student
+    (configs only), data, labels, classes, the evaluation images. Raises one ``PreflightError``
+    listing every problem."""
+    problems = Problems()
+    script_args, data_args, robustness, config = parse_args(argv, problems)
+    if config is not None:
+        set_seed(config.seed)  # before any model is made: new heads and the demo zoo start from the seed
+        if config.dad_mode == "none":
+            problems.add("--dad_mode", "recipes/dad.py trains with DAD: --dad_mode online or offline")
+    repo_id = take_push_request(config, problems)
+    if script_args is not None:
+        problems.check("--eval_distortions", check_distortions, script_args.eval_distortions)
+    if robustness is not None:
+        robustness.check(problems)
+    if None in (script_args, data_args, robustness, config) or (not script_args.teacher_name_or_path and problems):
+        problems.raise_if_any()  # the demo zoo is not built for a run that cannot start
+    use_demo_zoo(script_args, config)
+    if not script_args.vq_name_or_path:
+        problems.add("--vq_name_or_path", "DAD needs a VQ model (diffusers format; --vq_subfolder if nested)")
+    else:
+        problems.check("--vq_name_or_path", read_vq_config, script_args.vq_name_or_path, script_args.vq_subfolder,
+                       script_args.vq_input_range)
+    student_path = script_args.student_name_or_path
+    processor = student_config = None
+    if not student_path:
+        problems.add("--student_name_or_path", "is required (the teacher is usually another architecture)")
+    else:
+        student_config = problems.check("--student_name_or_path", read_model_config, student_path, "the student")
+        processor = problems.check("--student_name_or_path", read_image_processor, student_path, "the student")
+    with config.main_process_first(desc="loading the dataset"):
+        data = load_recipe_data(data_args, problems, seed=config.seed,
+                                labels_train=config.ce_weight > 0 or config.dad_ce_weight > 0)
+    if data is not None and not data.scored:
+        problems.add("--dataset_name", "DAD distils a classifier: the dataset needs labels of at least two classes")
+    problems.check("--teacher_name_or_path", check_teacher, script_args.teacher_name_or_path, data)
+    if config.dad_mode == "offline" and script_args.dad_dataset:
+        problems.check("--dad_dataset", check_dad_dataset, script_args.dad_dataset)
+    check_card_possible(data, student_config is not None, repo_id, problems)
+    if processor is not None and data is not None:
+        decode_evaluation_split(data, ImageResizer(processor), robustness, config.max_bad_image_fraction, problems)
+    problems.raise_if_any()
+    return script_args, data_args, robustness, config, data, repo_id, processor
 
 
 def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     if not torch.cuda.is_available():
         torch.set_flush_denormal(True)  # tiny attention probabilities are denormal; slow on CPUs
-    script_args, data_args, robustness, config = parse_args(argv)
-    set_seed(config.seed)  # before any model is made: new heads and the demo zoo start from the seed
-    repo_id = take_push_request(config)
-    if config.dad_mode == "none":
-        raise ValueError("recipes/dad.py trains with DAD: --dad_mode online or offline")
-    use_demo_zoo(script_args, config)
-    if not script_args.vq_name_or_path:
-        raise ValueError("DAD needs a VQ model: --vq_name_or_path (diffusers format; --vq_subfolder if nested)")
+    script_args, data_args, robustness, config, data, repo_id, processor = preflight(argv)
     student_path = script_args.student_name_or_path
-    if not student_path:
-        raise ValueError("--student_name_or_path is required (the teacher is usually another architecture)")
-
-    with config.main_process_first(desc="loading the dataset"):
-        train, evaluation = load_splits(data_args, seed=config.seed)
-    names = class_names(train, data_args.label_column or "label")
+    names = data.names
     teacher, teacher_classifier = load_teacher(script_args.teacher_name_or_path, names, script_args.prompt_templates)
     discretizer = VQDiscretizer.from_pretrained(script_args.vq_name_or_path, subfolder=script_args.vq_subfolder,
                                                 input_range=script_args.vq_input_range, device=config.device)
-    student_pixels = PixelPreprocessor.from_pretrained(student_path)
-    size = student_pixels.size
-    eval_set = prepare_dataset(evaluation, size, data_args.image_column, data_args.label_column)
+    resizer = ImageResizer(processor)
+    student_pixels = PixelPreprocessor.from_image_processor(processor)
+    eval_set = prepare_dataset(data.evaluation, resizer, data.image_column, data.label_column)
     if config.dad_mode == "offline":
         teacher_classifier.to(config.device)
-        train_set = offline_training_set(script_args, data_args, config, train, teacher_classifier, discretizer, size)
+        train_set = offline_training_set(script_args, data, config, teacher_classifier, discretizer, resizer)
     else:
-        train_set = prepare_dataset(train, size, data_args.image_column, data_args.label_column)
+        train_set = prepare_dataset(data.train, resizer, data.image_column, data.label_column)
 
     needs_teacher = config.dad_mode == "online" or not script_args.dad_teacher_logits
-    trainer = train_student(student_path, names, config, teacher if needs_teacher else None, discretizer, train_set)
+    trainer = train_student(student_path, names, config, teacher if needs_teacher else None, discretizer, train_set,
+                            processor)
     results = {"trainer": trainer}
 
     students = {"DAD student": (trainer.model, config.output_dir, "dad", config)}
     if script_args.plain_kd_baseline:
         kd_config = replace(config, output_dir=os.path.join(config.output_dir, "plain-kd"), dad_mode="none",
                             dad_kd_weight=0.0, dad_ce_weight=0.0)
-        kd_train = prepare_dataset(train, size, data_args.image_column, data_args.label_column)
-        baseline = train_student(student_path, names, kd_config, teacher, None, kd_train)
+        kd_train = prepare_dataset(data.train, resizer, data.image_column, data.label_column)
+        baseline = train_student(student_path, names, kd_config, teacher, None, kd_train, processor)
         students = {"plain-KD student": (baseline.model, kd_config.output_dir, "kd", kd_config), **students}
         results["baseline"] = baseline
-    if not trainer.is_world_process_zero() or names is None:
+    if not trainer.is_world_process_zero():
         return results
 
     columns = [str(entry) for entry in parse_distortions(script_args.eval_distortions)]
@@ -193,11 +266,12 @@ def main(argv=None) -> dict:
     results["reports"] = report_and_card(
         {name: (PixelSpaceClassifier(model, student_pixels), folder, student_path, method, student_config)
          for name, (model, folder, method, student_config) in students.items()},
-        teacher_classifier, script_args.teacher_name_or_path, evaluation, robustness, config,
-        train_dataset=data_args.dataset_name, num_train_examples=len(train), image_size=size, repo_id=repo_id,
-        vq_name_or_path=script_args.vq_name_or_path, eval_split=data_args.eval_split,
-        image_column=data_args.image_column, label_column=data_args.label_column)
-    results["commit"] = push_if_requested(config, repo_id)
+        teacher_classifier, script_args.teacher_name_or_path, data.evaluation, robustness, config,
+        train_dataset=data_args.dataset_name, num_train_examples=len(data.train), decode_with=resizer,
+        repo_id=repo_id, vq_name_or_path=script_args.vq_name_or_path, eval_split=data_args.eval_split,
+        image_column=data.image_column, label_column=data.label_column,
+        skipped_training_images=len(trainer.bad_images))
+    results["commit"] = push_if_requested(config, repo_id, force=robustness.force_push)
     return results
 
 

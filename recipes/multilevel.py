@@ -9,7 +9,8 @@ tokens and attention maps.
     python recipes/multilevel.py            # the embedded demo: digits, a tiny ViT, two CPU cores
 
 Flags: the fields of ``ScriptArguments`` below, every ``DistillationConfig`` field (loss weights,
-layers, distortions) and every ``transformers.TrainingArguments`` flag.
+layers, distortions) and every ``transformers.TrainingArguments`` flag. Every flag, checkpoint,
+label and evaluation image is checked before the first step; all problems are listed together.
 """
 
 from __future__ import annotations
@@ -18,15 +19,20 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
-from transformers import AutoImageProcessor, set_seed
+from transformers import set_seed
 
 from hf_robust_distill import DistillationConfig, RobustDistillationTrainer
-from hf_robust_distill.cli import (DataArguments, RobustnessArguments, load_splits, parse_recipe_args,
-                                   push_if_requested, report_and_card, take_push_request)
-from hf_robust_distill.data import class_names, prepare_dataset
+from hf_robust_distill.cli import (DataArguments, RobustnessArguments, check_card_possible, decode_evaluation_split,
+                                   load_recipe_data, parse_recipe_args, push_if_requested, report_and_card,
+                                   take_push_request)
+from hf_robust_distill.data import prepare_dataset
 from hf_robust_distill.distortions import parse_distortions
 from hf_robust_distill.evaluation import cls_features, distortion_table, fit_linear_probe, report_table
-from hf_robust_distill.models import PixelPreprocessor, PixelSpaceClassifier, has_matching_head, load_vision_model
+from hf_robust_distill.heads import DIFFERENT, REORDER, align_head, load_with_head, match_classes, match_head
+from hf_robust_distill.images import ImageResizer
+from hf_robust_distill.models import PixelPreprocessor, PixelSpaceClassifier, load_vision_model
+from hf_robust_distill.preflight import (Problems, check_distortions, check_fraction, config_classes,
+                                         read_image_processor, read_model_config)
 
 logger = logging.getLogger("multilevel")
 
@@ -47,22 +53,25 @@ class ScriptArguments:
         default=1.0, metadata={"help": "Fraction of training labels the linear probe sees."})
 
 
+METHOD_DEFAULTS = dict(
+    learning_rate=5e-4, lr_scheduler_type="cosine", warmup_steps=0.05, weight_decay=0.05, optim="adamw_torch",
+    distortions="pixel_mask:0.5-0.9,noise:0.1-0.5,blur:1-4",
+)
+"""The method's own optimisation, chosen from the sweep in benchmarks/multilevel_defaults.py (README)."""
 DEMO_DEFAULTS = dict(
     output_dir="demo_output/multilevel", corruption_cache_dir="demo_output/corrupted", num_train_epochs=4,
-    per_device_train_batch_size=32,
-    per_device_eval_batch_size=128, learning_rate=5e-4, weight_decay=1e-4, lr_scheduler_type="cosine",
-    warmup_steps=0.05, logging_steps=50, eval_strategy="no", save_strategy="no", report_to="none",
-    distortions="pixel_mask:0.5-0.8,noise:0.2-0.5,blur:2-3", linear_probe=True, disable_tqdm=True,
-    dataloader_pin_memory=torch.accelerator.is_available(),
+    per_device_train_batch_size=32, per_device_eval_batch_size=128, logging_steps=50, eval_strategy="no",
+    save_strategy="no", report_to="none", distortions="pixel_mask:0.5-0.8,noise:0.2-0.5,blur:2-3", linear_probe=True,
+    disable_tqdm=True, dataloader_pin_memory=torch.accelerator.is_available(),
 )
 
 
-def parse_args(argv: list[str] | None = None):
+def parse_args(argv: list[str] | None = None, problems: Problems | None = None):
     """(ScriptArguments, DataArguments, RobustnessArguments, DistillationConfig) from the command
-    line, optionally on top of ``--config file.yaml``; with no teacher given the embedded demo's
-    settings are the defaults, and any flag still overrides them."""
+    line, optionally on top of ``--config file.yaml``; the method's defaults, and with no teacher
+    given the embedded demo's settings too; any flag still overrides them."""
     return parse_recipe_args((ScriptArguments, DataArguments, RobustnessArguments, DistillationConfig), argv,
-                             demo_defaults=DEMO_DEFAULTS)
+                             defaults=METHOD_DEFAULTS, demo_defaults=DEMO_DEFAULTS, problems=problems)
 
 
 def build_teacher_if_demo(script_args: ScriptArguments, config: DistillationConfig) -> None:
@@ -86,35 +95,71 @@ def linear_probe_rows(student, preprocessor, train, test, columns, fraction, see
     return {f"student, linear probe ({fraction:.0%} labels)": row}
 
 
+def preflight(argv):
+    """Everything checked before any weight is loaded: flags, checkpoints (configs only), data,
+    labels, classes, the evaluation images. Raises one ``PreflightError`` listing every problem."""
+    problems = Problems()
+    script_args, data_args, robustness, config = parse_args(argv, problems)
+    if config is not None:
+        set_seed(config.seed)  # before any model is made: new heads and the demo zoo start from the seed
+    repo_id = take_push_request(config, problems)
+    if script_args is not None:
+        problems.check("--eval_distortions", check_distortions, script_args.eval_distortions)
+        problems.check("--probe_label_fraction", check_fraction, script_args.probe_label_fraction,
+                       "--probe_label_fraction")
+    if robustness is not None:
+        robustness.check(problems)
+    if None in (script_args, data_args, robustness, config) or (not script_args.teacher_name_or_path and problems):
+        problems.raise_if_any()  # the demo zoo is not built for a run that cannot start
+    build_teacher_if_demo(script_args, config)
+    teacher_path = script_args.teacher_name_or_path
+    student_path = script_args.student_name_or_path or teacher_path
+
+    teacher_config = problems.check("--teacher_name_or_path", read_model_config, teacher_path, "the teacher")
+    student_config = (teacher_config if student_path == teacher_path else
+                      problems.check("--student_name_or_path", read_model_config, student_path, "the student"))
+    flag = "--student_name_or_path" if script_args.student_name_or_path else "--teacher_name_or_path"
+    processor = problems.check(flag, read_image_processor, student_path, "the student")
+    teacher_processor = problems.check("--teacher_name_or_path", read_image_processor, teacher_path, "the teacher")
+    with config.main_process_first(desc="loading the dataset"):
+        data = load_recipe_data(data_args, problems, seed=config.seed, labels_train=config.ce_weight > 0)
+    names = data.names if data is not None else None
+    student_scored = data is not None and data.scored and student_config is not None
+    if teacher_config is not None and data is not None and config.kd_weight > 0:
+        if match_classes(config_classes(teacher_config), names) == DIFFERENT:
+            problems.add("--kd_weight", "logit distillation needs a teacher of the dataset's classes, and the teacher "
+                                        "predicts others: set --kd_weight 0, or use a teacher fine-tuned on them")
+    check_card_possible(data, student_scored, repo_id, problems)
+    if processor is not None and data is not None:
+        decode_evaluation_split(data, ImageResizer(processor), robustness, config.max_bad_image_fraction, problems)
+    problems.raise_if_any()
+    return script_args, data_args, robustness, config, data, repo_id, processor, teacher_processor
+
+
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     if not torch.cuda.is_available():
         torch.set_flush_denormal(True)  # tiny attention probabilities are denormal; slow on CPUs
-    script_args, data_args, robustness, config = parse_args(argv)
-    set_seed(config.seed)  # before any model is made: new heads and the demo zoo start from the seed
-    repo_id = take_push_request(config)
-    build_teacher_if_demo(script_args, config)
-    student_path = script_args.student_name_or_path or script_args.teacher_name_or_path
-
-    with config.main_process_first(desc="loading the dataset"):
-        train, evaluation = load_splits(data_args, seed=config.seed)
-    names = class_names(train, data_args.label_column or "label")
+    script_args, data_args, robustness, config, data, repo_id, processor, teacher_processor = preflight(argv)
+    teacher_path = script_args.teacher_name_or_path
+    student_path = script_args.student_name_or_path or teacher_path
 
     attention = config.attn_weight > 0
-    teacher = load_vision_model(script_args.teacher_name_or_path, attention_maps=attention)
-    student = load_vision_model(student_path, attention_maps=attention)
-    teacher_has_head = has_matching_head(teacher, names)
-    if names is not None and not has_matching_head(student, names):
-        logger.warning("the student's head does not predict this dataset's classes: starting a new head")
-        student = load_vision_model(student_path, attention_maps=attention, label_names=names)
-    processor = AutoImageProcessor.from_pretrained(student_path)
-    teacher_processor = AutoImageProcessor.from_pretrained(script_args.teacher_name_or_path)
+    teacher = load_vision_model(teacher_path, attention_maps=attention)
+    teacher_scores = match_head(teacher, data.names) != DIFFERENT  # else it only gives features
+    if match_head(teacher, data.names) == REORDER:
+        align_head(teacher, data.names)
+    student, student_head = load_with_head(student_path, data.names, attention_maps=attention)
+    if student_head == "new":
+        how = ("it is trained with cross-entropy on detached features (loss_head), so the backbone learns from "
+               "distillation only" if not config.logits_read and config.head_ce_weight > 0 and data.scored
+               else "the KD and CE terms train it")
+        logger.warning("the student's head predicts other classes than the dataset's: starting a new head; %s", how)
+    resizer = ImageResizer(processor)
     student_pixels = PixelPreprocessor.from_image_processor(processor)
     teacher_pixels = PixelPreprocessor.from_image_processor(teacher_processor)
-
-    size = student_pixels.size
-    train_set = prepare_dataset(train, size, data_args.image_column, data_args.label_column)
-    eval_set = prepare_dataset(evaluation, size, data_args.image_column, data_args.label_column)
+    train_set = prepare_dataset(data.train, resizer, data.image_column, data.label_column)
+    eval_set = prepare_dataset(data.evaluation, resizer, data.image_column, data.label_column)
 
     trainer = RobustDistillationTrainer(
         model=student, teacher=teacher, args=config, train_dataset=train_set,
@@ -123,34 +168,37 @@ def main(argv: list[str] | None = None) -> dict:
     )
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model(config.output_dir)
+    logger.info("%s", trainer.bad_images.summary())
 
     results = {"trainer": trainer}
     if not trainer.is_world_process_zero():
         return results
     columns = [str(e) for e in parse_distortions(script_args.eval_distortions or config.distortions)]
     student = trainer.model.eval()
+    scored = data.scored and student_head != "none"
     models, preprocessors = {"student": student}, {"student": student_pixels}
-    if teacher_has_head:
+    if teacher_scores:
         models = {"teacher": trainer.teacher, **models}
         preprocessors["teacher"] = teacher_pixels
     table = {}
-    if names is not None and has_matching_head(student, names):
+    if scored:
         table = distortion_table(models, preprocessors, eval_set, columns, config.seed)
-    if script_args.linear_probe and names is not None:
+    if script_args.linear_probe and data.scored:
         table.update(linear_probe_rows(student, student_pixels, train_set, eval_set, columns,
                                        script_args.probe_label_fraction, config.seed))
     if table:
         report_table(table, config.output_dir)
     results["table"] = table
-    if names is not None and has_matching_head(student, names):
+    if scored:
         results["reports"] = report_and_card(
             {"student": (PixelSpaceClassifier(student, student_pixels), config.output_dir, student_path, "multilevel",
                          config)},
-            PixelSpaceClassifier(trainer.teacher, teacher_pixels) if teacher_has_head else None,
-            script_args.teacher_name_or_path, evaluation, robustness, config,
-            train_dataset=data_args.dataset_name, num_train_examples=len(train), image_size=size, repo_id=repo_id,
-            eval_split=data_args.eval_split, image_column=data_args.image_column, label_column=data_args.label_column)
-    results["commit"] = push_if_requested(config, repo_id)
+            PixelSpaceClassifier(trainer.teacher, teacher_pixels) if teacher_scores else None,
+            teacher_path, data.evaluation, robustness, config, train_dataset=data_args.dataset_name,
+            num_train_examples=len(data.train), decode_with=resizer, repo_id=repo_id,
+            eval_split=data_args.eval_split, image_column=data.image_column, label_column=data.label_column,
+            skipped_training_images=len(trainer.bad_images))
+    results["commit"] = push_if_requested(config, repo_id, force=robustness.force_push)
     return results
 
 

@@ -137,9 +137,12 @@ def test_multilevel_recipe_reports_cards_and_pushes_after_training(tiny_vit, tmp
         "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true", "--distortions", "noise:0.3",
         "--kd_weight", "1", "--robustness_corruptions", "gaussian_noise,contrast", "--robustness_severities", "1,3",
         "--corruption_cache_dir", str(tmp_path / "cache"), "--push_to_hub", "--hub_model_id", "tester/ml-student",
+        "--force_push",  # two steps from a random ViT: at chance, which the card says at its top
     ])
     for name in ("README.md", "robustness.png", "robustness_report.json", "teacher_robustness_report.json"):
         assert os.path.isfile(out / name)
+    with open(out / "README.md") as f:
+        assert "Warning: this model is at or below chance" in f.read()
     student, teacher = results["reports"]["student"], results["reports"]["teacher"]
     assert student.baseline == teacher.as_baseline() and student.mce is not None
     # Nothing reached the Hub before the student was trained and saved.

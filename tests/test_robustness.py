@@ -50,7 +50,7 @@ def test_report_equals_a_hand_computation(tiny_vit, vit, eval_digits, tmp_path):
     report = evaluate_robustness(vit, eval_digits, ["gaussian_noise", "contrast"], severities=(1, 4), batch_size=8,
                                  seed=3, cache_dir=str(tmp_path), progress=False)
 
-    prepared = prepare_dataset(eval_digits, (32, 32))
+    prepared = prepare_dataset(eval_digits, processor)  # decoded as the model's own processor decodes
     clean = torch.stack([prepared[i]["pixel_values"] for i in range(len(prepared))])
     labels = torch.tensor(eval_digits["label"])
     assert report.clean_accuracy == pytest.approx(hand_accuracy(vit, processor, clean, labels))
@@ -120,7 +120,7 @@ def test_cached_sets_are_reused_by_the_next_evaluation(tiny_vit, vit, eval_digit
     names = sorted(os.listdir(tmp_path))  # the decoded evaluation set and the one corrupted set
     assert [n.split("-")[:2] for n in names] == [["clean", "0"], ["gaussian_noise", "2"]]
     assert all(n.endswith(".arrow") for n in names)
-    prepared = prepare_dataset(eval_digits, (32, 32))
+    prepared = prepare_dataset(eval_digits, AutoImageProcessor.from_pretrained(tiny_vit))
     decoded = to_uint8(torch.stack([prepared[i]["pixel_values"] for i in range(len(prepared))]))
     cached = Dataset.from_file(str(tmp_path / names[0]))
     assert torch.equal(torch.tensor(cached["pixels"], dtype=torch.uint8), decoded.reshape(24, -1))
@@ -185,7 +185,7 @@ def test_natural_shift_restricts_logits_to_the_class_subset(tiny_vit, vit, eval_
     ], cache_dir=str(tmp_path / "cache"), progress=False)
 
     processor = AutoImageProcessor.from_pretrained(tiny_vit)
-    prepared = prepare_dataset(subset_data, (32, 32))
+    prepared = prepare_dataset(subset_data, processor)
     pixels = torch.stack([prepared[i]["pixel_values"] for i in range(len(prepared))])
     positions = torch.tensor(in_subset["label"])
     restricted = hand_accuracy(vit, processor, pixels, positions, subset=(1, 3, 7))
@@ -205,12 +205,23 @@ def test_report_saves_loads_and_plots(tmp_path):
     path = report.save(str(tmp_path))
     loaded = RobustnessReport.load(path)
     assert loaded == report and loaded.mce == pytest.approx(report.mce) and not math.isnan(loaded.mce)
-    figure = loaded.plot(str(tmp_path))
-    assert len(figure.axes[0].get_lines()) == len(grid) + 1  # one per corruption, and the clean accuracy
+    teacher = RobustnessReport("teacher", "digits", 10, (32, 32), 0.97, report.baseline["accuracy"],
+                               {c: "torch" for c in grid})
+    figure = loaded.plot(str(tmp_path), reference=teacher)
+    severity_axis, corruption_axis = figure.axes
+    student_line, teacher_line = severity_axis.get_lines()  # mean over corruptions against severity, 0 = clean
+    assert list(student_line.get_xdata()) == [0, 1, 2]
+    assert list(student_line.get_ydata()) == pytest.approx([95.0, 100 * (0.6 + 0.9 + 0.8) / 3, 100 * 2.0 / 3])
+    assert list(teacher_line.get_ydata()) == pytest.approx([97.0, 100 * (0.5 + 0.8 + 0.7) / 3, 100 * 1.7 / 3])
+    assert len(corruption_axis.patches) == 2 * len(grid)  # a bar per corruption for each model
+    assert "teacher" in " ".join(t.get_text() for t in severity_axis.get_legend().get_texts())
     with open(tmp_path / "robustness.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     table = loaded.to_markdown()
     assert "| gaussian_noise | 60.0 | 50.0 | 55.0 |" in table and "| clean |" in table
+    beside = loaded.to_markdown(reference=teacher)
+    assert "| corruption | s1 | s2 | mean | teacher | Δ | CE |" in beside
+    assert "| gaussian_noise | 60.0 | 50.0 | 55.0 | 45.0 | +10.0 |" in beside and "| 97.0 | -2.0 |" in beside
 
 
 def test_evaluate_recipe_writes_report_and_plot(tiny_vit, tmp_path):

@@ -55,8 +55,9 @@ def mean_errors(grid: Mapping[str, Mapping[int, float]]) -> dict[str, float]:
 
 def corruption_errors(errors: Mapping[str, float], baseline_errors: Mapping[str, float]) -> dict[str, float]:
     """CE_c = sum_s E_{s,c} / sum_s E^baseline_{s,c}, in %, from errors averaged over the same
-    severities. Corruptions the baseline lacks are left out."""
-    return {c: 100.0 * e / baseline_errors[c] for c, e in errors.items() if c in baseline_errors}
+    severities. Corruptions the baseline lacks are left out; one it never errs on has no CE (NaN)."""
+    return {c: 100.0 * e / baseline_errors[c] if baseline_errors[c] > 0 else float("nan")
+            for c, e in errors.items() if c in baseline_errors}
 
 
 def relative_corruption_errors(errors: Mapping[str, float], clean_error: float,

@@ -262,8 +262,7 @@ class RobustnessArguments:
             problems.check("--robustness_corruptions", check_corruptions, self.corruption_names,
                            self.robustness_backend)
         problems.check("--robustness_severities", parse_severities, self.robustness_severities)
-        problems.check("--robustness_baseline", check_choice, self.robustness_baseline, baselines,
-                       "--robustness_baseline")
+        problems.check("--robustness_baseline", check_choice, self.robustness_baseline, baselines)
         if self.shift_specs:
             problems.check("--natural_shifts", check_natural_shifts, self.shift_specs)
         if self.robustness_batch_size < 1:
@@ -376,3 +375,16 @@ def dataset_label(name: str | None) -> str:
     if not name:
         return DEMO_DATASET
     return name if not os.path.exists(name) else os.path.basename(os.path.abspath(name))
+
+
+def run_recipe(main) -> None:
+    """A recipe's ``__main__``: its problems found before training end the process with their list
+    (exit status 2, on the main process only, like a flag argparse rejects), not a traceback."""
+    from .preflight import PreflightError
+
+    try:
+        main()
+    except PreflightError as error:
+        if PartialState().is_main_process:
+            print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

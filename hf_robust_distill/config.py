@@ -127,7 +127,8 @@ class DistillationConfig(TrainingArguments):
         if self.head_ce_weight < 0:
             raise ValueError(f"head_ce_weight must be >= 0, got {self.head_ce_weight}")
         if not 0 <= self.max_bad_image_fraction <= 1:
-            raise ValueError(f"max_bad_image_fraction is a share of a split, in [0, 1], got {self.max_bad_image_fraction}")
+            raise ValueError(f"max_bad_image_fraction is a share of a split, in [0, 1], got "
+                             f"{self.max_bad_image_fraction}")
 
     def __getstate__(self) -> dict:
         """Pickled (``training_args.bin`` beside every checkpoint) without the Hub token."""

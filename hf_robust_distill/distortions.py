@@ -15,6 +15,7 @@ generator also reproduces a GPU run.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from dataclasses import dataclass
@@ -552,7 +553,9 @@ def parse_distortions(spec: str) -> list[DistortionSpec]:
     for entry in entries:
         name, _, level = (s.strip() for s in entry.partition(":"))
         if name not in DISTORTIONS:
-            raise ValueError(f"unknown distortion {name!r} in {spec!r}; choose from {', '.join(DISTORTIONS)}")
+            close = difflib.get_close_matches(name, DISTORTIONS, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(f"unknown distortion {name!r} in {spec!r}; {hint}choose from {', '.join(DISTORTIONS)}")
         if name == "clean":
             if level:
                 raise ValueError("'clean' takes no level")

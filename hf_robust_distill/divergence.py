@@ -1,10 +1,10 @@
 """A diverged run stops, and never leaves, cards or pushes weights with NaN or Inf.
 
 The trainer checks each micro-batch's loss (the check ``Trainer`` already makes, so no extra
-device synchronisation) and raises ``NonFiniteLossError`` before the optimizer applies the
-step, naming the step, the loss parts that went non-finite and the last checkpoint saved. Every
-save first checks the weights (``non_finite_tensors``), and ``push_robust_student`` checks the
-files it sends (``non_finite_weights_in``).
+device synchronisation) and each step's gradient norm, and raises ``NonFiniteLossError`` before
+the optimizer applies the step, naming the step, the loss parts that went non-finite and the
+last checkpoint saved. Every save first checks the weights (``non_finite_tensors``), and
+``push_robust_student`` checks the files it sends (``non_finite_weights_in``).
 """
 
 from __future__ import annotations
@@ -58,6 +58,14 @@ def loss_error(step: int, loss: float, parts: dict[str, float], output_dir: str)
                   "weighted sum overflowed")
     return NonFiniteLossError(f"the training loss is {loss} at step {step}: {which}. Training stopped before this "
                               f"step was applied. {_resume_hint(output_dir)} To avoid it: {_FIX}.")
+
+
+def gradient_error(step: int, norm: float, parameters: list[str], output_dir: str) -> NonFiniteLossError:
+    shown = ", ".join(parameters[:5]) + (f" and {len(parameters) - 5} more" if len(parameters) > 5 else "")
+    return NonFiniteLossError(f"the gradient norm is {norm} at step {step} although the loss was finite (an "
+                              f"overflow in the backward pass; NaN or Inf gradients of {shown or 'the parameters'}). "
+                              f"Training stopped before this step was applied. {_resume_hint(output_dir)} "
+                              f"To avoid it: {_FIX}.")
 
 
 def non_finite_tensors(state_dict: dict[str, torch.Tensor]) -> list[str]:

@@ -183,7 +183,8 @@ def write_student_card(output_dir: str, report: RobustnessReport, teacher_report
     folder is then ready for ``push_robust_student``."""
     bad = report.non_finite_numbers()
     if bad:
-        raise ValueError(f"refusing to write a card with NaN or Inf numbers ({', '.join(bad[:5])}): the student diverged")
+        raise ValueError(f"refusing to write a card with NaN or Inf accuracies ({', '.join(bad[:5])}): the student "
+                         "diverged")
     paths = {"report": report.save(os.path.join(output_dir, REPORT_FILE)),
              "plot": os.path.join(output_dir, PLOT_FILE)}
     report.plot(paths["plot"], reference=teacher_report)

@@ -221,6 +221,10 @@ class BadImageLog:
         return (f"{len(self.images)} image(s) of the {self.split} did not decode and were skipped: "
                 + list_of(list(self.images.values())))
 
+    def log_summary(self) -> None:
+        """The final log line: a warning listing the skipped files, if there are any."""
+        (logger.warning if self.images else logger.info)("%s", self.summary())
+
 
 def list_of(bad_images: list[BadImage], limit: int = 20) -> str:
     shown = "; ".join(str(b) for b in bad_images[:limit])

@@ -85,12 +85,17 @@ def check_corruptions(names: Sequence[str], backend: str) -> None:
     """Every name is an ImageNet-C corruption the backend makes."""
     from .corrupted_sets import KNOWN_CORRUPTIONS, resolve_backend
 
-    unknown = [n for n in names if n not in KNOWN_CORRUPTIONS]
-    if unknown:
-        raise ValueError("; ".join(f"unknown corruption {n!r}{did_you_mean(n, KNOWN_CORRUPTIONS)}" for n in unknown)
-                         + f" (the corruptions: {', '.join(KNOWN_CORRUPTIONS)})")
-    for name in names:
-        resolve_backend(name, backend)
+    problems = [f"unknown corruption {n!r}{did_you_mean(n, KNOWN_CORRUPTIONS)}" for n in names
+                if n not in KNOWN_CORRUPTIONS]
+    if problems:
+        problems[-1] += f" (the corruptions: {', '.join(KNOWN_CORRUPTIONS)})"
+    for name in (n for n in names if n in KNOWN_CORRUPTIONS):
+        try:
+            resolve_backend(name, backend)
+        except (ValueError, ImportError) as error:
+            problems.append(str(error))
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 def parse_severities(text: str) -> list[int]:
@@ -100,16 +105,15 @@ def parse_severities(text: str) -> list[int]:
     return [int(v) for v in values]
 
 
-def check_choice(value: str, choices: Sequence[str], what: str) -> None:
+def check_choice(value: str, choices: Sequence[str]) -> None:
     if str(value).lower() not in choices:
-        raise ValueError(f"{what} is one of {', '.join(choices)}, got {value!r}{did_you_mean(str(value), choices)}")
+        raise ValueError(f"one of {', '.join(choices)}, got {value!r}{did_you_mean(str(value), choices)}")
 
 
-def check_fraction(value: float, what: str, allow_zero: bool = False) -> None:
+def check_fraction(value: float, allow_zero: bool = False) -> None:
     low_ok = value >= 0 if allow_zero else value > 0
     if not (low_ok and value <= 1):
-        interval = "[0, 1]" if allow_zero else "(0, 1]"
-        raise ValueError(f"{what} is a fraction in {interval}, got {value}")
+        raise ValueError(f"a fraction in {'[0, 1]' if allow_zero else '(0, 1]'}, got {value}")
 
 
 def check_repo_id(repo_id: str) -> None:

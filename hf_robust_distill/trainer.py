@@ -3,6 +3,7 @@ images, what a frozen teacher computes from the clean ones."""
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -14,7 +15,7 @@ from .config import DistillationConfig
 from .dad import dad_images
 from .data import collate_images
 from .distortions import Distorter
-from .divergence import loss_error, non_finite_tensors, weights_error
+from .divergence import gradient_error, loss_error, non_finite_tensors, weights_error
 from .heads import (REORDER, SAME, describe_difference, detach_head_inputs, freeze_unread_head, head_classes,
                     is_image_classifier, match_head)
 from .images import BadImageLog
@@ -340,11 +341,20 @@ class RobustDistillationTrainer(Trainer):
         finite = torch.isfinite(loss).reshape(1)
         everywhere = self.accelerator.gather(finite) if self.args.world_size > 1 else finite
         if not bool(everywhere.all()):
-            parts = {name: float(value) for name, value in self._last_parts.items()}
+            parts = {name: float(value.detach()) for name, value in self._last_parts.items()}
             if bool(finite):
                 loss, parts = torch.tensor(float("nan")), {"the loss of another process": float("nan")}
             raise loss_error(self.state.global_step + 1, float(loss), parts, self.args.output_dir)
         return loss
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        """The step's gradient norm; a NaN or Inf one stops training before the optimizer applies it
+        (except under fp16 loss scaling, whose scaler skips such steps itself)."""
+        grad_norm = super()._get_grad_norm(model, grad_norm)
+        if grad_norm is not None and self.accelerator.scaler is None and not math.isfinite(float(grad_norm)):
+            names = [n for n, p in model.named_parameters() if p.grad is not None and not bool(p.grad.isfinite().all())]
+            raise gradient_error(self.state.global_step + 1, float(grad_norm), names, self.args.output_dir)
+        return grad_norm
 
     def _save(self, output_dir: str | None = None, state_dict=None):
         """Saves the student unless a weight is NaN or Inf: a diverged run keeps its last good checkpoint."""

@@ -27,7 +27,7 @@ from hf_robust_distill import (CLIPZeroShotClassifier, DistillationConfig, Robus
                                generate_dad_dataset)
 from hf_robust_distill.cli import (DataArguments, RobustnessArguments, check_card_possible, decode_evaluation_split,
                                    load_recipe_data, parse_recipe_args, push_if_requested, report_and_card,
-                                   take_push_request)
+                                   run_recipe, take_push_request)
 from hf_robust_distill.dad import load_dad_source, pair_with_dad
 from hf_robust_distill.data import prepare_dataset
 from hf_robust_distill.distortions import parse_distortions
@@ -119,8 +119,9 @@ def check_teacher(path: str, data) -> None:
         return
     classes = config_classes(config)
     if match_classes(classes, names) == DIFFERENT:
-        raise ValueError(f"the teacher {path} does not predict the dataset's classes ({describe_difference(classes, names or [])}): "
-                         "use a CLIP teacher, or a classifier fine-tuned on them")
+        raise ValueError(f"the teacher {path} does not predict the dataset's classes "
+                         f"({describe_difference(classes, names or [])}): use a CLIP teacher, or a classifier "
+                         "fine-tuned on them")
 
 
 def check_dad_dataset(name_or_path: str) -> None:
@@ -172,7 +173,7 @@ def train_student(student_path, names, config, teacher, discretizer, train_set, 
                                         processing_class=processor, discretizer=discretizer)
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model(config.output_dir)
-    logger.info("%s", trainer.bad_images.summary())
+    trainer.bad_images.log_summary()
     return trainer
 
 
@@ -276,4 +277,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

@@ -24,11 +24,12 @@ import torch
 
 from hf_robust_distill import RobustnessReport, evaluate_robustness
 from hf_robust_distill.cli import (DataArguments, RobustnessArguments, dataset_label, decode_evaluation_split,
-                                   load_recipe_data, parse_recipe_args)
+                                   load_recipe_data, parse_recipe_args, run_recipe)
 from hf_robust_distill.heads import DIFFERENT, REORDER, align_head, describe_difference, match_classes, match_head
 from hf_robust_distill.hub import plain_name
 from hf_robust_distill.images import ImageResizer
-from hf_robust_distill.preflight import Problems, config_classes, read_image_processor, read_model_config, saved_head_classes
+from hf_robust_distill.preflight import (Problems, config_classes, read_image_processor, read_model_config,
+                                         saved_head_classes)
 from hf_robust_distill.teachers import load_pixel_classifier
 
 logger = logging.getLogger("evaluate_robustness")
@@ -116,9 +117,10 @@ def main(argv: list[str] | None = None) -> RobustnessReport:
         print(f"{name}: {value:.2f}")
     if report.skipped_images:
         print(f"{report.skipped_images} images did not decode and were left out")
-    print(f"\nReport: {os.path.abspath(report_path)}\nPlot: {os.path.abspath(os.path.join(args.output_dir, 'robustness.png'))}")
+    plot = os.path.abspath(os.path.join(args.output_dir, "robustness.png"))
+    print(f"\nReport: {os.path.abspath(report_path)}\nPlot: {plot}")
     return report
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

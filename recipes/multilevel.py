@@ -24,7 +24,7 @@ from transformers import set_seed
 from hf_robust_distill import DistillationConfig, RobustDistillationTrainer
 from hf_robust_distill.cli import (DataArguments, RobustnessArguments, check_card_possible, decode_evaluation_split,
                                    load_recipe_data, parse_recipe_args, push_if_requested, report_and_card,
-                                   take_push_request)
+                                   run_recipe, take_push_request)
 from hf_robust_distill.data import prepare_dataset
 from hf_robust_distill.distortions import parse_distortions
 from hf_robust_distill.evaluation import cls_features, distortion_table, fit_linear_probe, report_table
@@ -105,8 +105,7 @@ def preflight(argv):
     repo_id = take_push_request(config, problems)
     if script_args is not None:
         problems.check("--eval_distortions", check_distortions, script_args.eval_distortions)
-        problems.check("--probe_label_fraction", check_fraction, script_args.probe_label_fraction,
-                       "--probe_label_fraction")
+        problems.check("--probe_label_fraction", check_fraction, script_args.probe_label_fraction)
     if robustness is not None:
         robustness.check(problems)
     if None in (script_args, data_args, robustness, config) or (not script_args.teacher_name_or_path and problems):
@@ -168,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model(config.output_dir)
-    logger.info("%s", trainer.bad_images.summary())
+    trainer.bad_images.log_summary()
 
     results = {"trainer": trainer}
     if not trainer.is_world_process_zero():
@@ -203,4 +202,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

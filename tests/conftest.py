@@ -127,6 +127,7 @@ def local_hub(monkeypatch):
         monkeypatch.setenv("HF_TOKEN", "hf_localtesttoken1234")
         monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
         monkeypatch.setattr(datasets_config, "HF_ENDPOINT", hub.url)
+        monkeypatch.setattr(datasets_config, "HF_HUB_OFFLINE", False)
         monkeypatch.setattr(datasets_config, "HUB_DATASETS_URL", hub.url + "/datasets/{repo_id}/resolve/{revision}/{path}")
         importlib.reload(constants)
         try:
@@ -134,3 +135,47 @@ def local_hub(monkeypatch):
         finally:
             monkeypatch.undo()
             importlib.reload(constants)
+
+
+PHOTO_CLASSES = {"cat": "chelsea", "coffee": "coffee", "rocket": "rocket"}
+
+
+def write_photo_folder(root, per_class=(12, 4), classes=("cat", "coffee"), seed=0) -> str:
+    """An imagefolder (train/ and test/, one folder per class) of JPEG crops of scikit-image's
+    sample photos, of varied sizes and aspect ratios, as a user's own data would be."""
+    import numpy as np
+    import skimage.data
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, count in zip(("train", "test"), per_class):
+        for name in classes:
+            photo = getattr(skimage.data, PHOTO_CLASSES[name])()
+            os.makedirs(os.path.join(root, split, name), exist_ok=True)
+            for i in range(count):
+                h, w = int(rng.integers(48, 120)), int(rng.integers(48, 120))
+                y, x = int(rng.integers(0, photo.shape[0] - h)), int(rng.integers(0, photo.shape[1] - w))
+                Image.fromarray(photo[y:y + h, x:x + w]).save(os.path.join(root, split, name, f"{i}.jpg"))
+    return str(root)
+
+
+def truncate(path, keep: float = 0.5) -> str:
+    """Cuts a file short, as an interrupted download leaves it."""
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: int(len(data) * keep)])
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def photo_folder(tmp_path_factory) -> str:
+    return write_photo_folder(tmp_path_factory.mktemp("photos"))
+
+
+def recipe_argv(teacher, output_dir, cache_dir, *extra) -> list[str]:
+    """A short, CPU-only run of a training recipe: a few steps, two corruptions, no checkpoints."""
+    return ["--teacher_name_or_path", str(teacher), "--output_dir", str(output_dir), "--max_steps", "3",
+            "--per_device_train_batch_size", "8", "--use_cpu", "--report_to", "none", "--save_strategy", "no",
+            "--disable_tqdm", "true", "--logging_steps", "1", "--robustness_corruptions", "gaussian_noise,contrast",
+            "--robustness_severities", "1,3", "--corruption_cache_dir", str(cache_dir), *extra]

@@ -124,7 +124,8 @@ class LocalHub:
         for key, value in (headers or {}).items():
             request.send_header(key, value)
         request.end_headers()
-        request.wfile.write(data)
+        if request.command != "HEAD":  # a HEAD response has no body
+            request.wfile.write(data)
 
     def _missing(self, request, repo: str):
         self._json(request, {"error": f"Repository {repo} not found"}, 404,

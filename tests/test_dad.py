@@ -210,3 +210,45 @@ def test_dad_needs_its_parts(tiny_vit, clip_teacher, digits, tmp_path):
         dad_config(tmp_path, dad_mode="online", dad_kd_weight=0)
     with pytest.raises(ValueError, match="need dad_mode"):
         dad_config(tmp_path)
+
+
+def test_offline_dad_reads_a_generated_folder_a_saved_dataset_and_a_hub_id(uninterrupted_dir, uninterrupted, tmp_path,
+                                                                          local_hub):
+    """Today a generated folder is read as an imagefolder ('Instruction "train" corresponds to no
+    data') and a leftover temporary shard breaks load_dataset(<folder>)."""
+    import shutil
+
+    from hf_robust_distill.dad import load_dad_source
+
+    folder = shutil.copytree(uninterrupted_dir, tmp_path / "generated")
+    (folder / "data" / ".train-00001-of-00003.parquet.tmp-0-4242").write_bytes(b"half a shard")  # an interrupted run
+    assert rows_of(load_dad_source(str(folder))) == rows_of(uninterrupted)
+    assert rows_of(load_dataset(str(folder), split="train")) == rows_of(uninterrupted)
+
+    uninterrupted.save_to_disk(str(tmp_path / "saved"))
+    assert rows_of(load_dad_source(str(tmp_path / "saved"))) == rows_of(uninterrupted)
+
+    uninterrupted.push_to_hub("tester/digits-dad-pushed")
+    assert rows_of(load_dad_source("tester/digits-dad-pushed")) == rows_of(uninterrupted)
+
+    with pytest.raises(ValueError, match="not a DAD dataset"):
+        load_dad_source(str(_imagefolder(tmp_path / "photos")))
+
+
+def _imagefolder(path):
+    from PIL import Image
+
+    (path / "a").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(path / "a" / "0.png")
+    return path
+
+
+def test_generation_cleans_what_an_interrupted_run_left(clip_teacher, discretizer, source, uninterrupted, tmp_path):
+    out = tmp_path / "out"
+    (out / "data").mkdir(parents=True)
+    leftovers = [out / "data" / "train-00000-of-00003.parquet.tmp-0-77", out / "data" / ".train-00001-of-00003.parquet.tmp-0-77"]
+    for path in leftovers:
+        path.write_bytes(b"partial")
+    generate(clip_teacher, discretizer, source, out, teacher_logits=True)
+    assert not any(path.exists() for path in leftovers)
+    assert rows_of(load_dataset(str(out), split="train")) == rows_of(uninterrupted)

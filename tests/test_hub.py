@@ -142,7 +142,10 @@ def test_multilevel_recipe_reports_cards_and_pushes_after_training(tiny_vit, tmp
     for name in ("README.md", "robustness.png", "robustness_report.json", "teacher_robustness_report.json"):
         assert os.path.isfile(out / name)
     with open(out / "README.md") as f:
-        assert "Warning: this model is at or below chance" in f.read()
+        card = f.read()
+    assert "Warning: this model is at or below chance" in card
+    assert "| metric | this model | teacher |" in card  # what distillation bought, beside the teacher's
+    assert "| corruption | s1 | s3 | mean | teacher | Δ | CE |" in card
     student, teacher = results["reports"]["student"], results["reports"]["teacher"]
     assert student.baseline == teacher.as_baseline() and student.mce is not None
     # Nothing reached the Hub before the student was trained and saved.

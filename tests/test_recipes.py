@@ -37,3 +37,22 @@ def test_dad_recipe_trains_and_prints_the_table(tiny_clip, tiny_vq, tiny_vit, tm
     if mode == "offline":
         assert results["trainer"].teacher is None  # the stored logits stood in for the teacher
         assert os.path.isfile(out / "dad-dataset" / "dad_generation.json")
+
+
+def test_offline_dad_recipe_trains_from_a_generated_folder(tiny_clip, tiny_vq, tiny_vit, tmp_path):
+    """The documented flow: generate once, then train from the folder with --dad_dataset."""
+    recipe = load_recipe("dad")
+    common = ["--teacher_name_or_path", tiny_clip, "--prompt_templates", "short", "--vq_name_or_path", tiny_vq,
+              "--student_name_or_path", tiny_vit, "--dad_mode", "offline", "--max_train_samples", "16",
+              "--max_eval_samples", "16", "--max_steps", "2", "--per_device_train_batch_size", "8",
+              "--generation_batch_size", "8", "--use_cpu", "--report_to", "none", "--save_strategy", "no",
+              "--disable_tqdm", "true", "--eval_distortions", "gaussian_noise:3", "--robustness_corruptions",
+              "contrast", "--robustness_severities", "2", "--corruption_cache_dir", str(tmp_path / "cache"),
+              "--force_push"]
+    first = recipe.main([*common, "--output_dir", str(tmp_path / "first")])
+    generated = tmp_path / "first" / "dad-dataset"
+    assert os.path.isfile(generated / "dad_generation.json")
+    second = recipe.main([*common, "--output_dir", str(tmp_path / "second"), "--dad_dataset", str(generated)])
+    assert not os.path.exists(tmp_path / "second" / "dad-dataset")  # read, not generated again
+    assert second["trainer"].teacher is None  # the stored logits stood in for the teacher
+    assert second["table"]["DAD student"] == first["table"]["DAD student"]  # the same images, the same run

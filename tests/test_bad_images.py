@@ -1,0 +1,102 @@
+"""A bad image never stops a run: it is skipped where it is drawn, logged once with its file and
+counted; the evaluation split's bad files are listed before training; too many stop the run."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hf_robust_distill.data import collate_images, load_image_dataset, prepare_dataset
+from hf_robust_distill.images import BadImageLog, TooManyBadImages, decode_rgb, to_rgb
+from hf_robust_distill.preflight import PreflightError
+from hf_robust_distill.report import RobustnessReport
+
+from .conftest import load_recipe, recipe_argv, truncate
+
+
+@pytest.fixture
+def folder_with_bad_files(photo_folder, tmp_path):
+    """The photo folder with one truncated JPEG in each split."""
+    folder = shutil.copytree(photo_folder, tmp_path / "photos")
+    return str(folder), truncate(folder / "train" / "cat" / "3.jpg"), truncate(folder / "test" / "coffee" / "1.jpg")
+
+
+def test_a_truncated_jpeg_decodes_to_its_file_name():
+    bad_file = truncate(os.path.join(os.path.dirname(__file__), "..", "README.md"))  # not an image at all
+    image, problem = decode_rgb({"bytes": None, "path": bad_file})
+    assert image is None and problem.source == bad_file and "UnidentifiedImageError" in problem.error
+
+
+def test_the_collator_leaves_bad_rows_out_and_lists_them(folder_with_bad_files):
+    folder, bad_train, _ = folder_with_bad_files
+    train = load_image_dataset(folder)["train"]
+    prepared = prepare_dataset(train, (32, 32))
+    rows = [prepared[i] for i in range(len(prepared))]
+    batch = collate_images(rows)
+    assert len(batch["pixel_values"]) == len(rows) - 1 == len(batch["labels"])
+    assert [b.source for b in batch["bad_images"]] == [bad_train]
+    assert list(batch)[0] == "pixel_values" and list(batch)[-1] == "bad_images"
+
+
+def test_a_bad_training_image_is_skipped_logged_once_and_counted(folder_with_bad_files, tiny_vit, tmp_path, caplog):
+    """Today one truncated JPEG stops training at the step that draws it, naming no file."""
+    folder, bad_train, bad_test = folder_with_bad_files
+    out = tmp_path / "out"
+    argv = recipe_argv(tiny_vit, out, tmp_path / "cache", "--dataset_name", folder, "--max_steps", "9",
+                       "--max_bad_image_fraction", "0.15", "--force_push")
+    results = load_recipe("multilevel").main(argv)  # 3 epochs of 24 images: the bad one is drawn 3 times
+    trainer = results["trainer"]
+    assert trainer.state.global_step == 9 and list(trainer.bad_images.images) == [bad_train]
+    assert caplog.text.count(f"does not decode: {bad_train}") == 1
+    assert "1 image(s) of the training split did not decode and were skipped" in caplog.text
+    report = RobustnessReport.load(str(out))
+    assert report.skipped_images == 1 and report.num_examples == 7  # the bad test image is left out
+    card = (out / "README.md").read_text()
+    assert "1 images of the evaluation set could not be decoded" in card
+    assert "**Training images skipped**: 1" in card
+
+
+def test_the_evaluation_split_is_decoded_before_training_and_too_many_bad_files_stop_the_run(
+        folder_with_bad_files, tiny_vit, tmp_path):
+    """Today a bad evaluation image stops the run after training, when the report is made."""
+    folder, _, bad_test = folder_with_bad_files
+    out = tmp_path / "out"
+    with pytest.raises(PreflightError) as error:  # 1 of 8 images is more than the default 1 %
+        load_recipe("multilevel").main(recipe_argv(tiny_vit, out, tmp_path / "cache", "--dataset_name", folder))
+    (where, message), = error.value.problems
+    assert where == "--eval_split" and bad_test in message and "--max_bad_image_fraction" in message
+    assert not os.path.exists(out)
+
+
+def test_too_many_bad_training_images_stop_the_run_with_their_list():
+    log = BadImageLog(total=100, max_fraction=0.01)
+    first, second = (decode_rgb({"bytes": b"not an image", "path": f"/data/{i}.jpg"})[1] for i in range(2))
+    log.record([first])
+    log.record([first])  # drawn again in a later epoch: still one
+    assert len(log) == 1
+    with pytest.raises(TooManyBadImages, match="/data/0.jpg.*/data/1.jpg"):
+        log.record([second])
+
+
+def test_16_bit_greyscale_is_scaled_by_its_bit_depth_not_its_maximum(tmp_path):
+    """Today a dim 16-bit image is stretched to full white by its own maximum."""
+    dim = np.full((4, 4), 1000, dtype=np.uint16)
+    path = tmp_path / "dim.png"
+    Image.fromarray(dim).save(path)
+    image = to_rgb(Image.open(path))
+    assert image.mode == "RGB" and np.asarray(image).max() == round(1000 / 257)
+    float_image = Image.fromarray(np.full((2, 2), 0.5, dtype=np.float32), mode="F")
+    assert np.asarray(to_rgb(float_image))[0, 0, 0] == 128
+
+
+def test_exif_orientation_is_applied_as_the_pipeline_applies_it(tmp_path):
+    photo = Image.fromarray(np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) * 10)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    photo.save(tmp_path / "rotated.jpg", exif=exif, quality=100)
+    from transformers.image_utils import load_image
+
+    ours = decode_rgb({"bytes": None, "path": str(tmp_path / "rotated.jpg")})[0]
+    assert ours.size == (2, 3) and np.array_equal(np.asarray(ours), np.asarray(load_image(str(tmp_path / "rotated.jpg"))))

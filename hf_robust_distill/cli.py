@@ -192,10 +192,11 @@ def load_recipe_data(data_args: DataArguments, problems: Problems, seed: int = 0
 def decode_evaluation_split(data: RecipeData, resizer, robustness: RobustnessArguments, max_fraction: float,
                             problems: Problems) -> list[BadImage]:
     """Decodes the evaluation split once, before training, into the corruption cache the
-    robustness report reads; lists its bad images, and a problem when they pass ``max_fraction``."""
+    robustness report reads; lists its bad images, and a problem when they pass ``max_fraction``.
+    The one check that takes time, so it runs last and only when nothing else is wrong."""
     from .corrupted_sets import CorruptedSetCache, decode_evaluation_set
 
-    if data.label_column is None:
+    if problems or data.label_column is None:
         return []
     with PartialState().main_process_first():
         decoded = problems.check("--eval_split", decode_evaluation_set, data.evaluation, resizer,

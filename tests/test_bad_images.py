@@ -23,10 +23,13 @@ def folder_with_bad_files(photo_folder, tmp_path):
     return str(folder), truncate(folder / "train" / "cat" / "3.jpg"), truncate(folder / "test" / "coffee" / "1.jpg")
 
 
-def test_a_truncated_jpeg_decodes_to_its_file_name():
-    bad_file = truncate(os.path.join(os.path.dirname(__file__), "..", "README.md"))  # not an image at all
-    image, problem = decode_rgb({"bytes": None, "path": bad_file})
-    assert image is None and problem.source == bad_file and "UnidentifiedImageError" in problem.error
+def test_a_file_that_does_not_decode_is_named_with_its_error(photo_folder, tmp_path):
+    truncated = truncate(shutil.copy(os.path.join(photo_folder, "train", "cat", "0.jpg"), tmp_path / "cut.jpg"))
+    image, problem = decode_rgb({"bytes": None, "path": truncated})
+    assert image is None and problem.source == truncated and "truncated" in problem.error
+    (tmp_path / "notes.jpg").write_text("not an image at all")
+    image, problem = decode_rgb({"bytes": None, "path": str(tmp_path / "notes.jpg")})
+    assert image is None and "UnidentifiedImageError" in problem.error
 
 
 def test_the_collator_leaves_bad_rows_out_and_lists_them(folder_with_bad_files):

@@ -12,6 +12,7 @@ top-1 accuracy over clean images and eight distortions the training mixes do not
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -23,13 +24,13 @@ sys.path.insert(0, os.path.join(ROOT, "recipes"))
 
 COLUMNS = "pixel_mask:0.7,noise:0.3,blur:2,gaussian_noise:3,defocus_blur:3,contrast:3,jpeg_compression:3"
 VARIANTS = {
-    "learning_rate": ["1e-4", "2e-4", "1e-3", "2e-3"],
+    "learning_rate": ["1e-4", "2e-4", "5e-4", "1e-3", "2e-3"],
     "lr_scheduler_type": ["linear", "constant_with_warmup"],
-    "warmup_steps": ["0", "0.1"],
+    "warmup_steps": ["0", "0.05", "0.1"],
     "weight_decay": ["0", "1e-4", "0.1"],
     "optim": ["sgd"],
-    "distortions": ["pixel_mask:0.5-0.8,noise:0.2-0.5,blur:2-3", "clean,pixel_mask:0.5-0.9,noise:0.1-0.5,blur:1-4",
-                    "patch_mask:0.5-0.9,noise:0.1-0.5,blur:1-4"],
+    "distortions": ["pixel_mask:0.5-0.9,noise:0.1-0.5,blur:1-4", "pixel_mask:0.5-0.8,noise:0.2-0.5,blur:2-3",
+                    "clean,pixel_mask:0.5-0.9,noise:0.1-0.5,blur:1-4", "patch_mask:0.5-0.9,noise:0.1-0.5,blur:1-4"],
 }
 
 
@@ -49,6 +50,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--settings", nargs="+", default=None,
+                        help="run only these, e.g. defaults learning_rate=2e-3 (default: every setting)")
     opts = parser.parse_args()
     import logging
 
@@ -61,10 +64,13 @@ def main() -> None:
 
     teacher = demo_model("vit", zoo_dir=os.path.join(ROOT, "demo_output", "zoo"))
     settings = [("defaults", {})] + [(f"{k}={v}", {k: v, **({"learning_rate": "1e-2"} if v == "sgd" else {})})
-                                     for k, values in VARIANTS.items() for v in values]
+                                     for k, values in VARIANTS.items() for v in values
+                                     if str(multilevel.METHOD_DEFAULTS.get(k)) != v]
+    if opts.settings:
+        settings = [(name, overrides) for name, overrides in settings if name in opts.settings]
     results = {"defaults": {k: str(v) for k, v in multilevel.METHOD_DEFAULTS.items()}, "epochs": opts.epochs,
                "seeds": opts.seeds, "settings": {}}
-    with tempfile.TemporaryDirectory() as work:
+    with tempfile.TemporaryDirectory() as work, contextlib.redirect_stdout(sys.stderr):  # the recipe's tables
         for name, overrides in settings:
             runs = [run(multilevel, teacher, overrides, seed, opts.epochs, work) for seed in opts.seeds]
             mean = {k: round(100 * sum(r[k] for r in runs) / len(runs), 2) for k in runs[0]}

@@ -278,6 +278,50 @@ class RobustnessArguments:
         )
 
 
+def check_recipe_flags(problems: Problems, script_args, robustness: RobustnessArguments | None, config) -> str | None:
+    """What every training recipe checks first, from its flags alone (and the seed it sets before
+    any model is made, so new heads and the demo zoo start from it). Returns the Hub repo to push
+    to after training, or ``None``."""
+    from transformers import set_seed
+
+    from .preflight import check_distortions
+
+    if config is not None:
+        set_seed(config.seed)
+    repo_id = take_push_request(config, problems)
+    check_training_flags(config, problems)
+    if script_args is not None:
+        problems.check("--eval_distortions", check_distortions, script_args.eval_distortions)
+    if robustness is not None:
+        robustness.check(problems)
+    return repo_id
+
+
+def raise_before_the_demo_zoo(problems: Problems, parsed: tuple, teacher: str | None) -> None:
+    """Problems so far end the run before the embedded demo's models are built (training them takes
+    minutes), and when a set of flags did not parse (the rest of the checks need them)."""
+    if None in parsed or (not teacher and problems):
+        problems.raise_if_any()
+
+
+def check_training_flags(config, problems: Problems) -> None:
+    """What ``TrainingArguments`` leave to the first step: a checkpoint to resume from that exists
+    (``--resume_from_checkpoint true``: the newest in ``output_dir``)."""
+    from .divergence import last_checkpoint
+
+    resume = config.resume_from_checkpoint if config is not None else None
+    if not resume:
+        return
+    if str(resume).lower() == "true":
+        config.resume_from_checkpoint = last_checkpoint(config.output_dir)
+        if config.resume_from_checkpoint is None:
+            problems.add("--resume_from_checkpoint", f"there is no checkpoint-<step> folder in {config.output_dir} "
+                                                     "to resume from")
+    elif not os.path.isdir(resume):
+        problems.add("--resume_from_checkpoint", f"no checkpoint folder {resume!r} (a run's checkpoints are "
+                                                 f"{config.output_dir}/checkpoint-<step>)")
+
+
 def take_push_request(config, problems: Problems) -> str | None:
     """The Hub repo the student goes to after training, or ``None``. Turns the Trainer's own push
     off, so that nothing contacts the Hub before training ends; a missing or malformed repo id is

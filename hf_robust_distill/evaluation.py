@@ -53,7 +53,7 @@ def accuracy(model, preprocessor: PixelPreprocessor | None, dataset, view: View 
         pixels = batch["pixel_values"].to(device)
         if view is not None:
             pixels = view(pixels, _view_generator(device, seed, i))
-        logits = model(pixels) if preprocessor is None else model(pixel_values=preprocessor(pixels)).logits
+        logits = _finite(model(pixels) if preprocessor is None else model(pixel_values=preprocessor(pixels)).logits)
         correct += (logits.argmax(-1).cpu() == batch["labels"]).sum().item()
         total += len(pixels)
     model.train(was_training)
@@ -198,11 +198,19 @@ def _accuracy(classifier, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], 
               labels_in_subset: bool = False) -> float:
     correct = total = 0
     for images, labels in batches:
-        logits = classifier(images.to(device).float().div_(255))
+        logits = _finite(classifier(images.to(device).float().div_(255)))
         predictions = subset_predictions(logits, subset, labels_in_subset).cpu()
         correct += (predictions == labels).sum().item()
         total += len(labels)
     return correct / max(total, 1)
+
+
+def _finite(logits: torch.Tensor) -> torch.Tensor:
+    """Logits, unless a diverged model made NaN or Inf ones: their argmax would score as a class."""
+    if not bool(torch.isfinite(logits).all()):
+        raise FloatingPointError("the model outputs NaN or Inf logits: its weights diverged; retrain it from a good "
+                                 "checkpoint rather than evaluating it")
+    return logits
 
 
 def _has_backend(corruption: str, backend: str) -> bool:

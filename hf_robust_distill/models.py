@@ -269,7 +269,8 @@ class AttentionMapsUnavailable(RuntimeError):
 
 def check_compatible(student: FeatureTaps, teacher: FeatureTaps, *, embeddings: bool, patches: bool,
                      attention: bool) -> None:
-    """Fails before training when teacher and student cannot be aligned as asked."""
+    """Fails before training when teacher and student cannot be aligned as asked (each is anything
+    with ``hidden_size``, ``patch_size`` and ``num_heads``: taps, or shapes read from configs)."""
     if (embeddings or patches) and student.hidden_size != teacher.hidden_size:
         raise ValueError(
             f"the student's hidden size ({student.hidden_size}) differs from the teacher's "

@@ -267,6 +267,38 @@ def read_class_names_file(path: str) -> list[str]:
     return names
 
 
+def check_feature_terms(student_config, teacher_config, config) -> None:
+    """The feature terms fit the two models, read from their configs: widths, patch grids, heads,
+    and the layers asked for (what ``RobustDistillationTrainer`` would refuse once weights load)."""
+    from types import SimpleNamespace
+
+    from .models import check_compatible, resolve_layers
+
+    def shape(model_config):
+        vision = getattr(model_config, "vision_config", model_config)
+        return SimpleNamespace(hidden_size=getattr(vision, "hidden_size", None),
+                               patch_size=getattr(vision, "patch_size", None),
+                               num_heads=getattr(vision, "num_attention_heads", None),
+                               depth=getattr(vision, "num_hidden_layers", None))
+
+    student, teacher = shape(student_config), shape(teacher_config)
+    terms = dict(embeddings=config.cls_weight > 0, patches=config.patch_weight > 0, attention=config.attn_weight > 0)
+    if not any(terms.values()):
+        return
+    if None in (student.hidden_size, student.depth):
+        raise ValueError(f"the [CLS], patch and attention terms need a ViT-family student; "
+                         f"{type(student_config).__name__} has no transformer blocks: set cls_weight, patch_weight "
+                         "and attn_weight to 0 for logit distillation")
+    check_compatible(student, teacher, **terms)
+    for flag, layers, weight in (("--patch_layers", config.patch_layers, config.patch_weight),
+                                 ("--attn_layers", config.attn_layers, config.attn_weight)):
+        if weight > 0:
+            try:
+                resolve_layers(list(layers), student.depth)
+            except ValueError as error:
+                raise ValueError(f"{flag}: {error}") from None
+
+
 # ---- labels ------------------------------------------------------------------------------------
 
 def check_labels(labels: np.ndarray, num_classes: int | None, split: str, *, for_accuracy: bool,

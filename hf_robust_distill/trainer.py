@@ -160,8 +160,9 @@ class RobustDistillationTrainer(Trainer):
             "loss_kd": args.kd_weight, "loss_ce": args.ce_weight, "loss_kd_dad": args.dad_kd_weight,
             "loss_ce_dad": args.dad_ce_weight, "loss_head": args.head_ce_weight,
         }
-        self.bad_images = BadImageLog(len(train_dataset) if train_dataset is not None else 0,
-                                      args.max_bad_image_fraction)
+        # Each process draws its share of the training set, and counts the bad images it draws.
+        share = math.ceil(len(train_dataset) / max(args.world_size, 1)) if train_dataset is not None else 0
+        self.bad_images = BadImageLog(share, args.max_bad_image_fraction)
         self._last_parts: dict[str, torch.Tensor] = {}
         self._generator: torch.Generator | None = None
         self._view_key = (-1, -1)  # (global step, micro-batch) of the last training view

@@ -21,13 +21,13 @@ import os
 from dataclasses import dataclass, field, replace
 
 import torch
-from transformers import AutoConfig, set_seed
+from transformers import AutoConfig
 
 from hf_robust_distill import (CLIPZeroShotClassifier, DistillationConfig, RobustDistillationTrainer, VQDiscretizer,
                                generate_dad_dataset)
-from hf_robust_distill.cli import (DataArguments, RobustnessArguments, check_card_possible, decode_evaluation_split,
-                                   load_recipe_data, parse_recipe_args, push_if_requested, report_and_card,
-                                   run_recipe, take_push_request)
+from hf_robust_distill.cli import (DataArguments, RobustnessArguments, check_card_possible, check_recipe_flags,
+                                   decode_evaluation_split, load_recipe_data, parse_recipe_args, push_if_requested,
+                                   raise_before_the_demo_zoo, report_and_card, run_recipe)
 from hf_robust_distill.dad import load_dad_source, pair_with_dad
 from hf_robust_distill.data import prepare_dataset
 from hf_robust_distill.distortions import parse_distortions
@@ -36,8 +36,10 @@ from hf_robust_distill.heads import (DIFFERENT, REORDER, align_head, describe_di
                                      match_classes, match_head)
 from hf_robust_distill.images import ImageResizer
 from hf_robust_distill.models import PixelPreprocessor, PixelSpaceClassifier
-from hf_robust_distill.preflight import (Problems, check_dataset_reachable, check_distortions, config_classes,
-                                         read_image_processor, read_model_config, read_vq_config, saved_head_classes)
+from hf_robust_distill.preflight import (Problems, check_dataset_reachable, check_feature_terms, config_classes,
+                                         read_image_processor, read_model_config, read_vq_config,
+                                         saved_head_classes)
+from hf_robust_distill.prompts import resolve_templates
 from hf_robust_distill.teachers import HEAD_WEIGHTS, load_pixel_classifier
 
 logger = logging.getLogger("dad")
@@ -124,6 +126,15 @@ def check_teacher(path: str, data) -> None:
                          "fine-tuned on them")
 
 
+def check_feature_teacher(path: str, student_config, config) -> None:
+    """The [CLS], patch and attention terms need a ViT teacher of the student's shape, not a CLIP head."""
+    teacher_config = read_model_config(path, "the teacher")
+    if teacher_config.model_type.startswith("clip"):
+        raise ValueError("a CLIP teacher gives logits only: set cls_weight, patch_weight and attn_weight to 0, or "
+                         "use a ViT teacher of the student's shape for those terms")
+    check_feature_terms(student_config, teacher_config, config)
+
+
 def check_dad_dataset(name_or_path: str) -> None:
     if os.path.isdir(name_or_path):
         return
@@ -182,18 +193,13 @@ def preflight(argv):
     (configs only), data, labels, classes, the evaluation images. Raises one ``PreflightError``
     listing every problem."""
     problems = Problems()
-    script_args, data_args, robustness, config = parse_args(argv, problems)
-    if config is not None:
-        set_seed(config.seed)  # before any model is made: new heads and the demo zoo start from the seed
-        if config.dad_mode == "none":
-            problems.add("--dad_mode", "recipes/dad.py trains with DAD: --dad_mode online or offline")
-    repo_id = take_push_request(config, problems)
+    parsed = script_args, data_args, robustness, config = parse_args(argv, problems)
+    repo_id = check_recipe_flags(problems, script_args, robustness, config)
+    if config is not None and config.dad_mode == "none":
+        problems.add("--dad_mode", "recipes/dad.py trains with DAD: --dad_mode online or offline")
     if script_args is not None:
-        problems.check("--eval_distortions", check_distortions, script_args.eval_distortions)
-    if robustness is not None:
-        robustness.check(problems)
-    if None in (script_args, data_args, robustness, config) or (not script_args.teacher_name_or_path and problems):
-        problems.raise_if_any()  # the demo zoo is not built for a run that cannot start
+        problems.check("--prompt_templates", resolve_templates, script_args.prompt_templates)
+    raise_before_the_demo_zoo(problems, parsed, script_args and script_args.teacher_name_or_path)
     use_demo_zoo(script_args, config)
     if not script_args.vq_name_or_path:
         problems.add("--vq_name_or_path", "DAD needs a VQ model (diffusers format; --vq_subfolder if nested)")
@@ -213,6 +219,9 @@ def preflight(argv):
     if data is not None and not data.scored:
         problems.add("--dataset_name", "DAD distils a classifier: the dataset needs labels of at least two classes")
     problems.check("--teacher_name_or_path", check_teacher, script_args.teacher_name_or_path, data)
+    if student_config is not None and any(w > 0 for w in (config.cls_weight, config.patch_weight, config.attn_weight)):
+        problems.check("--cls_weight / --patch_weight / --attn_weight", check_feature_teacher,
+                       script_args.teacher_name_or_path, student_config, config)
     if config.dad_mode == "offline" and script_args.dad_dataset:
         problems.check("--dad_dataset", check_dad_dataset, script_args.dad_dataset)
     check_card_possible(data, student_config is not None, repo_id, problems)

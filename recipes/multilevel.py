@@ -19,19 +19,17 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
-from transformers import set_seed
-
 from hf_robust_distill import DistillationConfig, RobustDistillationTrainer
-from hf_robust_distill.cli import (DataArguments, RobustnessArguments, check_card_possible, decode_evaluation_split,
-                                   load_recipe_data, parse_recipe_args, push_if_requested, report_and_card,
-                                   run_recipe, take_push_request)
+from hf_robust_distill.cli import (DataArguments, RobustnessArguments, check_card_possible, check_recipe_flags,
+                                   decode_evaluation_split, load_recipe_data, parse_recipe_args, push_if_requested,
+                                   raise_before_the_demo_zoo, report_and_card, run_recipe)
 from hf_robust_distill.data import prepare_dataset
 from hf_robust_distill.distortions import parse_distortions
 from hf_robust_distill.evaluation import cls_features, distortion_table, fit_linear_probe, report_table
 from hf_robust_distill.heads import DIFFERENT, REORDER, align_head, load_with_head, match_classes, match_head
 from hf_robust_distill.images import ImageResizer
 from hf_robust_distill.models import PixelPreprocessor, PixelSpaceClassifier, load_vision_model
-from hf_robust_distill.preflight import (Problems, check_distortions, check_fraction, config_classes,
+from hf_robust_distill.preflight import (Problems, check_feature_terms, check_fraction, config_classes,
                                          read_image_processor, read_model_config)
 
 logger = logging.getLogger("multilevel")
@@ -54,8 +52,8 @@ class ScriptArguments:
 
 
 METHOD_DEFAULTS = dict(
-    learning_rate=5e-4, lr_scheduler_type="cosine", warmup_steps=0.05, weight_decay=0.05, optim="adamw_torch",
-    distortions="pixel_mask:0.5-0.9,noise:0.1-0.5,blur:1-4",
+    learning_rate=1e-3, lr_scheduler_type="cosine", warmup_steps=0.1, weight_decay=0.05, optim="adamw_torch",
+    distortions="clean,pixel_mask:0.5-0.9,noise:0.1-0.5,blur:1-4",
 )
 """The method's own optimisation, chosen from the sweep in benchmarks/multilevel_defaults.py (README)."""
 DEMO_DEFAULTS = dict(
@@ -99,17 +97,11 @@ def preflight(argv):
     """Everything checked before any weight is loaded: flags, checkpoints (configs only), data,
     labels, classes, the evaluation images. Raises one ``PreflightError`` listing every problem."""
     problems = Problems()
-    script_args, data_args, robustness, config = parse_args(argv, problems)
-    if config is not None:
-        set_seed(config.seed)  # before any model is made: new heads and the demo zoo start from the seed
-    repo_id = take_push_request(config, problems)
+    parsed = script_args, data_args, robustness, config = parse_args(argv, problems)
+    repo_id = check_recipe_flags(problems, script_args, robustness, config)
     if script_args is not None:
-        problems.check("--eval_distortions", check_distortions, script_args.eval_distortions)
         problems.check("--probe_label_fraction", check_fraction, script_args.probe_label_fraction)
-    if robustness is not None:
-        robustness.check(problems)
-    if None in (script_args, data_args, robustness, config) or (not script_args.teacher_name_or_path and problems):
-        problems.raise_if_any()  # the demo zoo is not built for a run that cannot start
+    raise_before_the_demo_zoo(problems, parsed, script_args and script_args.teacher_name_or_path)
     build_teacher_if_demo(script_args, config)
     teacher_path = script_args.teacher_name_or_path
     student_path = script_args.student_name_or_path or teacher_path
@@ -122,6 +114,9 @@ def preflight(argv):
     teacher_processor = problems.check("--teacher_name_or_path", read_image_processor, teacher_path, "the teacher")
     with config.main_process_first(desc="loading the dataset"):
         data = load_recipe_data(data_args, problems, seed=config.seed, labels_train=config.ce_weight > 0)
+    if student_config is not None and teacher_config is not None:
+        problems.check("--student_name_or_path / --teacher_name_or_path", check_feature_terms, student_config,
+                       teacher_config, config)
     names = data.names if data is not None else None
     student_scored = data is not None and data.scored and student_config is not None
     if teacher_config is not None and data is not None and config.kd_weight > 0:
@@ -172,7 +167,8 @@ def main(argv: list[str] | None = None) -> dict:
     results = {"trainer": trainer}
     if not trainer.is_world_process_zero():
         return results
-    columns = [str(e) for e in parse_distortions(script_args.eval_distortions or config.distortions)]
+    columns = [str(e) for e in parse_distortions(script_args.eval_distortions or config.distortions)
+               if e.name != "clean"]  # the table's first column is clean already
     student = trainer.model.eval()
     scored = data.scored and student_head != "none"
     models, preprocessors = {"student": student}, {"student": student_pixels}

@@ -342,8 +342,8 @@ def check_card_possible(data: RecipeData | None, student_scored: bool, repo_id: 
     if repo_id is None or data is None:
         return
     if not data.scored:
-        problems.add("--push_to_hub", "the dataset has no labelled classes to measure the student on, so there is no "
-                                      "model card to push; use labelled data or drop --push_to_hub")
+        problems.add("--push_to_hub", "the dataset has fewer than two labelled classes to measure the student on, so "
+                                      "there is no model card to push; use labelled data or drop --push_to_hub")
     elif not student_scored:
         problems.add("--push_to_hub", "the student has no classification head for the dataset's classes, so there is "
                                       "no model card to push; drop --push_to_hub")

@@ -149,6 +149,8 @@ def model_card(report: RobustnessReport, *, method: str, teacher: str, train_dat
     )
     baseline = report.baseline or {}
     teacher_headline = teacher_report.headline() if teacher_report is not None else {}
+    if teacher_headline and baseline.get("name") == teacher_report.model_name and "accuracy" in baseline:
+        teacher_headline.update({k: 100.0 for k in ("mCE", "relative mCE") if k in report.headline()})  # the baseline
     return ModelCard.from_template(
         card_data, template_path=str(CARD_TEMPLATE), model_name=model_name,
         repo_id=repo_id or REPO_PLACEHOLDER.format(name=model_name), report=report, headline=report.headline(),

@@ -8,7 +8,7 @@ from huggingface_hub import ModelCard, snapshot_download
 from transformers import AutoModelForImageClassification
 
 from hf_robust_distill import DistillationConfig, RobustnessReport, push_robust_student
-from hf_robust_distill.hub import PushToHubError, training_settings, write_student_card
+from hf_robust_distill.hub import PushToHubError, RefusedPush, training_settings, write_student_card
 from tests.conftest import free_port
 from tests.local_hub import LocalHub
 
@@ -157,3 +157,20 @@ def test_multilevel_recipe_reports_cards_and_pushes_after_training(tiny_vit, tmp
     assert sorted(pushed) == [
         "README.md", "config.json", "model.safetensors", "preprocessor_config.json", "robustness.png",
         "robustness_report.json"]
+
+
+def test_a_student_at_chance_is_carded_as_such_and_its_push_refused_unless_forced(tiny_vit, tmp_path, local_hub):
+    """Today a head that never learned is carded (0.0 %) and pushed as an image classifier."""
+    at_chance = a_report(clean_accuracy=0.1, chance_accuracy=0.1)
+    folder = a_student(tiny_vit, tmp_path / "student", report=at_chance)
+    with open(os.path.join(folder, "README.md")) as f:
+        card = f.read()
+    assert card.index("Warning: this model is at or below chance") < card.index("## Robustness")
+    with pytest.raises(RefusedPush, match="at or below chance.*--force_push"):
+        push_robust_student(folder, "tester/at-chance")
+    assert local_hub.requests == []
+    push_robust_student(folder, "tester/at-chance", force=True)
+    assert "tester/at-chance" in local_hub.repos
+    learned = a_student(tiny_vit, tmp_path / "learned", report=a_report(chance_accuracy=0.1))
+    with open(os.path.join(learned, "README.md")) as f:
+        assert "at or below chance" not in f.read()

@@ -161,6 +161,18 @@ def test_one_class_data_says_so_and_a_push_of_it_is_refused_before_training(tiny
     assert results["table"] == {} and not os.path.exists(out / "README.md")
 
 
+def test_unlabelled_data_says_so_and_a_push_of_it_is_refused_before_training(tiny_vit, tmp_path, caplog):
+    data = str(tmp_path / "no-labels")
+    Dataset.from_dict({"image": digit_images(24)}).cast_column("image", ImageFeature()).save_to_disk(data)
+    out = tmp_path / "out"
+    with pytest.raises(PreflightError) as error:
+        load_recipe("multilevel").main(recipe_argv(tiny_vit, out, tmp_path / "cache", "--dataset_name", data,
+                                                   "--push_to_hub", "--hub_model_id", "tester/no-labels"))
+    assert "no model card to push" in problems_of(error)["--push_to_hub"]
+    assert "no labels: no accuracy table, robustness report or model card" in caplog.text
+    assert not os.path.exists(out)
+
+
 def permuted_classifier(path, order, folder) -> str:
     """The checkpoint with its classes listed in ``order``: the same function, other label ids."""
     model = ViTForImageClassification.from_pretrained(path)

@@ -62,7 +62,7 @@ def main() -> None:
     import multilevel
     from hf_robust_distill.demo import demo_model
 
-    teacher = demo_model("vit", zoo_dir=os.path.join(ROOT, "demo_output", "zoo"))
+    teacher = demo_model("vit", zoo_dir=os.path.join(ROOT, "demo_output", "zoo"), seed=42)  # the demo's seed
     settings = [("defaults", {})] + [(f"{k}={v}", {k: v, **({"learning_rate": "1e-2"} if v == "sgd" else {})})
                                      for k, values in VARIANTS.items() for v in values
                                      if str(multilevel.METHOD_DEFAULTS.get(k)) != v]

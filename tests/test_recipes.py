@@ -56,3 +56,15 @@ def test_offline_dad_recipe_trains_from_a_generated_folder(tiny_clip, tiny_vq, t
     assert not os.path.exists(tmp_path / "second" / "dad-dataset")  # read, not generated again
     assert second["trainer"].teacher is None  # the stored logits stood in for the teacher
     assert second["table"]["DAD student"] == first["table"]["DAD student"]  # the same images, the same run
+
+
+@pytest.mark.parametrize("recipe_name, config_file", [("multilevel", "multilevel_vit_base.yaml"),
+                                                      ("dad", "dad_vit_base.yaml")])
+def test_shipped_yaml_recipes_parse_without_a_problem(recipe_name, config_file):
+    """Every key of the shipped recipes is a flag of their recipe (a typo would now stop the run)."""
+    from hf_robust_distill.preflight import Problems
+
+    problems = Problems()
+    path = os.path.join(os.path.dirname(__file__), "..", "recipes", "configs", config_file)
+    *_, config = load_recipe(recipe_name).parse_args(["--config", path, "--use_cpu"], problems)  # bf16 needs a GPU
+    assert not problems.found and config.bf16 and config.learning_rate > 0

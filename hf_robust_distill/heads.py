@@ -195,8 +195,8 @@ def load_with_head(name_or_path: str, names: list[str] | None, **load_kwargs) ->
         return model, "kept"
     if match == REORDER:
         align_head(model, names)
-        logger.info("%s predicts the dataset's classes in another order: its head was reordered to the dataset's",
-                    name_or_path)
+        logger.warning("%s predicts the dataset's classes in another order (or among others): its head was "
+                       "reordered to the dataset's", name_or_path)
         return model, "reordered"
     if not names:
         return model, "none"

@@ -153,7 +153,8 @@ def load_teacher(path: str, names: list[str], templates: str):
     classifier = load_pixel_classifier(path)
     if match_head(classifier, names) == REORDER:
         align_head(classifier, names)
-        logger.info("the teacher predicts the dataset's classes in another order: its head was reordered")
+        logger.warning("the teacher predicts the dataset's classes in another order (or among others): its head "
+                       "was reordered to the dataset's, so KD compares the same classes")
     if isinstance(classifier, CLIPZeroShotClassifier):
         return classifier, classifier
     return classifier.model, classifier

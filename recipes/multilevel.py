@@ -143,6 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
     teacher_scores = match_head(teacher, data.names) != DIFFERENT  # else it only gives features
     if match_head(teacher, data.names) == REORDER:
         align_head(teacher, data.names)
+        logger.warning("the teacher predicts the dataset's classes in another order (or among others): its head "
+                       "was reordered to the dataset's, so KD and its scores compare the same classes")
     student, student_head = load_with_head(student_path, data.names, attention_maps=attention)
     if student_head == "new":
         how = ("it is trained with cross-entropy on detached features (loss_head), so the backbone learns from "

@@ -123,11 +123,12 @@ def test_an_unlabelled_test_split_is_passed_over_when_chosen_for_you_and_refused
     train, evaluation = split_train_eval(load_image_dataset(data))
     assert len(train) + len(evaluation) == 40 and -1 not in evaluation["label"]  # held out of train instead
     out = tmp_path / "out"
-    with pytest.raises(PreflightError) as error:
+    with pytest.raises(PreflightError) as error:  # with a flag typo: both in one list
         load_recipe("multilevel").main(recipe_argv(tiny_vit, out, tmp_path / "cache", "--dataset_name", data,
-                                                   "--eval_split", "test"))
-    assert "10 of the 10 images of the evaluation split are unlabelled" in problems_of(error)["--label_column "
-                                                                                              "(evaluation split)"]
+                                                   "--eval_split", "test", "--robustness_severities", "0"))
+    found = problems_of(error)
+    assert "10 of the 10 images of the evaluation split are unlabelled" in found["--label_column (evaluation split)"]
+    assert "integers from 1 to 5" in found["--robustness_severities"]
     assert not os.path.exists(out)
 
 

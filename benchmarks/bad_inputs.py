@@ -56,8 +56,9 @@ def attempt(recipe, argv: list[str], output_dir: str) -> dict:
         trainer_logger.setLevel(level)
     end = time.perf_counter()
     written = os.path.isdir(output_dir) and any(os.scandir(output_dir))
-    return {"seconds": round(end - start, 2), "setup_seconds": None if watcher.at is None else round(watcher.at - start, 2),
-            "before_first_step": watcher.at is None, "files_written": written, "error": error}
+    setup = None if watcher.at is None else round(watcher.at - start, 2)
+    return {"seconds": round(end - start, 2), "setup_seconds": setup, "before_first_step": watcher.at is None,
+            "files_written": written, "error": error}
 
 
 def main() -> None:
@@ -67,23 +68,16 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR)
     import dad
     import multilevel
-    from datasets import ClassLabel, Dataset, DatasetDict, Image as ImageFeature
+    from datasets import ClassLabel
 
     from hf_robust_distill.data import demo_digits
-    from hf_robust_distill.demo import DEMO_CAPTIONS, build_word_tokenizer, demo_clip_config, demo_clip_image_processor, demo_vq_model
-    from hf_robust_distill.discretize import VQDiscretizer
-    from tests.conftest import DIGIT_NAMES, save_tiny_vit, truncate, write_photo_folder
-    from transformers import CLIPModel
+    from tests.conftest import (DIGIT_NAMES, save_image_dataset, save_tiny_clip, save_tiny_vit, save_tiny_vq,
+                                truncate, write_photo_folder)
 
     work = tempfile.mkdtemp(prefix="bad-inputs-")
     vit = save_tiny_vit(os.path.join(work, "vit"))
-    clip = os.path.join(work, "clip")
-    tokenizer = build_word_tokenizer([t.format(n) for n in DIGIT_NAMES for t in DEMO_CAPTIONS])
-    CLIPModel(demo_clip_config(tokenizer, hidden_size=32, vision_layers=2, text_layers=2, heads=2)).save_pretrained(clip)
-    tokenizer.save_pretrained(clip)
-    demo_clip_image_processor().save_pretrained(clip)
-    vq = os.path.join(work, "vq")
-    VQDiscretizer(demo_vq_model(num_codes=64), input_range="[-1,1]").save_pretrained(vq)
+    clip = save_tiny_clip(os.path.join(work, "clip"))
+    vq = save_tiny_vq(os.path.join(work, "vq"))
     photos = write_photo_folder(os.path.join(work, "photos"))
     bad_photos = shutil.copytree(photos, os.path.join(work, "bad-photos"))
     truncate(os.path.join(bad_photos, "test", "coffee", "1.jpg"))
@@ -92,19 +86,14 @@ def main() -> None:
     digits = demo_digits()
     labels = ClassLabel(names=DIGIT_NAMES)
 
-    def saved(name, splits):
-        parts = {}
-        for split, (rows, values, feature) in splits.items():
-            part = Dataset.from_dict({"image": rows["image"], "label": values}).cast_column("image", ImageFeature())
-            parts[split] = part.cast_column("label", feature) if feature is not None else part
-        DatasetDict(parts).save_to_disk(os.path.join(work, name))
-        return os.path.join(work, name)
-
     train, test = digits["train"].select(range(48)), digits["test"].select(range(16))
-    unlabelled = saved("unlabelled", {"train": (train, train["label"], labels), "test": (test, [-1] * 16, labels)})
-    integers = saved("integers", {"train": (train, train["label"], None), "test": (test, test["label"], None)})
+    unlabelled = save_image_dataset(os.path.join(work, "unlabelled"), {
+        "train": (train["image"], train["label"], labels), "test": (test["image"], [-1] * 16, labels)})
+    integers = save_image_dataset(os.path.join(work, "integers"), {
+        "train": (train["image"], train["label"], None), "test": (test["image"], test["label"], None)})
     one = ClassLabel(names=["cat"])
-    one_class = saved("one-class", {"train": (train, [0] * 48, one), "test": (test, [0] * 16, one)})
+    one_class = save_image_dataset(os.path.join(work, "one-class"), {
+        "train": (train["image"], [0] * 48, one), "test": (test["image"], [0] * 16, one)})
     typo = os.path.join(work, "typo.yaml")
     with open(typo, "w") as f:
         f.write("learning_rte: 0.1\n")
@@ -124,34 +113,39 @@ def main() -> None:
                 "--corruption_cache_dir", os.path.join(work, "cache"), "--force_push",
                 *(["--dataset_name", data] if data else []), *extra]
 
-    cases = [
-        ("multilevel", "good run (reference)", multilevel, lambda out: multilevel_argv(out)),
-        ("multilevel", "typo in --eval_distortions", multilevel, lambda out: multilevel_argv(out, "--eval_distortions", "gausian_noise:3")),
-        ("multilevel", "typo in --robustness_corruptions", multilevel, lambda out: multilevel_argv(out, "--robustness_corruptions", "glass_blurr")),
-        ("multilevel", "--robustness_corruptions snow (no torch port)", multilevel, lambda out: multilevel_argv(out, "--robustness_corruptions", "snow")),
-        ("multilevel", "--robustness_severities 6", multilevel, lambda out: multilevel_argv(out, "--robustness_severities", "6")),
-        ("multilevel", "--robustness_baseline teachr", multilevel, lambda out: multilevel_argv(out, "--robustness_baseline", "teachr")),
-        ("multilevel", "--natural_shifts imagenet-r (no dataset)", multilevel, lambda out: multilevel_argv(out, "--natural_shifts", "imagenet-r")),
-        ("multilevel", "--natural_shifts on an unreachable dataset", multilevel, lambda out: multilevel_argv(out, "--natural_shifts", "r=nobody/nothing:test")),
-        ("multilevel", "--probe_label_fraction 0", multilevel, lambda out: multilevel_argv(out, "--probe_label_fraction", "0")),
-        ("multilevel", "--hub_model_id 'me/my model!!'", multilevel, lambda out: multilevel_argv(out, "--push_to_hub", "--hub_model_id", "me/my model!!")),
-        ("multilevel", "YAML typo (learning_rte:)", multilevel, lambda out: ["--config", typo, *multilevel_argv(out)]),
-        ("multilevel", "unknown flag --learnig_rate", multilevel, lambda out: multilevel_argv(out, "--learnig_rate", "1e-4")),
-        ("multilevel", "truncated JPEG in the evaluation split", multilevel, lambda out: multilevel_argv(out, data=bad_photos)),
-        ("multilevel", "explicit eval split of -1 labels", multilevel, lambda out: multilevel_argv(out, "--eval_split", "test", data=unlabelled)),
-        ("multilevel", "KD teacher of other classes", multilevel, lambda out: multilevel_argv(out, "--kd_weight", "1")),
-        ("multilevel", "one-class data with --push_to_hub", multilevel, lambda out: multilevel_argv(out, "--push_to_hub", "--hub_model_id", "me/one", data=one_class)),
-        ("multilevel", "truncated JPEG in the training split (skipped)", multilevel, lambda out: multilevel_argv(out, "--max_bad_image_fraction", "0.05", data=bad_train)),
-        ("multilevel", "--learning_rate 1e6 (diverges)", multilevel, lambda out: multilevel_argv(out, "--learning_rate", "1e6", "--max_steps", "6")),
-        ("dad", "good run (reference)", dad, lambda out: dad_argv(out)),
-        ("dad", "missing --vq_name_or_path folder", dad, lambda out: dad_argv(out, "--vq_name_or_path", os.path.join(work, "no-vq"))),
-        ("dad", "CLIP teacher, integer labels, no names", dad, lambda out: dad_argv(out, data=integers)),
-        ("dad", "--dad_dataset that does not exist", dad, lambda out: dad_argv(out, "--dad_mode", "offline", "--dad_dataset", os.path.join(work, "no-dad"))),
+    cases = [  # (recipe, the bad input, its flags, its data)
+        ("multilevel", "good run (reference)", [], photos),
+        ("multilevel", "typo in --eval_distortions", ["--eval_distortions", "gausian_noise:3"], photos),
+        ("multilevel", "typo in --robustness_corruptions", ["--robustness_corruptions", "glass_blurr"], photos),
+        ("multilevel", "--robustness_corruptions snow (no torch port)", ["--robustness_corruptions", "snow"], photos),
+        ("multilevel", "--robustness_severities 6", ["--robustness_severities", "6"], photos),
+        ("multilevel", "--robustness_baseline teachr", ["--robustness_baseline", "teachr"], photos),
+        ("multilevel", "--natural_shifts imagenet-r (no dataset)", ["--natural_shifts", "imagenet-r"], photos),
+        ("multilevel", "--natural_shifts on an unreachable dataset", ["--natural_shifts", "r=nobody/nothing:test"],
+         photos),
+        ("multilevel", "--probe_label_fraction 0", ["--probe_label_fraction", "0"], photos),
+        ("multilevel", "--hub_model_id 'me/my model!!'", ["--push_to_hub", "--hub_model_id", "me/my model!!"], photos),
+        ("multilevel", "YAML typo (learning_rte:)", ["--config", typo], photos),
+        ("multilevel", "unknown flag --learnig_rate", ["--learnig_rate", "1e-4"], photos),
+        ("multilevel", "truncated JPEG in the evaluation split", [], bad_photos),
+        ("multilevel", "explicit eval split of -1 labels", ["--eval_split", "test"], unlabelled),
+        ("multilevel", "KD teacher of other classes", ["--kd_weight", "1"], photos),
+        ("multilevel", "one-class data with --push_to_hub", ["--push_to_hub", "--hub_model_id", "me/one"], one_class),
+        ("multilevel", "truncated JPEG in the training split (skipped)", ["--max_bad_image_fraction", "0.05"],
+         bad_train),
+        ("multilevel", "--learning_rate 1e6 (diverges)", ["--learning_rate", "1e6", "--max_steps", "6"], photos),
+        ("dad", "good run (reference)", [], None),
+        ("dad", "missing --vq_name_or_path folder", ["--vq_name_or_path", os.path.join(work, "no-vq")], None),
+        ("dad", "CLIP teacher, integer labels, no names", [], integers),
+        ("dad", "--dad_dataset that does not exist",
+         ["--dad_mode", "offline", "--dad_dataset", os.path.join(work, "no-dad")], None),
     ]
+    recipes = {"multilevel": (multilevel, multilevel_argv), "dad": (dad, dad_argv)}
     rows = []
-    for recipe_name, case, recipe, argv in cases:
+    for recipe_name, case, flags, data in cases:
         out = os.path.join(work, f"out-{len(rows)}")
-        row = {"recipe": recipe_name, "input": case, **attempt(recipe, argv(out), out)}
+        recipe, argv = recipes[recipe_name]
+        row = {"recipe": recipe_name, "input": case, **attempt(recipe, argv(out, *flags, data=data), out)}
         rows.append(row)
         print(f"{case}: {row['seconds']} s, {row['error']}", file=sys.stderr, flush=True)
     setup = {r["recipe"]: r["setup_seconds"] for r in rows if r["input"].startswith("good run")}
@@ -159,13 +153,14 @@ def main() -> None:
         row["share_of_setup"] = round(row["seconds"] / setup[row["recipe"]], 2) if row["before_first_step"] else None
     shutil.rmtree(work, ignore_errors=True)
     print(json.dumps({"setup_seconds": setup, "rows": rows}, indent=1))
-    print("\n| recipe | bad input | seconds to the error | share of setup | before the first step | files written | error |",
-          file=sys.stderr)
+    print("\n| recipe | bad input | seconds to the error | share of setup | before the first step | files written "
+          "| error |", file=sys.stderr)
     print("|---|---|---|---|---|---|---|", file=sys.stderr)
     for r in rows:
         share = "" if r["share_of_setup"] is None else f"{r['share_of_setup']:.2f}"
-        print(f"| {r['recipe']} | {r['input']} | {r['seconds']} | {share} | {'yes' if r['before_first_step'] else 'no'} | "
-              f"{'yes' if r['files_written'] else 'no'} | {r['error'] or '(none)'} |", file=sys.stderr)
+        before, written = ("yes" if r[k] else "no" for k in ("before_first_step", "files_written"))
+        print(f"| {r['recipe']} | {r['input']} | {r['seconds']} | {share} | {before} | {written} | "
+              f"{r['error'] or '(none)'} |", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import difflib
 import json
-import logging
 import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
-
-logger = logging.getLogger(__name__)
 
 CHECK_ERRORS = (ValueError, TypeError, KeyError, OSError, ImportError)
 

@@ -85,11 +85,9 @@ def digits():
             prepare_dataset(data["test"].select(range(32)), (32, 32)))
 
 
-@pytest.fixture(scope="session")
-def tiny_clip(tmp_path_factory) -> str:
+def save_tiny_clip(path) -> str:
     """A randomly initialised CLIP (towers of width 32, 2 blocks) with a word-level tokenizer
     built offline and CLIP's image processor, saved as a Hub checkpoint would be."""
-    path = tmp_path_factory.mktemp("tiny-clip")
     tokenizer = build_word_tokenizer([t.format(n) for n in DIGIT_NAMES for t in DEMO_CAPTIONS])
     torch.manual_seed(0)
     model = CLIPModel(demo_clip_config(tokenizer, hidden_size=32, vision_layers=2, text_layers=2, heads=2))
@@ -99,13 +97,21 @@ def tiny_clip(tmp_path_factory) -> str:
     return str(path)
 
 
-@pytest.fixture(scope="session")
-def tiny_vq(tmp_path_factory) -> str:
+def save_tiny_vq(path) -> str:
     """A randomly initialised 4x-downsampling VQ model in diffusers format, input range [-1, 1]."""
-    path = tmp_path_factory.mktemp("tiny-vq")
     torch.manual_seed(0)
     VQDiscretizer(demo_vq_model(num_codes=64), input_range="[-1,1]").save_pretrained(str(path))
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> str:
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
+
+
+@pytest.fixture(scope="session")
+def tiny_vq(tmp_path_factory) -> str:
+    return save_tiny_vq(tmp_path_factory.mktemp("tiny-vq"))
 
 
 @pytest.fixture
@@ -179,3 +185,15 @@ def recipe_argv(teacher, output_dir, cache_dir, *extra) -> list[str]:
             "--per_device_train_batch_size", "8", "--use_cpu", "--report_to", "none", "--save_strategy", "no",
             "--disable_tqdm", "true", "--logging_steps", "1", "--robustness_corruptions", "gaussian_noise,contrast",
             "--robustness_severities", "1,3", "--corruption_cache_dir", str(cache_dir), *extra]
+
+
+def save_image_dataset(path, splits: dict) -> str:
+    """A dataset saved with save_to_disk, from {split: (images, labels, label feature or None)}."""
+    from datasets import Dataset, DatasetDict, Image as ImageFeature
+
+    parts = {}
+    for name, (images, labels, feature) in splits.items():
+        part = Dataset.from_dict({"image": images, "label": labels}).cast_column("image", ImageFeature())
+        parts[name] = part.cast_column("label", feature) if feature is not None else part
+    DatasetDict(parts).save_to_disk(str(path))
+    return str(path)

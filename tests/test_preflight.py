@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict, Image as ImageFeature
+from datasets import ClassLabel, Dataset, Image as ImageFeature
 from transformers import AutoImageProcessor, ViTForImageClassification
 
 from hf_robust_distill import CLIPZeroShotClassifier, DistillationConfig, RobustDistillationTrainer
@@ -14,21 +14,11 @@ from hf_robust_distill.heads import REORDER, SAME, align_head, load_with_head, m
 from hf_robust_distill.models import PixelPreprocessor, load_vision_model
 from hf_robust_distill.preflight import PreflightError
 
-from .conftest import DIGIT_NAMES, load_recipe, recipe_argv
+from .conftest import DIGIT_NAMES, load_recipe, recipe_argv, save_image_dataset
 
 
 def digit_images(count: int, offset: int = 0) -> list:
     return demo_digits()["train"].select(range(offset, offset + count))["image"]
-
-
-def save_image_dataset(path, splits: dict) -> str:
-    """A dataset saved with save_to_disk, from {split: (images, labels, label feature or None)}."""
-    parts = {}
-    for name, (images, labels, feature) in splits.items():
-        part = Dataset.from_dict({"image": images, "label": labels}).cast_column("image", ImageFeature())
-        parts[name] = part.cast_column("label", feature) if feature is not None else part
-    DatasetDict(parts).save_to_disk(str(path))
-    return str(path)
 
 
 def problems_of(error) -> dict[str, str]:

@@ -71,11 +71,13 @@ def parse_recipe_args(dataclass_types, argv: list[str] | None = None, defaults: 
     except argparse.ArgumentError as error:
         own.add(f"--{error.argument_name.lstrip('-')}" if error.argument_name else "flags", error.message)
         own.raise_if_any()
+    after_a_flag = False  # a value after an unknown flag is that flag's
     for token in remaining:
         if token.startswith("--"):
             name = token[2:].split("=")[0]
-            own.add(token.split("=")[0], f"unknown flag{did_you_mean(name, actions)}")
-        elif not any(r.startswith("--") for r in remaining[: remaining.index(token)]):
+            own.add(f"--{name}", f"unknown flag{did_you_mean(name, actions)}")
+            after_a_flag = True
+        elif not after_a_flag:
             own.add(repr(token), "a value without a flag")
     outputs = []
     for dtype in dataclass_types:

@@ -134,7 +134,6 @@ class DADGenerator:
         self.stopwatch = Stopwatch()
         self.images_done = 0
         self.written: list[int] = []  # shards this process wrote in this run
-        self.bad_images: list = []  # rows skipped because their image did not decode
 
     # ---- what is written ----------------------------------------------------------------------
 
@@ -211,7 +210,8 @@ class DADGenerator:
         for batch_index in range(len(loader)):
             with watch.section("load"):  # decoding and resizing happen as the batch is drawn
                 batch = next(batches)
-                self._skip(batch.get("bad_images", ()))
+                for bad in batch.get("bad_images", ()):
+                    logger.warning("skipping a row whose image does not decode: %s", bad)
                 if "pixel_values" not in batch:
                     continue
                 images = batch["pixel_values"].to(device)
@@ -234,11 +234,6 @@ class DADGenerator:
             Dataset.from_dict(columns, features=self.features()).to_parquet(tmp)
             os.replace(tmp, path)  # a shard appears whole or not at all
         self.written.append(shard)
-
-    def _skip(self, bad_images) -> None:
-        for bad in bad_images:
-            logger.warning("skipping a row whose image does not decode: %s", bad)
-        self.bad_images.extend(bad_images)
 
 
 def temporary_file(path: str, process_index: int = 0) -> str:

@@ -182,6 +182,17 @@ def freeze_unread_head(model, keep_head: bool = False) -> None:
             parameter.requires_grad_(False)
 
 
+def fit_to_classes(model, names: list[str] | None, role: str = "the model") -> str:
+    """How the model's head relates to the dataset's ``names`` (``match_head``); a head of the
+    same classes in another order (or among more) is reordered to them, and the run is told."""
+    match = match_head(model, names)
+    if match == REORDER:
+        align_head(model, names)
+        logger.warning("%s predicts the dataset's classes in another order (or among others): its head was "
+                       "reordered to the dataset's, so its outputs are the dataset's classes", role)
+    return match
+
+
 def load_with_head(name_or_path: str, names: list[str] | None, **load_kwargs) -> tuple[nn.Module, str]:
     """A checkpoint loaded as a classifier of the dataset's classes, and what became of its head:
     ``"kept"`` (it predicts them in order), ``"reordered"`` (rows reordered or cut to them),
@@ -190,14 +201,9 @@ def load_with_head(name_or_path: str, names: list[str] | None, **load_kwargs) ->
     from .models import load_vision_model
 
     model = load_vision_model(name_or_path, **load_kwargs)
-    match = match_head(model, names)
-    if match == SAME:
-        return model, "kept"
-    if match == REORDER:
-        align_head(model, names)
-        logger.warning("%s predicts the dataset's classes in another order (or among others): its head was "
-                       "reordered to the dataset's", name_or_path)
-        return model, "reordered"
+    match = fit_to_classes(model, names, name_or_path)
+    if match != DIFFERENT:
+        return model, "kept" if match == SAME else "reordered"
     if not names:
         return model, "none"
     model = load_vision_model(name_or_path, label_names=names, **load_kwargs)

@@ -86,12 +86,6 @@ class RobustnessReport:
         """Whether the clean accuracy is no better than always answering the most frequent class."""
         return self.chance_accuracy is not None and self.clean_accuracy <= self.chance_accuracy + 1e-9
 
-    def non_finite_numbers(self) -> list[str]:
-        """The measured accuracies that are NaN or Inf (never a real model's)."""
-        numbers = {"clean accuracy": self.clean_accuracy, **self.natural_shifts,
-                   **{f"{c} {s}": a for c, row in self.accuracy.items() for s, a in row.items()}}
-        return [name for name, value in numbers.items() if value is None or not math.isfinite(value)]
-
     def as_baseline(self) -> dict:
         """This report as the ``baseline`` of another model's report."""
         return {"name": self.model_name, "clean_accuracy": self.clean_accuracy, "accuracy": self.accuracy}

@@ -225,10 +225,9 @@ class RobustDistillationTrainer(Trainer):
     # ---- the loss ----------------------------------------------------------------------------
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        bad_images = inputs.pop("bad_images", ())
         if model.training:
-            self.bad_images.record(inputs.pop("bad_images", ()))
-        else:
-            inputs.pop("bad_images", None)
+            self.bad_images.record(bad_images)
         if "pixel_values" not in inputs:  # every image of the micro-batch failed to decode
             return self._nothing_to_learn(model, return_outputs)
         pixels = inputs["pixel_values"]

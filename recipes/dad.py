@@ -32,8 +32,7 @@ from hf_robust_distill.dad import load_dad_source, pair_with_dad
 from hf_robust_distill.data import prepare_dataset
 from hf_robust_distill.distortions import parse_distortions
 from hf_robust_distill.evaluation import distortion_table, report_table
-from hf_robust_distill.heads import (DIFFERENT, REORDER, align_head, describe_difference, load_with_head,
-                                     match_classes, match_head)
+from hf_robust_distill.heads import DIFFERENT, describe_difference, fit_to_classes, load_with_head, match_classes
 from hf_robust_distill.images import ImageResizer
 from hf_robust_distill.models import PixelPreprocessor, PixelSpaceClassifier
 from hf_robust_distill.preflight import (Problems, check_dataset_reachable, check_feature_terms, config_classes,
@@ -151,10 +150,7 @@ def load_teacher(path: str, names: list[str], templates: str):
         teacher = CLIPZeroShotClassifier.from_clip(path, names, templates=templates)
         return teacher, teacher
     classifier = load_pixel_classifier(path)
-    if match_head(classifier, names) == REORDER:
-        align_head(classifier, names)
-        logger.warning("the teacher predicts the dataset's classes in another order (or among others): its head "
-                       "was reordered to the dataset's, so KD compares the same classes")
+    fit_to_classes(classifier, names, "the teacher")
     if isinstance(classifier, CLIPZeroShotClassifier):
         return classifier, classifier
     return classifier.model, classifier

@@ -25,7 +25,7 @@ import torch
 from hf_robust_distill import RobustnessReport, evaluate_robustness
 from hf_robust_distill.cli import (DataArguments, RobustnessArguments, dataset_label, decode_evaluation_split,
                                    load_recipe_data, parse_recipe_args, run_recipe)
-from hf_robust_distill.heads import DIFFERENT, REORDER, align_head, describe_difference, match_classes, match_head
+from hf_robust_distill.heads import DIFFERENT, describe_difference, fit_to_classes, match_classes
 from hf_robust_distill.hub import plain_name
 from hf_robust_distill.images import ImageResizer
 from hf_robust_distill.preflight import (Problems, config_classes, read_image_processor, read_model_config,
@@ -102,8 +102,7 @@ def main(argv: list[str] | None = None) -> RobustnessReport:
     else:
         baseline = None if robustness.robustness_baseline.lower() == "none" else "alexnet"
     classifier = load_pixel_classifier(args.model_name_or_path).to(device)
-    if match_head(classifier, data.names) == REORDER:
-        align_head(classifier, data.names)
+    fit_to_classes(classifier, data.names)
     report = evaluate_robustness(
         classifier, data.evaluation, **robustness.evaluation_kwargs(), decode_with=ImageResizer(processor),
         baseline=baseline, seed=args.seed, device=device, model_name=plain_name(args.model_name_or_path),

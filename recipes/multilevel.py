@@ -26,7 +26,7 @@ from hf_robust_distill.cli import (DataArguments, RobustnessArguments, check_car
 from hf_robust_distill.data import prepare_dataset
 from hf_robust_distill.distortions import parse_distortions
 from hf_robust_distill.evaluation import cls_features, distortion_table, fit_linear_probe, report_table
-from hf_robust_distill.heads import DIFFERENT, REORDER, align_head, load_with_head, match_classes, match_head
+from hf_robust_distill.heads import DIFFERENT, fit_to_classes, load_with_head, match_classes
 from hf_robust_distill.images import ImageResizer
 from hf_robust_distill.models import PixelPreprocessor, PixelSpaceClassifier, load_vision_model
 from hf_robust_distill.preflight import (Problems, check_feature_terms, check_fraction, config_classes,
@@ -140,11 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     attention = config.attn_weight > 0
     teacher = load_vision_model(teacher_path, attention_maps=attention)
-    teacher_scores = match_head(teacher, data.names) != DIFFERENT  # else it only gives features
-    if match_head(teacher, data.names) == REORDER:
-        align_head(teacher, data.names)
-        logger.warning("the teacher predicts the dataset's classes in another order (or among others): its head "
-                       "was reordered to the dataset's, so KD and its scores compare the same classes")
+    teacher_scores = fit_to_classes(teacher, data.names, "the teacher") != DIFFERENT  # else it only gives features
     student, student_head = load_with_head(student_path, data.names, attention_maps=attention)
     if student_head == "new":
         how = ("it is trained with cross-entropy on detached features (loss_head), so the backbone learns from "

@@ -91,7 +91,18 @@ def test_no_token_in_any_file_the_run_wrote(trained):
     for path in written:
         with open(path, "rb") as f:
             assert TOKEN.encode() not in f.read(), path
-    args = torch.load(out / "training_args.bin", weights_only=False)
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+    from transformers.trainer_pt_utils import AcceleratorConfig
+    from transformers.trainer_utils import HubStrategy, IntervalStrategy, SaveStrategy, SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    from hf_robust_distill import DistillationConfig
+
+    allowed = [DistillationConfig, IntervalStrategy, SaveStrategy, PartialState, AcceleratorConfig, OptimizerNames,
+               SchedulerType, HubStrategy, DistributedType]  # what Trainer pickles into training_args.bin
+    with torch.serialization.safe_globals(allowed):
+        args = torch.load(out / "training_args.bin", weights_only=True)
     assert args.hub_token is None and args.learning_rate > 0
 
 

@@ -136,18 +136,24 @@ def test_string_labels_become_classes(tiny_vit, tmp_path):
     assert set(results["table"]["student"]) >= {"clean"} and os.path.isfile(out / "README.md")
 
 
+def push_refused_before_training(tiny_vit, data: str, tmp_path) -> str:
+    """The problem a push of ``data``'s student meets before training; nothing may be written."""
+    out = tmp_path / "out"
+    with pytest.raises(PreflightError) as error:
+        load_recipe("multilevel").main(recipe_argv(tiny_vit, out, tmp_path / "cache", "--dataset_name", data,
+                                                   "--push_to_hub", "--hub_model_id", "tester/unscored"))
+    assert not os.path.exists(out)
+    return problems_of(error)["--push_to_hub"]
+
+
 def test_one_class_data_says_so_and_a_push_of_it_is_refused_before_training(tiny_vit, tmp_path, caplog):
     """Today: no table, report or card, and no word why."""
     one = ClassLabel(names=["cat"])
     data = save_image_dataset(tmp_path / "data", {"train": (digit_images(16), [0] * 16, one),
                                                   "test": (digit_images(8, 16), [0] * 8, one)})
-    out = tmp_path / "out"
-    with pytest.raises(PreflightError) as error:
-        load_recipe("multilevel").main(recipe_argv(tiny_vit, out, tmp_path / "cache", "--dataset_name", data,
-                                                   "--push_to_hub", "--hub_model_id", "tester/one-class"))
-    assert "no model card to push" in problems_of(error)["--push_to_hub"]
+    assert "no model card to push" in push_refused_before_training(tiny_vit, data, tmp_path)
     assert "single class" in caplog.text
-    assert not os.path.exists(out)
+    out = tmp_path / "out"
     results = load_recipe("multilevel").main(recipe_argv(tiny_vit, out, tmp_path / "cache", "--dataset_name", data))
     assert results["table"] == {} and not os.path.exists(out / "README.md")
 
@@ -155,13 +161,8 @@ def test_one_class_data_says_so_and_a_push_of_it_is_refused_before_training(tiny
 def test_unlabelled_data_says_so_and_a_push_of_it_is_refused_before_training(tiny_vit, tmp_path, caplog):
     data = str(tmp_path / "no-labels")
     Dataset.from_dict({"image": digit_images(24)}).cast_column("image", ImageFeature()).save_to_disk(data)
-    out = tmp_path / "out"
-    with pytest.raises(PreflightError) as error:
-        load_recipe("multilevel").main(recipe_argv(tiny_vit, out, tmp_path / "cache", "--dataset_name", data,
-                                                   "--push_to_hub", "--hub_model_id", "tester/no-labels"))
-    assert "no model card to push" in problems_of(error)["--push_to_hub"]
+    assert "no model card to push" in push_refused_before_training(tiny_vit, data, tmp_path)
     assert "no labels: no accuracy table, robustness report or model card" in caplog.text
-    assert not os.path.exists(out)
 
 
 def permuted_classifier(path, order, folder) -> str:

@@ -9,6 +9,7 @@ from transformers import TrainingArguments
 from .attacks import NORMS
 from .dad import ONLINE_STEP_SIZE, OFFLINE_STEP_SIZE, AttackSettings
 from .distortions import parse_distortions
+from .frozen import TEACHER_DTYPES
 from .losses import ATTENTION_ROWS, CLS_LOSSES, PATCH_LOSSES
 
 DAD_MODES = ("none", "online", "offline")
@@ -85,6 +86,18 @@ class DistillationConfig(TrainingArguments):
     attack_steps: int = field(default=1, metadata={"help": "Number of PGD steps."})
     attack_random_start: float = field(
         default=0.8, metadata={"help": "Probability that a sample's attack starts at a random point of the ball."})
+    teacher_dtype: str = field(
+        default="auto", metadata={"help": "Dtype of the frozen teacher, CLIP and VQ model: 'auto' is bfloat16 on a GPU "
+                                          "under --bf16/--fp16 (float16 where the GPU has no bf16), float32 otherwise.",
+                                  "choices": list(TEACHER_DTYPES)})
+    teacher_sharding: bool | None = field(
+        default=None, metadata={"help": "Shard the frozen teacher across processes for its forward passes (FSDP2 "
+                                        "fully_shard; under DeepSpeed ZeRO-3 its own inference engine). Unset: "
+                                        "sharded under ZeRO-3, a whole copy per process otherwise."})
+    ddp_find_unused_parameters: bool | None = field(
+        default=False, metadata={"help": "DDP's search for parameters without a gradient, a graph walk each step. Off: "
+                                         "the trainer checks before training that the chosen layers reach every "
+                                         "trainable parameter, and names those they leave out."})
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: the distillation collator needs every column."})
 
@@ -124,6 +137,8 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(f"attack_random_start is a probability, got {self.attack_random_start}")
         if self.remove_unused_columns:
             raise ValueError("remove_unused_columns=True drops the columns distillation needs; leave it False")
+        if self.teacher_dtype not in TEACHER_DTYPES:
+            raise ValueError(f"teacher_dtype must be one of {TEACHER_DTYPES}, got {self.teacher_dtype!r}")
         if self.head_ce_weight < 0:
             raise ValueError(f"head_ce_weight must be >= 0, got {self.head_ce_weight}")
         if not 0 <= self.max_bad_image_fraction <= 1:

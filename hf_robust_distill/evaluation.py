@@ -258,16 +258,16 @@ def cls_features(model, preprocessor: PixelPreprocessor, dataset, view: View | s
     if isinstance(view, str):
         view = Distorter(view)
     device = device or next(model.parameters()).device
-    taps = FeatureTaps(model, need_cls=True)
     was_training = model.training
     model.eval()
     features, labels = [], []
-    for i, batch in enumerate(_batches(dataset, batch_size)):
-        pixels = batch["pixel_values"].to(device)
-        if view is not None:
-            pixels = view(pixels, _view_generator(device, seed, i))
-        features.append(taps(model, preprocessor(pixels)).cls.float().cpu().numpy())
-        labels.append(batch["labels"].numpy())
+    with FeatureTaps(model, need_cls=True) as taps:
+        for i, batch in enumerate(_batches(dataset, batch_size)):
+            pixels = batch["pixel_values"].to(device)
+            if view is not None:
+                pixels = view(pixels, _view_generator(device, seed, i))
+            features.append(taps(model, preprocessor(pixels)).cls.float().cpu().numpy())
+            labels.append(batch["labels"].numpy())
     model.train(was_training)
     return np.concatenate(features), np.concatenate(labels)
 

@@ -17,12 +17,14 @@ ATTENTION_ROWS = ("all", "cls")
 
 
 def cls_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "cosine",
-             temperature: float = 0.1) -> torch.Tensor:
+             temperature: float = 0.1, negatives: torch.Tensor | None = None, offset: int = 0) -> torch.Tensor:
     """Aligns the student's [CLS] embedding (distorted view) with the teacher's (clean view).
 
     ``cosine``: mean of 1 - cos. ``mse``: mean squared error. ``infonce``: cross-entropy of
     matching each student embedding to its own teacher embedding among the batch's, with cosine
-    similarities divided by ``temperature`` (Ravula et al. 2021 use 0.1).
+    similarities divided by ``temperature`` (Ravula et al. 2021 use 0.1). Under data parallelism
+    ``negatives`` are the teacher embeddings of every process's micro-batch, this process's rows
+    starting at ``offset``; averaged over processes, the loss is then the global batch's.
     """
     teacher = teacher.detach()
     if kind == "cosine":
@@ -31,9 +33,9 @@ def cls_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "cosine",
         return F.mse_loss(student.float(), teacher.float())
     if kind == "infonce":
         s = F.normalize(student.float(), dim=-1)
-        t = F.normalize(teacher.float(), dim=-1)
+        t = F.normalize((teacher if negatives is None else negatives.detach()).float(), dim=-1)
         logits = s @ t.T / temperature
-        return F.cross_entropy(logits, torch.arange(len(s), device=s.device))
+        return F.cross_entropy(logits, torch.arange(offset, offset + len(s), device=s.device))
     raise ValueError(f"unknown cls loss {kind!r}; choose one of {CLS_LOSSES}")
 
 

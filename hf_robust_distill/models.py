@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -67,8 +68,9 @@ def load_vision_model(name_or_path: str, *, attention_maps: bool = False,
     """Loads an image classifier (or, when the checkpoint has no classification class, the bare
     vision model) with ``from_pretrained``.
 
-    ``attention_maps=True`` loads it with eager attention, the implementation that returns the
-    maps an attention loss needs (sdpa and flash return none). ``label_names`` fits the head to
+    ``attention_maps=True`` loads it with eager attention on every layer, which returns the maps
+    (sdpa and flash return none); ``RobustDistillationTrainer`` needs no such load, as it turns
+    on the maps of the distilled layers alone (``attention_maps.read_attention_maps``). ``label_names`` fits the head to
     a dataset's classes, starting a new head when the checkpoint's has other classes.
     """
     if attention_maps:
@@ -84,14 +86,6 @@ def load_vision_model(name_or_path: str, *, attention_maps: bool = False,
         for key in ("num_labels", "id2label", "label2id", "ignore_mismatched_sizes"):
             kwargs.pop(key, None)
         return AutoModel.from_pretrained(name_or_path, **kwargs)
-
-
-def set_eager_attention(model: PreTrainedModel) -> None:
-    """Switches a loaded model to eager attention, which returns attention maps."""
-    if getattr(model.config, "_attn_implementation", "eager") != "eager":
-        logger.info("switching %s from %s to eager attention to read attention maps",
-                    type(model).__name__, model.config._attn_implementation)
-        model.set_attn_implementation("eager")
 
 
 def _recorded_class(model: PreTrainedModel, kind: str):
@@ -175,45 +169,60 @@ class FeatureTaps:
         self.patch_size = getattr(config, "patch_size", None)
         self.hidden_size = getattr(config, "hidden_size", None)
         self.num_heads = getattr(config, "num_attention_heads", None)
+        self._recording: Features | None = None
+        self._handles = self._register_hooks()
+
+    def _register_hooks(self) -> list:
+        """Hooks registered once, for the life of the taps: inert outside ``record`` (so evaluation
+        passes cost nothing) and constant under ``torch.compile``, whose guards a hook added and
+        removed on each call would invalidate."""
+        last = self.depth - 1
+        handles = [self.blocks[i].register_forward_hook(partial(self._keep_tokens, i))
+                   for i in self.token_layers if i != last]
+        handles += [self.attention_modules[i].register_forward_hook(partial(self._keep_attention, i))
+                    for i in self.attention_layers]
+        if self.need_cls or last in self.token_layers:
+            handles.append(self.base.register_forward_hook(self._keep_final))
+        return handles
+
+    def _keep_tokens(self, index, module, args, output):
+        if self._recording is not None:
+            self._recording.tokens[index] = output[0] if isinstance(output, tuple) else output
+
+    def _keep_attention(self, index, module, args, output):
+        if self._recording is not None:
+            weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+            if weights is None:
+                raise AttentionMapsUnavailable(self.model_name)
+            self._recording.attentions[index] = weights
+
+    def _keep_final(self, module, args, output):
+        if self._recording is not None:
+            sequence = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+            if self.depth - 1 in self.token_layers:
+                self._recording.tokens[self.depth - 1] = sequence
+            self._recording.cls = sequence[:, 0]
+
+    def __enter__(self) -> FeatureTaps:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        """Removes the hooks (the taps record nothing afterwards)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
 
     @contextlib.contextmanager
     def record(self):
         """Within the block, forward passes of the model fill the yielded ``Features``."""
-        features = Features()
-        handles = []
-        last = self.depth - 1
-
-        def keep_tokens(index):
-            def hook(module, args, output):
-                features.tokens[index] = output[0] if isinstance(output, tuple) else output
-            return hook
-
-        def keep_attention(index):
-            def hook(module, args, output):
-                weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
-                if weights is None:
-                    raise AttentionMapsUnavailable(self.model_name)
-                features.attentions[index] = weights
-            return hook
-
-        def keep_final(module, args, output):
-            sequence = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
-            if last in self.token_layers:
-                features.tokens[last] = sequence
-            features.cls = sequence[:, 0]
-
+        self._recording = features = Features()
         try:
-            for index in self.token_layers:
-                if index != last:
-                    handles.append(self.blocks[index].register_forward_hook(keep_tokens(index)))
-            for index in self.attention_layers:
-                handles.append(self.attention_modules[index].register_forward_hook(keep_attention(index)))
-            if self.need_cls or last in self.token_layers:
-                handles.append(self.base.register_forward_hook(keep_final))
             yield features
         finally:
-            for handle in handles:
-                handle.remove()
+            self._recording = None
 
     def __call__(self, model, pixel_values: torch.Tensor) -> Features:
         """Runs ``model`` (possibly wrapped by DDP/FSDP) on normalised pixels and returns features."""
@@ -239,7 +248,8 @@ class PixelSpaceClassifier(torch.nn.Module):
         self.preprocessor = preprocessor
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=self.preprocessor(pixel_values)).logits
+        dtype = next(self.model.parameters()).dtype  # a frozen model may run in bf16
+        return self.model(pixel_values=self.preprocessor(pixel_values).to(dtype)).logits
 
 
 def as_pixel_classifier(model: torch.nn.Module, image_processor=None) -> torch.nn.Module:

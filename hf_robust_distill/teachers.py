@@ -131,7 +131,8 @@ class CLIPZeroShotClassifier(nn.Module):
 
     def image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """L2-normalised image embeddings of [0, 1] images."""
-        embeds = self.vision_model(pixel_values=self.preprocessor(pixel_values)).image_embeds
+        pixels = self.preprocessor(pixel_values).to(next(self.vision_model.parameters()).dtype)
+        embeds = self.vision_model(pixel_values=pixels).image_embeds
         return F.normalize(embeds, dim=-1)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:

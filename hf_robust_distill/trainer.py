@@ -11,17 +11,20 @@ import torch
 from transformers import PreTrainedModel, Trainer
 from transformers.trainer_utils import EvalPrediction
 
+from .attention_maps import read_attention_maps
 from .config import DistillationConfig
 from .dad import dad_images
 from .data import collate_images
 from .distortions import Distorter
+from .distributed import check_one_device_per_process, gather_rows, summarise, unreached_parameters
 from .divergence import gradient_error, loss_error, non_finite_tensors, weights_error
+from .frozen import inference_dtype, is_sharded, layer_classes, place_frozen, whole_weights, zero_stage
 from .heads import (REORDER, SAME, describe_difference, detach_head_inputs, freeze_unread_head, head_classes,
                     is_image_classifier, match_head)
 from .images import BadImageLog
 from .losses import attention_loss, ce_loss, cls_loss, kd_loss, patch_loss
 from .models import (Features, FeatureTaps, PixelPreprocessor, PixelSpaceClassifier, check_compatible, map_layers,
-                     set_eager_attention, transformer_blocks)
+                     transformer_blocks)
 
 LOSS_PARTS = ("loss_cls", "loss_patch", "loss_attn", "loss_kd", "loss_ce", "loss_kd_dad", "loss_ce_dad", "loss_head")
 STORED_TEACHER_LOGITS = ("teacher_logits_clean", "teacher_logits_dad")
@@ -111,14 +114,7 @@ class RobustDistillationTrainer(Trainer):
             raise ValueError(f"a {type(teacher).__name__} teacher gives logits only; set cls_weight, patch_weight "
                              "and attn_weight to 0, or use a ViT teacher of the student's shape for those terms")
         self._check_heads(model, teacher, args)
-        if args.attn_weight > 0:
-            for role, m in (("student", model), ("teacher", teacher)):
-                set_eager_attention(m)
-                if m.config._attn_implementation != "eager":
-                    raise ValueError(
-                        f"the {role} ({type(m).__name__}) cannot switch to eager attention, the only "
-                        "implementation that returns attention maps; load it with "
-                        "attn_implementation='eager' or set attn_weight=0")
+        check_one_device_per_process(args.n_gpu)
 
         self._trains_head = (not args.logits_read and args.head_ce_weight > 0 and is_image_classifier(model)
                              and _has_labels(train_dataset))
@@ -142,16 +138,25 @@ class RobustDistillationTrainer(Trainer):
             attention_layers=args.attn_layers if args.attn_weight > 0 else (),
             need_cls=args.cls_weight > 0,
         )
+        if args.attn_weight > 0:
+            read_attention_maps(model, self.student_taps.attention_modules, self.student_taps.attention_layers,
+                                args.attn_rows)
+        self._check_checkpointing(args)
+        if self.is_fsdp_enabled:
+            self._wrap_the_models_layers(model)
+        self.teacher_dtype = inference_dtype(args.teacher_dtype, mixed_precision=args.bf16 or args.fp16,
+                                             device=args.device)
         self.teacher = self.teacher_taps = self.teacher_classifier = None
         if teacher is not None:
-            teacher.eval()
-            teacher.requires_grad_(False)
             if not pixel_teacher:
                 self._tap_teacher(teacher, args)
-            self.teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
+            shard = args.teacher_sharding if args.teacher_sharding is not None else zero_stage(self.accelerator) == 3
+            self.teacher = teacher if is_sharded(teacher) else place_frozen(teacher, self.accelerator,
+                                                                            self.teacher_dtype, shard=shard)
             self.teacher_classifier = (self.teacher if pixel_teacher
                                        else PixelSpaceClassifier(self.teacher, self.teacher_pixels))
-        self.discretizer = discretizer.to(self.args.device) if discretizer is not None else None
+        self.discretizer = (discretizer.to(self.args.device, dtype=self.teacher_dtype) if discretizer is not None
+                            else None)
         self.attack = args.attack_settings()
         self.distorter = distorter or Distorter(
             args.distortions, patch_size=args.distortion_patch_size or self.student_taps.patch_size or 16)
@@ -182,8 +187,30 @@ class RobustDistillationTrainer(Trainer):
                                                    teacher_depth)
         self.teacher_taps = FeatureTaps(teacher, self.teacher_token_layers, self.teacher_attention_layers,
                                         need_cls=args.cls_weight > 0)
+        if args.attn_weight > 0:
+            read_attention_maps(teacher, self.teacher_taps.attention_modules, self.teacher_attention_layers,
+                                args.attn_rows)
         check_compatible(self.student_taps, self.teacher_taps, embeddings=args.cls_weight > 0,
                          patches=args.patch_weight > 0, attention=args.attn_weight > 0)
+
+    def _check_checkpointing(self, args) -> None:
+        """Reentrant checkpointing reruns a block under no_grad: what a hook captures inside it (an
+        attention map, an inner block's tokens) carries no gradient, so those losses would not train."""
+        if not args.activation_checkpointing:
+            return
+        kwargs = args.activation_checkpointing_kwargs if isinstance(args.activation_checkpointing_kwargs, dict) else {}
+        inner = args.attn_weight > 0 or any(i != self.student_taps.depth - 1 for i in self.student_taps.token_layers)
+        if kwargs.get("use_reentrant", False) and inner:
+            raise ValueError("reentrant gradient checkpointing recomputes each block without autograd, so attention "
+                             "maps and inner blocks' tokens captured inside it get no gradient: use "
+                             "--activation_checkpointing_kwargs '{\"use_reentrant\": false}' (the default)")
+
+    def _wrap_the_models_layers(self, model) -> None:
+        """FSDP wraps the student's own layer classes (those of its ``_no_split_modules`` that it
+        contains), unless the accelerate config names them."""
+        plugin = self.accelerator.state.fsdp_plugin
+        if getattr(plugin, "transformer_cls_names_to_wrap", None) is None:
+            plugin.transformer_cls_names_to_wrap = [cls.__name__ for cls in layer_classes(model)]
 
     @staticmethod
     def _check_heads(model, teacher, args) -> None:
@@ -274,7 +301,7 @@ class RobustDistillationTrainer(Trainer):
 
     def _run_teacher(self, pixels: torch.Tensor) -> Features:
         if self.teacher_taps is not None:
-            return self.teacher_taps(self.teacher, self.teacher_pixels(pixels))
+            return self.teacher_taps(self.teacher, self.teacher_pixels(pixels).to(self.teacher_dtype))
         return Features(logits=self.teacher(pixels))
 
     def _teacher_outputs(self, pixels, dad, inputs) -> tuple[Features | None, torch.Tensor | None]:
@@ -300,7 +327,8 @@ class RobustDistillationTrainer(Trainer):
         a = self.args
         parts = {}
         if a.cls_weight > 0:
-            parts["loss_cls"] = cls_loss(student.cls, teacher.cls, a.cls_loss, a.infonce_temperature)
+            negatives, offset = gather_rows(teacher.cls) if a.cls_loss == "infonce" else (None, 0)
+            parts["loss_cls"] = cls_loss(student.cls, teacher.cls, a.cls_loss, a.infonce_temperature, negatives, offset)
         if a.patch_weight > 0:
             parts["loss_patch"] = patch_loss(
                 [student.patch_tokens(i) for i in self.student_taps.token_layers],
@@ -332,6 +360,51 @@ class RobustDistillationTrainer(Trainer):
             raise ValueError("ce_weight and dad_ce_weight need labels in the dataset")
         return labels
 
+    # ---- several processes ------------------------------------------------------------------------
+
+    def train(self, *args, **kwargs):
+        self._check_every_parameter_reached()
+        return super().train(*args, **kwargs)
+
+    def _check_every_parameter_reached(self) -> None:
+        """Under DDP without ``find_unused_parameters``, a parameter that gets no gradient stalls the
+        second step; one probe pass names them before the first."""
+        a = self.args
+        if a.world_size < 2 or a.ddp_find_unused_parameters or self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return
+        unreached = unreached_parameters(self.model, self.student_taps, self.student_pixels.size,
+                                         reads_logits=a.logits_read or self._trains_head)
+        if unreached:
+            raise ValueError(
+                f"no loss term reaches {len(unreached)} trainable parameters of the student ({summarise(unreached)}), "
+                "and DDP runs without find_unused_parameters: distil a later layer as well (e.g. --patch_layers 6 -1), "
+                "freeze those parameters, or pass --ddp_find_unused_parameters true (a graph walk every step)")
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Also under FSDP's sharded state dict, the folder a user saves gets the whole student,
+        loadable with plain ``from_pretrained`` (checkpoints stay sharded, for resuming)."""
+        plugin = getattr(self.accelerator.state, "fsdp_plugin", None)
+        if _internal_call or plugin is None or "FULL_STATE_DICT" in str(plugin.state_dict_type):
+            return super().save_model(output_dir, _internal_call)
+        state_dict = self.accelerator.get_state_dict(self.model)  # every process joins the gather
+        self._save(output_dir or self.args.output_dir, state_dict=state_dict)
+        if self.args.push_to_hub:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+    def saved_student(self, folder: str | None = None) -> PreTrainedModel:
+        """The trained student, whole, on this process: the module itself, or where its weights are
+        sharded (FSDP, ZeRO-3) the copy ``save_model`` wrote to ``folder``, read back."""
+        model = self.accelerator.unwrap_model(self.model)
+        if not is_sharded(model):
+            return model
+        with whole_weights():
+            return type(model).from_pretrained(folder or self.args.output_dir).to(self.args.device)
+
+    @property
+    def teacher_is_sharded(self) -> bool:
+        """Whether the teacher's forward needs every process (evaluate a whole copy on one)."""
+        return self.teacher is not None and is_sharded(self.teacher)
+
     # ---- divergence ----------------------------------------------------------------------------
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -358,7 +431,8 @@ class RobustDistillationTrainer(Trainer):
 
     def _save(self, output_dir: str | None = None, state_dict=None):
         """Saves the student unless a weight is NaN or Inf: a diverged run keeps its last good checkpoint."""
-        bad = non_finite_tensors(state_dict if state_dict is not None else self.model.state_dict())
+        bad = self.args.should_save and non_finite_tensors(state_dict if state_dict is not None
+                                                           else self.model.state_dict())
         if bad:
             raise weights_error(bad, output_dir or self.args.output_dir, self.args.output_dir)
         super()._save(output_dir, state_dict)

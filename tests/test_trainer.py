@@ -6,6 +6,7 @@ from safetensors.torch import load_file
 from transformers import AutoImageProcessor, TrainerCallback
 
 from hf_robust_distill import DistillationConfig, RobustDistillationTrainer
+from hf_robust_distill.attention_maps import SELECTIVE_ATTENTION
 from hf_robust_distill.models import AttentionMapsUnavailable, FeatureTaps, load_vision_model
 
 from .conftest import save_tiny_vit
@@ -109,19 +110,19 @@ def test_gradient_accumulation_matches_a_full_batch(tiny_vit, digits, tmp_path):
         torch.testing.assert_close(runs["accumulated"][1][key], value, rtol=1e-4, atol=1e-5)
 
 
-def test_sdpa_models_are_switched_to_eager_or_fail_clearly(tiny_vit, digits, tmp_path):
+def test_sdpa_models_are_switched_to_selective_attention_or_fail_clearly(tiny_vit, digits, tmp_path):
     sdpa = load_vision_model(tiny_vit)
     assert sdpa.config._attn_implementation == "sdpa"
     assert load_vision_model(tiny_vit, attention_maps=True).config._attn_implementation == "eager"
     taps = FeatureTaps(sdpa, attention_layers=[-1])
     with pytest.raises(AttentionMapsUnavailable, match="attn_implementation='eager'"):
         taps(sdpa, torch.zeros(1, 3, 32, 32))
-    # Handed sdpa models, the trainer switches them before training and distils real maps.
+    # Handed sdpa models, the trainer switches the distilled layers before training and distils real maps.
     train, _ = digits
     teacher = load_vision_model(tiny_vit)
     trainer = RobustDistillationTrainer(model=sdpa, teacher=teacher, args=make_config(tmp_path, max_steps=1),
                                         train_dataset=train, processing_class=AutoImageProcessor.from_pretrained(tiny_vit))
-    assert sdpa.config._attn_implementation == "eager" and teacher.config._attn_implementation == "eager"
+    assert sdpa.config._attn_implementation == teacher.config._attn_implementation == SELECTIVE_ATTENTION
     trainer.train()
     assert trainer.state.log_history[0]["loss_attn"] > 0
 

@@ -1,0 +1,73 @@
+"""What training on several processes asks of the student's graph and of the losses.
+
+* ``unreached_parameters``: DDP runs without ``find_unused_parameters`` (no graph walk each
+  step), so every trainable parameter must get a gradient each step; one probe pass before
+  training names those the chosen layers leave out.
+* ``gather_rows``: a contrastive loss's negatives from every process's micro-batch, so the
+  loss does not change with the world size.
+* ``check_one_device_per_process``: ``nn.DataParallel`` replicas share the feature hooks.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def unreached_parameters(model: torch.nn.Module, taps, pixel_size: tuple[int, int], reads_logits: bool) -> list[str]:
+    """Trainable parameters of ``model`` that no tensor the losses read depends on, found by one
+    forward and ``autograd.grad`` on two images (the model's mode and weights are unchanged)."""
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    if not params:
+        return []
+    device = next(iter(params.values())).device
+    pixels = torch.zeros(2, 3, *pixel_size, device=device)
+    with taps.record() as features:
+        output = model(pixel_values=pixels)
+    read = [*features.tokens.values(), *features.attentions.values()]
+    if features.cls is not None:
+        read.append(features.cls)
+    logits = getattr(output, "logits", None)
+    if reads_logits and logits is not None:
+        read.append(logits)
+    if not read:
+        return list(params)
+    probe = sum(t.float().sum() for t in read)
+    grads = torch.autograd.grad(probe, list(params.values()), allow_unused=True)
+    return [name for name, grad in zip(params, grads) if grad is None]
+
+
+def summarise(names: list[str], limit: int = 6) -> str:
+    """Parameter names grouped by their module (``vit.layers.1.mlp.fc1.weight`` -> ``vit.layers.1.mlp.fc1``)."""
+    modules = list(dict.fromkeys(name.rsplit(".", 1)[0] for name in names))
+    shown = ", ".join(modules[:limit])
+    return shown + (f" and {len(modules) - limit} more modules" if len(modules) > limit else "")
+
+
+def gather_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The rows of ``tensor`` from every process, in rank order (micro-batches may differ in
+    size), and the offset of this process's rows among them. Not differentiable: for targets."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor, 0
+    world, rank = dist.get_world_size(), dist.get_rank()
+    size = torch.tensor([len(tensor)], device=tensor.device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    sizes = [int(s) for s in sizes]
+    padded = torch.zeros((max(sizes), *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+    padded[: len(tensor)] = tensor
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded.contiguous())
+    rows = torch.cat([part[:n] for part, n in zip(parts, sizes)])
+    return rows, sum(sizes[:rank])
+
+
+def check_one_device_per_process(n_gpu: int, script: str = "recipes/multilevel.py") -> None:
+    """One process sees several GPUs: ``Trainer`` would split each batch with ``nn.DataParallel``,
+    whose replicas share the modules' forward hooks (each overwrites the features the others
+    captured). One process per GPU is the supported way."""
+    if n_gpu > 1:
+        raise ValueError(
+            f"this process sees {n_gpu} GPUs and would run them through nn.DataParallel, whose replicas overwrite "
+            f"each other's captured features; start one process per GPU: accelerate launch --multi_gpu "
+            f"--num_processes {n_gpu} {script} ... (or restrict this process with CUDA_VISIBLE_DEVICES=0)")

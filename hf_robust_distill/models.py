@@ -272,9 +272,9 @@ class AttentionMapsUnavailable(RuntimeError):
     def __init__(self, model_name: str):
         super().__init__(
             f"{model_name} returned no attention maps: its attention implementation (sdpa or flash) "
-            "does not compute them. Load it with attn_implementation='eager' "
-            "(hf_robust_distill.models.load_vision_model(..., attention_maps=True) does), call "
-            "model.set_attn_implementation('eager'), or set attn_weight=0.")
+            "does not compute them. Give the distilled layers their maps with "
+            "hf_robust_distill.attention_maps.read_attention_maps (RobustDistillationTrainer does), load it with "
+            "attn_implementation='eager' (every layer), or set attn_weight=0.")
 
 
 def check_compatible(student: FeatureTaps, teacher: FeatureTaps, *, embeddings: bool, patches: bool,

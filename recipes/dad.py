@@ -32,6 +32,7 @@ from hf_robust_distill.dad import load_dad_source, pair_with_dad
 from hf_robust_distill.data import prepare_dataset
 from hf_robust_distill.distortions import parse_distortions
 from hf_robust_distill.evaluation import distortion_table, report_table
+from hf_robust_distill.frozen import is_sharded, whole_weights
 from hf_robust_distill.heads import DIFFERENT, describe_difference, fit_to_classes, load_with_head, match_classes
 from hf_robust_distill.images import ImageResizer
 from hf_robust_distill.models import PixelPreprocessor, PixelSpaceClassifier
@@ -235,9 +236,11 @@ def main(argv=None) -> dict:
     script_args, data_args, robustness, config, data, repo_id, processor = preflight(argv)
     student_path = script_args.student_name_or_path
     names = data.names
-    teacher, teacher_classifier = load_teacher(script_args.teacher_name_or_path, names, script_args.prompt_templates)
-    discretizer = VQDiscretizer.from_pretrained(script_args.vq_name_or_path, subfolder=script_args.vq_subfolder,
-                                                input_range=script_args.vq_input_range, device=config.device)
+    with whole_weights():  # every process runs the frozen teacher and VQ model
+        teacher, teacher_classifier = load_teacher(script_args.teacher_name_or_path, names,
+                                                   script_args.prompt_templates)
+        discretizer = VQDiscretizer.from_pretrained(script_args.vq_name_or_path, subfolder=script_args.vq_subfolder,
+                                                    input_range=script_args.vq_input_range, device=config.device)
     resizer = ImageResizer(processor)
     student_pixels = PixelPreprocessor.from_image_processor(processor)
     eval_set = prepare_dataset(data.evaluation, resizer, data.image_column, data.label_column)
@@ -252,18 +255,22 @@ def main(argv=None) -> dict:
                             processor)
     results = {"trainer": trainer}
 
-    students = {"DAD student": (trainer.model, config.output_dir, "dad", config)}
+    students = {"DAD student": (trainer, config.output_dir, "dad", config)}
     if script_args.plain_kd_baseline:
         kd_config = replace(config, output_dir=os.path.join(config.output_dir, "plain-kd"), dad_mode="none",
                             dad_kd_weight=0.0, dad_ce_weight=0.0)
         kd_train = prepare_dataset(data.train, resizer, data.image_column, data.label_column)
         baseline = train_student(student_path, names, kd_config, teacher, None, kd_train, processor)
-        students = {"plain-KD student": (baseline.model, kd_config.output_dir, "kd", kd_config), **students}
+        students = {"plain-KD student": (baseline, kd_config.output_dir, "kd", kd_config), **students}
         results["baseline"] = baseline
     if not trainer.is_world_process_zero():
         return results
 
     columns = [str(entry) for entry in parse_distortions(script_args.eval_distortions)]
+    students = {name: (t.saved_student(folder), folder, method, c) for name, (t, folder, method, c) in students.items()}
+    if is_sharded(teacher_classifier):  # its forward needs every process: this one evaluates a whole copy
+        with whole_weights():
+            _, teacher_classifier = load_teacher(script_args.teacher_name_or_path, names, script_args.prompt_templates)
     teacher_classifier = teacher_classifier.to(config.device).eval()
     models = {"teacher": teacher_classifier, **{k: m.eval() for k, (m, *_) in students.items()}}
     preprocessors = {name: student_pixels for name in students}  # the teacher takes [0,1] pixels itself

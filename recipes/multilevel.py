@@ -25,6 +25,7 @@ from hf_robust_distill.cli import (DataArguments, RobustnessArguments, check_car
                                    raise_before_the_demo_zoo, report_and_card, run_recipe)
 from hf_robust_distill.data import prepare_dataset
 from hf_robust_distill.distortions import parse_distortions
+from hf_robust_distill.frozen import whole_weights
 from hf_robust_distill.evaluation import cls_features, distortion_table, fit_linear_probe, report_table
 from hf_robust_distill.heads import DIFFERENT, fit_to_classes, load_with_head, match_classes
 from hf_robust_distill.images import ImageResizer
@@ -138,10 +139,10 @@ def main(argv: list[str] | None = None) -> dict:
     teacher_path = script_args.teacher_name_or_path
     student_path = script_args.student_name_or_path or teacher_path
 
-    attention = config.attn_weight > 0
-    teacher = load_vision_model(teacher_path, attention_maps=attention)
+    with whole_weights():  # every process runs the frozen teacher
+        teacher = load_vision_model(teacher_path)
     teacher_scores = fit_to_classes(teacher, data.names, "the teacher") != DIFFERENT  # else it only gives features
-    student, student_head = load_with_head(student_path, data.names, attention_maps=attention)
+    student, student_head = load_with_head(student_path, data.names)
     if student_head == "new":
         how = ("it is trained with cross-entropy on detached features (loss_head), so the backbone learns from "
                "distillation only" if not config.logits_read and config.head_ce_weight > 0 and data.scored
@@ -167,11 +168,17 @@ def main(argv: list[str] | None = None) -> dict:
         return results
     columns = [str(e) for e in parse_distortions(script_args.eval_distortions or config.distortions)
                if e.name != "clean"]  # the table's first column is clean already
-    student = trainer.model.eval()
+    student = trainer.saved_student(config.output_dir).eval()
+    if trainer.teacher_is_sharded:  # its forward needs every process: this one evaluates a whole copy
+        with whole_weights():
+            teacher = load_vision_model(teacher_path).to(config.device).eval()
+        fit_to_classes(teacher, data.names, "the teacher")
+    else:
+        teacher = trainer.teacher
     scored = data.scored and student_head != "none"
     models, preprocessors = {"student": student}, {"student": student_pixels}
     if teacher_scores:
-        models = {"teacher": trainer.teacher, **models}
+        models = {"teacher": teacher, **models}
         preprocessors["teacher"] = teacher_pixels
     table = {}
     if scored:
@@ -186,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["reports"] = report_and_card(
             {"student": (PixelSpaceClassifier(student, student_pixels), config.output_dir, student_path, "multilevel",
                          config)},
-            PixelSpaceClassifier(trainer.teacher, teacher_pixels) if teacher_scores else None,
+            PixelSpaceClassifier(teacher, teacher_pixels) if teacher_scores else None,
             teacher_path, data.evaluation, robustness, config, train_dataset=data_args.dataset_name,
             num_train_examples=len(data.train), decode_with=resizer, repo_id=repo_id,
             eval_split=data_args.eval_split, image_column=data.image_column, label_column=data.label_column,

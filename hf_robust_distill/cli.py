@@ -280,7 +280,8 @@ class RobustnessArguments:
         )
 
 
-def check_recipe_flags(problems: Problems, script_args, robustness: RobustnessArguments | None, config) -> str | None:
+def check_recipe_flags(problems: Problems, script_args, robustness: RobustnessArguments | None, config,
+                       script: str = "recipes/multilevel.py") -> str | None:
     """What every training recipe checks first, from its flags alone (and the seed it sets before
     any model is made, so new heads and the demo zoo start from it). Returns the Hub repo to push
     to after training, or ``None``."""
@@ -291,7 +292,7 @@ def check_recipe_flags(problems: Problems, script_args, robustness: RobustnessAr
     if config is not None:
         set_seed(config.seed)
     repo_id = take_push_request(config, problems)
-    check_training_flags(config, problems)
+    check_training_flags(config, problems, script)
     if script_args is not None:
         problems.check("--eval_distortions", check_distortions, script_args.eval_distortions)
     if robustness is not None:
@@ -306,12 +307,25 @@ def raise_before_the_demo_zoo(problems: Problems, parsed: tuple, teacher: str | 
         problems.raise_if_any()
 
 
-def check_training_flags(config, problems: Problems) -> None:
+def check_training_flags(config, problems: Problems, script: str = "recipes/multilevel.py") -> None:
     """What ``TrainingArguments`` leave to the first step: a checkpoint to resume from that exists
-    (``--resume_from_checkpoint true``: the newest in ``output_dir``)."""
+    (``--resume_from_checkpoint true``: the newest in ``output_dir``), one GPU per process, a
+    teacher sharded only across several processes, non-reentrant checkpointing with attention maps."""
+    from .distributed import check_one_device_per_process
     from .divergence import last_checkpoint
 
-    resume = config.resume_from_checkpoint if config is not None else None
+    if config is None:
+        return
+    problems.check("--num_processes", check_one_device_per_process, config.n_gpu, script)
+    if config.teacher_sharding and config.world_size < 2:
+        problems.add("--teacher_sharding", "shards the teacher across processes, and this run has one: launch "
+                                           f"several (accelerate launch --num_processes N {script} ...)")
+    checkpointing = config.activation_checkpointing_kwargs
+    if (config.activation_checkpointing and config.attn_weight > 0 and isinstance(checkpointing, dict)
+            and checkpointing.get("use_reentrant", False)):
+        problems.add("--activation_checkpointing_kwargs", "reentrant checkpointing gives attention maps no gradient: "
+                                                          "use '{\"use_reentrant\": false}' (the default)")
+    resume = config.resume_from_checkpoint
     if not resume:
         return
     if str(resume).lower() == "true":

@@ -16,14 +16,18 @@ import torch.distributed as dist
 
 def unreached_parameters(model: torch.nn.Module, taps, pixel_size: tuple[int, int], reads_logits: bool) -> list[str]:
     """Trainable parameters of ``model`` that no tensor the losses read depends on, found by one
-    forward and ``autograd.grad`` on two images (the model's mode and weights are unchanged)."""
+    forward in eval mode and ``autograd.grad`` on two images; weights, buffers (batch-norm
+    statistics), mode and random state are left as they were."""
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     if not params:
         return []
     device = next(iter(params.values())).device
     pixels = torch.zeros(2, 3, *pixel_size, device=device)
-    with taps.record() as features:
+    was_training = model.training
+    model.eval()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), taps.record() as features:
         output = model(pixel_values=pixels)
+    model.train(was_training)
     read = [*features.tokens.values(), *features.attentions.values()]
     if features.cls is not None:
         read.append(features.cls)

@@ -192,7 +192,7 @@ def preflight(argv):
     listing every problem."""
     problems = Problems()
     parsed = script_args, data_args, robustness, config = parse_args(argv, problems)
-    repo_id = check_recipe_flags(problems, script_args, robustness, config)
+    repo_id = check_recipe_flags(problems, script_args, robustness, config, script="recipes/dad.py")
     if config is not None and config.dad_mode == "none":
         problems.add("--dad_mode", "recipes/dad.py trains with DAD: --dad_mode online or offline")
     if script_args is not None:

@@ -40,8 +40,12 @@ def test_every_bad_flag_is_listed_at_once_and_nothing_is_written(tiny_vit, photo
             "--robustness_corruptions", "gaussian_noise,glass_blurr,snow", "--robustness_severities", "6",
             "--robustness_baseline", "teachr", "--natural_shifts", "imagenet-r", "--probe_label_fraction", "0",
             "--push_to_hub", "--hub_model_id", "me/my model!!", "--corruption_cache_dir", str(tmp_path / "cache"),
+            "--teacher_sharding", "true", "--activation_checkpointing", "true",
+            "--activation_checkpointing_kwargs", '{"use_reentrant": true}',
         ])
     found = problems_of(error)
+    assert "accelerate launch --num_processes N recipes/multilevel.py" in found["--teacher_sharding"]
+    assert '"use_reentrant": false' in found["--activation_checkpointing_kwargs"]
     assert "unknown key 'learning_rte'; did you mean 'learning_rate'?" in found["--config"]
     assert str(recipe_file) in found["--config"]
     assert "did you mean 'gaussian_noise'" in found["--eval_distortions"]

@@ -125,7 +125,8 @@ def deepspeed_inference_engine(model: torch.nn.Module, accelerator):
     for key in ("optimizer", "scheduler"):
         config.pop(key, None)
     engine, *_ = deepspeed.initialize(model=model, config=config)
-    return engine.eval()
+    engine.eval()
+    return engine
 
 
 def zero_stage(accelerator) -> int | None:

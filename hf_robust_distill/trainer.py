@@ -370,7 +370,8 @@ class RobustDistillationTrainer(Trainer):
         """Under DDP without ``find_unused_parameters``, a parameter that gets no gradient stalls the
         second step; one probe pass names them before the first."""
         a = self.args
-        if a.world_size < 2 or a.ddp_find_unused_parameters or self.is_fsdp_enabled or self.is_deepspeed_enabled:
+        if (a.world_size < 2 or a.ddp_find_unused_parameters or self.is_fsdp_enabled or self.is_deepspeed_enabled
+                or is_sharded(self.model)):
             return
         unreached = unreached_parameters(self.model, self.student_taps, self.student_pixels.size,
                                          reads_logits=a.logits_read or self._trains_head)

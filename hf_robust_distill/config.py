@@ -88,7 +88,8 @@ class DistillationConfig(TrainingArguments):
         default=0.8, metadata={"help": "Probability that a sample's attack starts at a random point of the ball."})
     teacher_dtype: str = field(
         default="auto", metadata={"help": "Dtype of the frozen teacher, CLIP and VQ model: 'auto' is bfloat16 on a GPU "
-                                          "under --bf16/--fp16 (float16 where the GPU has no bf16), float32 otherwise.",
+                                          "under mixed precision (--bf16/--fp16 or the accelerate config's; float16 "
+                                          "where the GPU has no bf16), float32 otherwise.",
                                   "choices": list(TEACHER_DTYPES)})
     teacher_sharding: bool | None = field(
         default=None, metadata={"help": "Shard the frozen teacher across processes for its forward passes (FSDP2 "

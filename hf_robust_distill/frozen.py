@@ -156,7 +156,3 @@ def is_sharded(model: torch.nn.Module) -> bool:
     from torch.distributed.tensor import DTensor
 
     return any(isinstance(p, DTensor) or hasattr(p, "ds_id") for p in model.parameters())
-
-
-def model_dtype(model: torch.nn.Module) -> torch.dtype:
-    return next(model.parameters()).dtype

@@ -14,7 +14,6 @@ Models stay plain ``transformers`` models, so a student saves, pushes and reload
 from __future__ import annotations
 
 import contextlib
-import logging
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -23,8 +22,6 @@ import torch.nn.functional as F
 from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassification, PreTrainedModel
 
 from .images import input_size
-
-logger = logging.getLogger(__name__)
 
 
 class PixelPreprocessor:
@@ -70,8 +67,9 @@ def load_vision_model(name_or_path: str, *, attention_maps: bool = False,
 
     ``attention_maps=True`` loads it with eager attention on every layer, which returns the maps
     (sdpa and flash return none); ``RobustDistillationTrainer`` needs no such load, as it turns
-    on the maps of the distilled layers alone (``attention_maps.read_attention_maps``). ``label_names`` fits the head to
-    a dataset's classes, starting a new head when the checkpoint's has other classes.
+    on the maps of the distilled layers alone (``attention_maps.read_attention_maps``).
+    ``label_names`` fits the head to a dataset's classes, starting a new head when the
+    checkpoint's has other classes.
     """
     if attention_maps:
         kwargs["attn_implementation"] = "eager"

@@ -144,7 +144,8 @@ class RobustDistillationTrainer(Trainer):
         self._check_checkpointing(args)
         if self.is_fsdp_enabled:
             self._wrap_the_models_layers(model)
-        self.teacher_dtype = inference_dtype(args.teacher_dtype, mixed_precision=args.bf16 or args.fp16,
+        # --bf16/--fp16, or the launcher's mixed_precision (accelerate launch sets ACCELERATE_MIXED_PRECISION)
+        self.teacher_dtype = inference_dtype(args.teacher_dtype, mixed_precision=args.mixed_precision != "no",
                                              device=args.device)
         self.teacher = self.teacher_taps = self.teacher_classifier = None
         if teacher is not None:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassification, PreTrainedModel
 
 from .images import input_size
+from .token_grids import patch_grid, prefix_tokens
 
 
 class PixelPreprocessor:
@@ -129,6 +130,7 @@ class Features:
     tokens: dict[int, torch.Tensor] = field(default_factory=dict)
     attentions: dict[int, torch.Tensor] = field(default_factory=dict)
     num_prefix_tokens: int = 1
+    grid: tuple[int, int] | None = None  # the (h, w) patch grid after the prefix tokens
 
     def patch_tokens(self, layer: int) -> torch.Tensor:
         return self.tokens[layer][:, self.num_prefix_tokens:]
@@ -139,7 +141,7 @@ class Features:
             return None if tensor is None else tensor[index]
 
         return Features(pick(self.logits), pick(self.cls), {k: v[index] for k, v in self.tokens.items()},
-                        {k: v[index] for k, v in self.attentions.items()}, self.num_prefix_tokens)
+                        {k: v[index] for k, v in self.attentions.items()}, self.num_prefix_tokens, self.grid)
 
 
 class FeatureTaps:
@@ -167,6 +169,7 @@ class FeatureTaps:
         self.patch_size = getattr(config, "patch_size", None)
         self.hidden_size = getattr(config, "hidden_size", None)
         self.num_heads = getattr(config, "num_attention_heads", None)
+        self.prefix_tokens = prefix_tokens(config)
         self._recording: Features | None = None
         self._handles = self._register_hooks()
 
@@ -227,10 +230,15 @@ class FeatureTaps:
         with self.record() as features:
             output = model(pixel_values=pixel_values)
         features.logits = getattr(output, "logits", None)
-        if self.patch_size and features.tokens:
-            sequence = next(iter(features.tokens.values())).shape[1]
-            grid = (pixel_values.shape[-2] // self.patch_size) * (pixel_values.shape[-1] // self.patch_size)
-            features.num_prefix_tokens = sequence - grid
+        if self.patch_size:
+            features.grid = patch_grid(tuple(pixel_values.shape[-2:]), self.patch_size)
+            features.num_prefix_tokens = self.prefix_tokens
+            expected = self.prefix_tokens + features.grid[0] * features.grid[1]
+            lengths = [t.shape[1] for t in features.tokens.values()] + [m.shape[-1] for m in features.attentions.values()]
+            if any(n != expected for n in lengths):
+                raise ValueError(
+                    f"{self.model_name} gave {lengths[0]} tokens, and its config says {self.prefix_tokens} prefix "
+                    f"tokens + a {features.grid[0]}x{features.grid[1]} grid: a token layout the package does not know")
         return features
 
 
@@ -278,18 +286,14 @@ class AttentionMapsUnavailable(RuntimeError):
 def check_compatible(student: FeatureTaps, teacher: FeatureTaps, *, embeddings: bool, patches: bool,
                      attention: bool) -> None:
     """Fails before training when teacher and student cannot be aligned as asked (each is anything
-    with ``hidden_size``, ``patch_size`` and ``num_heads``: taps, or shapes read from configs)."""
+    with ``hidden_size``, ``patch_size`` and ``num_heads``: taps, or shapes read from configs).
+    Patch grids and head counts may differ: ``token_grids`` resamples the teacher's grid to the
+    student's and averages attention maps over heads."""
     if (embeddings or patches) and student.hidden_size != teacher.hidden_size:
         raise ValueError(
             f"the student's hidden size ({student.hidden_size}) differs from the teacher's "
             f"({teacher.hidden_size}); [CLS] and patch losses need equal widths: start the student "
             "from the teacher's checkpoint, or set cls_weight=0 and patch_weight=0")
-    if (patches or attention) and student.patch_size != teacher.patch_size:
-        raise ValueError(
-            f"the student's patch size ({student.patch_size}) differs from the teacher's "
-            f"({teacher.patch_size}): patch and attention losses need the same patch grid; "
-            "set patch_weight=0 and attn_weight=0 or use models of the same patch size")
-    if attention and student.num_heads != teacher.num_heads:
-        raise ValueError(
-            f"the student has {student.num_heads} attention heads and the teacher {teacher.num_heads}; "
-            "the attention loss compares maps head by head: set attn_weight=0")
+    if (patches or attention) and not (student.patch_size and teacher.patch_size):
+        raise ValueError("patch and attention losses need models that cut images into patches (a patch_size in "
+                         "their configs): set patch_weight=0 and attn_weight=0 for this pair")

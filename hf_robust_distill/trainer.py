@@ -23,6 +23,7 @@ from .heads import (REORDER, SAME, describe_difference, detach_head_inputs, free
                     is_image_classifier, match_head)
 from .images import BadImageLog
 from .losses import attention_loss, ce_loss, cls_loss, kd_loss, patch_loss
+from .token_grids import align_attention, resample_tokens
 from .models import (Features, FeatureTaps, PixelPreprocessor, PixelSpaceClassifier, check_compatible, map_layers,
                      transformer_blocks)
 
@@ -333,11 +334,12 @@ class RobustDistillationTrainer(Trainer):
         if a.patch_weight > 0:
             parts["loss_patch"] = patch_loss(
                 [student.patch_tokens(i) for i in self.student_taps.token_layers],
-                [teacher.patch_tokens(i) for i in self.teacher_token_layers], a.patch_loss)
+                [resample_tokens(teacher.patch_tokens(i), teacher.grid, student.grid)
+                 for i in self.teacher_token_layers], a.patch_loss)
         if a.attn_weight > 0:
-            parts["loss_attn"] = attention_loss(
-                [student.attentions[i] for i in self.student_taps.attention_layers],
-                [teacher.attentions[i] for i in self.teacher_attention_layers], a.attn_rows)
+            pairs = [self._aligned_attention(student, teacher, i, j)
+                     for i, j in zip(self.student_taps.attention_layers, self.teacher_attention_layers)]
+            parts["loss_attn"] = attention_loss([s for s, _ in pairs], [t for _, t in pairs], a.attn_rows)
         if a.kd_weight > 0:
             parts["loss_kd"] = kd_loss(student.logits, teacher.logits, a.temperature)
         if a.ce_weight > 0:
@@ -345,6 +347,18 @@ class RobustDistillationTrainer(Trainer):
         if self._trains_head and labels is not None:
             parts["loss_head"] = ce_loss(student.logits, labels)  # the head's input is detached
         return parts
+
+    @staticmethod
+    def _aligned_attention(student: Features, teacher: Features, i: int, j: int):
+        """Student layer ``i``'s and teacher layer ``j``'s maps, as they are when the two models
+        share prefix, grid and heads, else cut to [CLS] + grid, resampled and head-averaged."""
+        s, t = student.attentions[i], teacher.attentions[j]
+        if (student.num_prefix_tokens, student.grid, s.shape[1]) == (teacher.num_prefix_tokens, teacher.grid,
+                                                                    t.shape[1]):
+            return s, t
+        return align_attention(s, t, student_prefix=student.num_prefix_tokens,
+                               teacher_prefix=teacher.num_prefix_tokens, student_grid=student.grid,
+                               teacher_grid=teacher.grid)
 
     def dad_loss_parts(self, student_logits, teacher_logits, labels) -> dict[str, torch.Tensor]:
         """The unweighted loss terms of the DAD image whose weight is not zero."""

@@ -10,6 +10,7 @@ from .attacks import NORMS
 from .dad import ONLINE_STEP_SIZE, OFFLINE_STEP_SIZE, AttackSettings
 from .distortions import parse_distortions
 from .frozen import TEACHER_DTYPES
+from .projections import KINDS as PROJECTIONS
 from .losses import ATTENTION_ROWS, CLS_LOSSES, PATCH_LOSSES
 
 DAD_MODES = ("none", "online", "offline")
@@ -53,6 +54,11 @@ class DistillationConfig(TrainingArguments):
     patch_layers: list[int] = field(
         default_factory=lambda: [-1],
         metadata={"help": "Student blocks whose patch tokens are aligned (0-based, negative from the end)."})
+    projection: str = field(
+        default="linear", metadata={"help": "When the student is narrower or wider than the teacher: the learned map of "
+                                            "its [CLS] and patch tokens to the teacher's width, 'linear' or 'mlp'. "
+                                            "Saved beside checkpoints, never in the student's folder.",
+                                    "choices": list(PROJECTIONS)})
     attn_weight: float = field(default=0.1, metadata={"help": "Weight of the attention-map loss."})
     attn_rows: str = field(
         default="all", metadata={"help": "Attention rows compared: 'all' queries or the 'cls' query only.",
@@ -138,6 +144,8 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(f"attack_random_start is a probability, got {self.attack_random_start}")
         if self.remove_unused_columns:
             raise ValueError("remove_unused_columns=True drops the columns distillation needs; leave it False")
+        if self.projection not in PROJECTIONS:
+            raise ValueError(f"projection must be one of {PROJECTIONS}, got {self.projection!r}")
         if self.teacher_dtype not in TEACHER_DTYPES:
             raise ValueError(f"teacher_dtype must be one of {TEACHER_DTYPES}, got {self.teacher_dtype!r}")
         if self.head_ce_weight < 0:

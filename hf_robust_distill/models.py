@@ -287,13 +287,12 @@ def check_compatible(student: FeatureTaps, teacher: FeatureTaps, *, embeddings: 
                      attention: bool) -> None:
     """Fails before training when teacher and student cannot be aligned as asked (each is anything
     with ``hidden_size``, ``patch_size`` and ``num_heads``: taps, or shapes read from configs).
-    Patch grids and head counts may differ: ``token_grids`` resamples the teacher's grid to the
-    student's and averages attention maps over heads."""
-    if (embeddings or patches) and student.hidden_size != teacher.hidden_size:
-        raise ValueError(
-            f"the student's hidden size ({student.hidden_size}) differs from the teacher's "
-            f"({teacher.hidden_size}); [CLS] and patch losses need equal widths: start the student "
-            "from the teacher's checkpoint, or set cls_weight=0 and patch_weight=0")
+    Widths, patch grids and head counts may differ: learned ``projections`` map the student's
+    width to the teacher's, ``token_grids`` resamples the teacher's grid to the student's and
+    averages attention maps over heads."""
+    if (embeddings or patches) and not (student.hidden_size and teacher.hidden_size):
+        raise ValueError("[CLS] and patch losses need models with a hidden_size in their configs: set cls_weight=0 "
+                         "and patch_weight=0 for this pair")
     if (patches or attention) and not (student.patch_size and teacher.patch_size):
         raise ValueError("patch and attention losses need models that cut images into patches (a patch_size in "
                          "their configs): set patch_weight=0 and attn_weight=0 for this pair")

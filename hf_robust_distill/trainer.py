@@ -9,7 +9,7 @@ import os
 import numpy as np
 import torch
 from transformers import PreTrainedModel, Trainer
-from transformers.trainer_utils import EvalPrediction
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalPrediction
 
 from .attention_maps import read_attention_maps
 from .config import DistillationConfig
@@ -22,6 +22,7 @@ from .frozen import inference_dtype, is_sharded, layer_classes, place_frozen, wh
 from .heads import (REORDER, SAME, describe_difference, detach_head_inputs, freeze_unread_head, head_classes,
                     is_image_classifier, match_head)
 from .images import BadImageLog
+from . import projections
 from .losses import attention_loss, ce_loss, cls_loss, kd_loss, patch_loss
 from .token_grids import align_attention, resample_tokens
 from .models import (Features, FeatureTaps, PixelPreprocessor, PixelSpaceClassifier, check_compatible, map_layers,
@@ -60,6 +61,10 @@ def _has_labels(dataset) -> bool:
 def _joined(batches: list[torch.Tensor]) -> torch.Tensor:
     """The batches as one, copying only when there is more than one."""
     return batches[0] if len(batches) == 1 else torch.cat(batches)
+
+
+def _is_checkpoint(folder: str) -> bool:
+    return os.path.basename(os.path.normpath(folder)).startswith(PREFIX_CHECKPOINT_DIR)
 
 
 def _as_preprocessor(processor) -> PixelPreprocessor:
@@ -148,7 +153,7 @@ class RobustDistillationTrainer(Trainer):
         # --bf16/--fp16, or the launcher's mixed_precision (accelerate launch sets ACCELERATE_MIXED_PRECISION)
         self.teacher_dtype = inference_dtype(args.teacher_dtype, mixed_precision=args.mixed_precision != "no",
                                              device=args.device)
-        self.teacher = self.teacher_taps = self.teacher_classifier = None
+        self.teacher = self.teacher_taps = self.teacher_classifier = self.projections = None
         if teacher is not None:
             if not pixel_teacher:
                 self._tap_teacher(teacher, args)
@@ -194,6 +199,13 @@ class RobustDistillationTrainer(Trainer):
                                 args.attn_rows)
         check_compatible(self.student_taps, self.teacher_taps, embeddings=args.cls_weight > 0,
                          patches=args.patch_weight > 0, attention=args.attn_weight > 0)
+        width, to_width = self.student_taps.hidden_size, self.teacher_taps.hidden_size
+        if width != to_width and (args.cls_weight > 0 or args.patch_weight > 0):
+            made = projections.FeatureProjections(
+                width, to_width, self.student_taps.token_layers if args.patch_weight > 0 else (),
+                cls=args.cls_weight > 0, kind=args.projection)
+            first = next(self.model.parameters())
+            self.projections = projections.attach(self.model, made.to(first.device, first.dtype))
 
     def _check_checkpointing(self, args) -> None:
         """Reentrant checkpointing reruns a block under no_grad: what a hook captures inside it (an
@@ -328,12 +340,15 @@ class RobustDistillationTrainer(Trainer):
         """The unweighted loss terms of the clean sample whose weight is not zero."""
         a = self.args
         parts = {}
+        project = self.projections
         if a.cls_weight > 0:
             negatives, offset = gather_rows(teacher.cls) if a.cls_loss == "infonce" else (None, 0)
-            parts["loss_cls"] = cls_loss(student.cls, teacher.cls, a.cls_loss, a.infonce_temperature, negatives, offset)
+            cls = project.project_cls(student.cls) if project is not None else student.cls
+            parts["loss_cls"] = cls_loss(cls, teacher.cls, a.cls_loss, a.infonce_temperature, negatives, offset)
         if a.patch_weight > 0:
             parts["loss_patch"] = patch_loss(
-                [student.patch_tokens(i) for i in self.student_taps.token_layers],
+                [project.project_tokens(i, student.patch_tokens(i)) if project is not None else student.patch_tokens(i)
+                 for i in self.student_taps.token_layers],
                 [resample_tokens(teacher.patch_tokens(i), teacher.grid, student.grid)
                  for i in self.teacher_token_layers], a.patch_loss)
         if a.attn_weight > 0:
@@ -388,8 +403,9 @@ class RobustDistillationTrainer(Trainer):
         if (a.world_size < 2 or a.ddp_find_unused_parameters or self.is_fsdp_enabled or self.is_deepspeed_enabled
                 or is_sharded(self.model)):
             return
-        unreached = unreached_parameters(self.model, self.student_taps, self.student_pixels.size,
-                                         reads_logits=a.logits_read or self._trains_head)
+        unreached = [name for name in unreached_parameters(self.model, self.student_taps, self.student_pixels.size,
+                                                           reads_logits=a.logits_read or self._trains_head)
+                     if not name.startswith(projections.ATTRIBUTE + ".")]  # read by their loss terms
         if unreached:
             raise ValueError(
                 f"no loss term reaches {len(unreached)} trainable parameters of the student ({summarise(unreached)}), "
@@ -452,6 +468,9 @@ class RobustDistillationTrainer(Trainer):
         if bad:
             raise weights_error(bad, output_dir or self.args.output_dir, self.args.output_dir)
         super()._save(output_dir, state_dict)
+        folder = output_dir or self.args.output_dir
+        if self.projections is not None and self.args.should_save and _is_checkpoint(folder):
+            projections.save(self.projections, folder)  # beside the checkpoint, never in a student folder
 
     # ---- logging of the parts -----------------------------------------------------------------
 
@@ -516,7 +535,12 @@ class RobustDistillationTrainer(Trainer):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         reloaded = type(model).from_pretrained(resume_from_checkpoint, config=model.config,
                                                dtype=next(model.parameters()).dtype)
-        model.load_state_dict(reloaded.state_dict(), strict=True)
+        missing, unexpected = model.load_state_dict(reloaded.state_dict(), strict=False)
+        if unexpected or any(not key.startswith(projections.ATTRIBUTE + ".") for key in missing):
+            raise RuntimeError(f"{resume_from_checkpoint} does not hold this student's weights: missing "
+                               f"{missing[:5]}, unexpected {unexpected[:5]}")
+        if self.projections is not None:
+            projections.load(self.projections, resume_from_checkpoint)
 
     def _load_best_model(self):
         if not self._reloads_through_from_pretrained(self.model, self.state.best_model_checkpoint):

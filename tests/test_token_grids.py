@@ -4,6 +4,7 @@ head-averaged. Pure functions first, then training runs of such pairs."""
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import (AutoImageProcessor, DeiTConfig, DeiTForImageClassification, Dinov2WithRegistersConfig,
                           ViTConfig)
 
@@ -13,7 +14,7 @@ from hf_robust_distill.models import load_vision_model
 from hf_robust_distill.token_grids import cls_and_grid, prefix_tokens, resample_attention, resample_tokens
 
 from .conftest import DIGIT_NAMES, save_tiny_vit
-from .test_trainer import make_config
+from .test_trainer import StopAt, make_config
 
 
 def test_prefix_tokens_are_read_from_the_config():
@@ -61,21 +62,80 @@ def save_tiny_deit(path) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("rows", ["all", "cls"])
-def test_a_teacher_of_finer_patches_and_more_heads_distils_into_a_deit(digits, tmp_path, rows):
-    """Teacher: 4 heads, 4 px patches (an 8x8 grid). Student: a DeiT with 2 heads, 8 px patches (4x4)
-    and a distillation token. All three feature terms train, with finite losses."""
+def big_to_small(tmp_path, student_kind, out, train, **overrides):
+    """Teacher: width 64, 4 heads, 4 px patches (an 8x8 grid). Student: width 32, 2 heads, 8 px
+    patches (4x4), a ViT or a DeiT (with its distillation token)."""
+    teacher = save_tiny_vit(tmp_path / "teacher", hidden_size=64, num_attention_heads=4, patch_size=4,
+                            intermediate_size=128)
+    student = (save_tiny_deit(tmp_path / "student") if student_kind == "deit"
+               else save_tiny_vit(tmp_path / "student", seed=1))
+    args = make_config(out, patch_layers=[0, -1], attn_layers=[0, -1], **overrides)
+    return RobustDistillationTrainer(model=load_vision_model(student), teacher=load_vision_model(teacher), args=args,
+                                     train_dataset=train, processing_class=AutoImageProcessor.from_pretrained(student))
+
+
+@pytest.mark.parametrize("student_kind, rows, kind", [("deit", "all", "linear"), ("vit", "cls", "mlp")])
+def test_a_wider_teacher_of_finer_patches_and_more_heads_distils_into_a_small_student(
+        digits, tmp_path, student_kind, rows, kind):
     train, _ = digits
-    teacher = save_tiny_vit(tmp_path / "teacher", num_attention_heads=4, patch_size=4)
-    student = save_tiny_deit(tmp_path / "student")
-    trainer = RobustDistillationTrainer(
-        model=load_vision_model(student), teacher=load_vision_model(teacher),
-        args=make_config(tmp_path / "out", max_steps=3, attn_rows=rows, patch_layers=[0, -1], attn_layers=[0, -1]),
-        train_dataset=train, processing_class=AutoImageProcessor.from_pretrained(student))
-    assert (trainer.student_taps.prefix_tokens, trainer.teacher_taps.prefix_tokens) == (2, 1)
+    trainer = big_to_small(tmp_path, student_kind, tmp_path / "out", train, attn_rows=rows, projection=kind)
+    assert (trainer.student_taps.prefix_tokens, trainer.teacher_taps.prefix_tokens) == (
+        2 if student_kind == "deit" else 1, 1)
+    projected = {name for name, _ in trainer.model.named_parameters() if name.startswith("distillation_projections")}
+    assert projected and all(p.requires_grad for n, p in trainer.model.named_parameters() if n in projected)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if n in projected}
     trainer.train()
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(logs) == 3
     for entry in logs:
         assert all(entry[part] > 0 and torch.isfinite(torch.tensor(entry[part]))
                    for part in ("loss_cls", "loss_patch", "loss_attn"))
+    after = dict(trainer.model.named_parameters())
+    assert all(not torch.equal(before[n], after[n]) for n in projected)  # the projections train
+
+    trainer.save_model(str(tmp_path / "student-folder"))
+    saved = load_file(str(tmp_path / "student-folder" / "model.safetensors"))
+    assert saved and not any("distillation_projections" in key for key in saved)
+    assert not (tmp_path / "student-folder" / "projections.safetensors").exists()
+    reloaded = type(trainer.model).from_pretrained(tmp_path / "student-folder")  # no unexpected keys to drop
+    assert not hasattr(reloaded, "distillation_projections")
+
+
+def test_a_resumed_big_to_small_run_equals_an_uninterrupted_one(digits, tmp_path):
+    """Projections included: they are saved beside each checkpoint and restored on resume."""
+    train, _ = digits
+    straight = big_to_small(tmp_path, "deit", tmp_path / "straight", train, max_steps=4)
+    straight.train()
+    interrupted = big_to_small(tmp_path, "deit", tmp_path / "resumed", train, max_steps=4, save_strategy="steps",
+                               save_steps=2)
+    interrupted.add_callback(StopAt(2))
+    interrupted.train()
+    checkpoint = tmp_path / "resumed" / "checkpoint-2"
+    assert (checkpoint / "projections.safetensors").exists()
+    assert not any("distillation_projections" in key for key in load_file(str(checkpoint / "model.safetensors")))
+    resumed = big_to_small(tmp_path, "deit", tmp_path / "resumed", train, max_steps=4)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.state.global_step == 4
+    for key, value in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_the_recipe_distils_a_dinov2_teacher_into_a_deit_student(digits, tmp_path):
+    """Another architecture, width, patch size, head count and prefix on each side, through the
+    recipe's own loading; the student folder it ends with holds no projection weights."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    from .conftest import load_recipe, recipe_argv
+
+    torch.manual_seed(2)
+    Dinov2Model(Dinov2Config(image_size=32, patch_size=4, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                             intermediate_size=128)).save_pretrained(tmp_path / "dinov2")
+    demo_image_processor().save_pretrained(tmp_path / "dinov2")
+    student = save_tiny_deit(tmp_path / "deit")
+    out = tmp_path / "out"
+    results = load_recipe("multilevel").main(recipe_argv(
+        tmp_path / "dinov2", out, tmp_path / "cache", "--student_name_or_path", student, "--max_train_samples", "32",
+        "--max_eval_samples", "16"))
+    assert type(results["trainer"].model).__name__ == "DeiTForImageClassification"
+    assert not any("distillation_projections" in key for key in load_file(str(out / "model.safetensors")))
+    assert (out / "README.md").exists() and "student" in results["table"]

@@ -10,6 +10,7 @@ from .attacks import NORMS
 from .dad import ONLINE_STEP_SIZE, OFFLINE_STEP_SIZE, AttackSettings
 from .distortions import parse_distortions
 from .frozen import TEACHER_DTYPES
+from .lora import DEFAULT_TARGETS as LORA_TARGETS
 from .projections import KINDS as PROJECTIONS
 from .losses import ATTENTION_ROWS, CLS_LOSSES, PATCH_LOSSES
 
@@ -92,6 +93,13 @@ class DistillationConfig(TrainingArguments):
     attack_steps: int = field(default=1, metadata={"help": "Number of PGD steps."})
     attack_random_start: float = field(
         default=0.8, metadata={"help": "Probability that a sample's attack starts at a random point of the ball."})
+    lora_r: int = field(default=0, metadata={"help": "Rank of LoRA adapters on the student (0: train it in full). The "
+                                                     "head trains in full; the final folder holds the merged model."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (the update is alpha / r)."})
+    lora_target_modules: str = field(
+        default=LORA_TARGETS, metadata={"help": "Comma-separated module names that get adapters (ViT family: "
+                                                "q_proj, k_proj, v_proj, o_proj, fc1, fc2)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch."})
     teacher_dtype: str = field(
         default="auto", metadata={"help": "Dtype of the frozen teacher, CLIP and VQ model: 'auto' is bfloat16 on a GPU "
                                           "under mixed precision (--bf16/--fp16 or the accelerate config's; float16 "
@@ -144,6 +152,8 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(f"attack_random_start is a probability, got {self.attack_random_start}")
         if self.remove_unused_columns:
             raise ValueError("remove_unused_columns=True drops the columns distillation needs; leave it False")
+        if self.lora_r < 0 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
+            raise ValueError("lora_r must be >= 0 (0: no LoRA), lora_alpha > 0 and lora_dropout in [0, 1)")
         if self.projection not in PROJECTIONS:
             raise ValueError(f"projection must be one of {PROJECTIONS}, got {self.projection!r}")
         if self.teacher_dtype not in TEACHER_DTYPES:

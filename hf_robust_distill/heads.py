@@ -29,8 +29,15 @@ def _normalised(name) -> str:
 
 
 def is_image_classifier(model) -> bool:
-    """A transformers model with a classification head (``XxxForImageClassification``)."""
+    """A transformers model with a classification head (``XxxForImageClassification``), also
+    inside a ``peft`` wrapper."""
+    model = unwrap_adapters(model)
     return isinstance(model, PreTrainedModel) and type(model).__name__.endswith("ForImageClassification")
+
+
+def unwrap_adapters(model):
+    """The transformers model inside a ``peft`` wrapper (the model itself when it has none)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def head_classes(model) -> list[str] | None:

@@ -91,6 +91,11 @@ def training_settings(config, method: str, vq_name_or_path: str | None = None) -
     weights = {"[CLS]": config.cls_weight, "patch tokens": config.patch_weight, "attention maps": config.attn_weight,
                "KD": config.kd_weight, "CE": config.ce_weight, "KD on DAD images": config.dad_kd_weight,
                "CE on DAD images": config.dad_ce_weight}
+    if getattr(config, "lora_r", 0):
+        share = getattr(config, "lora_trained_share", None)
+        settings["LoRA"] = (f"rank {config.lora_r}, alpha {config.lora_alpha:g} on `{config.lora_target_modules}`"
+                            + (f", {share:.2%} of the parameters trained" if share is not None else "")
+                            + "; the adapters are merged into these weights")
     settings["Loss weights"] = ", ".join(f"{name} {w:g}" for name, w in weights.items() if w)
     if config.kd_weight or config.dad_kd_weight:
         settings["KD temperature"] = f"{config.temperature:g}"

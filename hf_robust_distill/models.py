@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassification, PreTrainedModel
 
+from .heads import unwrap_adapters
 from .images import input_size
 from .token_grids import patch_grid, prefix_tokens
 
@@ -154,6 +155,7 @@ class FeatureTaps:
     """
 
     def __init__(self, model: PreTrainedModel, token_layers=(), attention_layers=(), need_cls: bool = True):
+        model = unwrap_adapters(model)  # a LoRA student's blocks and final norm are its base model's
         reads_blocks = bool(token_layers or attention_layers or need_cls)
         self.blocks = transformer_blocks(model, "hidden_states") if reads_blocks else []
         self.depth = len(self.blocks)

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 import torch
-from transformers import PreTrainedModel, Trainer
+from transformers import AutoModelForImageClassification, PreTrainedModel, Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalPrediction
 
 from .attention_maps import read_attention_maps
@@ -20,9 +20,9 @@ from .distributed import check_one_device_per_process, gather_rows, summarise, u
 from .divergence import gradient_error, loss_error, non_finite_tensors, weights_error
 from .frozen import inference_dtype, is_sharded, layer_classes, place_frozen, whole_weights, zero_stage
 from .heads import (REORDER, SAME, describe_difference, detach_head_inputs, freeze_unread_head, head_classes,
-                    is_image_classifier, match_head)
+                    is_image_classifier, match_head, unwrap_adapters)
 from .images import BadImageLog
-from . import projections
+from . import lora, projections
 from .losses import attention_loss, ce_loss, cls_loss, kd_loss, patch_loss
 from .token_grids import align_attention, resample_tokens
 from .models import (Features, FeatureTaps, PixelPreprocessor, PixelSpaceClassifier, check_compatible, map_layers,
@@ -124,10 +124,15 @@ class RobustDistillationTrainer(Trainer):
 
         self._trains_head = (not args.logits_read and args.head_ce_weight > 0 and is_image_classifier(model)
                              and _has_labels(train_dataset))
+        if args.lora_r > 0 and not lora.is_lora(model):
+            model = lora.lora_student(model, args.lora_r, args.lora_alpha, args.lora_target_modules, args.lora_dropout,
+                                      train_head=is_image_classifier(model) and (args.logits_read or self._trains_head))
+            trainable, total = lora.trained_share(model)
+            args.lora_trained_share = trainable / total  # what the card reports (not a flag)
         if not args.logits_read:
-            freeze_unread_head(model, keep_head=self._trains_head)
+            freeze_unread_head(unwrap_adapters(model), keep_head=self._trains_head)
             if self._trains_head:
-                detach_head_inputs(model)
+                detach_head_inputs(unwrap_adapters(model))
         if compute_metrics is None and is_image_classifier(model):
             compute_metrics = accuracy_clean_and_distorted
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
@@ -145,8 +150,8 @@ class RobustDistillationTrainer(Trainer):
             need_cls=args.cls_weight > 0,
         )
         if args.attn_weight > 0:
-            read_attention_maps(model, self.student_taps.attention_modules, self.student_taps.attention_layers,
-                                args.attn_rows)
+            read_attention_maps(unwrap_adapters(model), self.student_taps.attention_modules,
+                                self.student_taps.attention_layers, args.attn_rows)
         self._check_checkpointing(args)
         if self.is_fsdp_enabled:
             self._wrap_the_models_layers(model)
@@ -415,6 +420,8 @@ class RobustDistillationTrainer(Trainer):
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Also under FSDP's sharded state dict, the folder a user saves gets the whole student,
         loadable with plain ``from_pretrained`` (checkpoints stay sharded, for resuming)."""
+        if lora.is_lora(self.model) and not _internal_call:  # checkpoints keep the adapter, to resume from
+            return self._save_merged(output_dir or self.args.output_dir)
         plugin = getattr(self.accelerator.state, "fsdp_plugin", None)
         if _internal_call or plugin is None or "FULL_STATE_DICT" in str(plugin.state_dict_type):
             return super().save_model(output_dir, _internal_call)
@@ -423,10 +430,27 @@ class RobustDistillationTrainer(Trainer):
         if self.args.push_to_hub:
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 
+    def _save_merged(self, folder: str) -> None:
+        """A LoRA student's folder: the adapters merged into a plain model, which loads without peft."""
+        if not self.args.should_save:
+            return
+        merged = lora.merged_copy(self.accelerator.unwrap_model(self.model))
+        bad = non_finite_tensors(merged.state_dict())
+        if bad:
+            raise weights_error(bad, folder, self.args.output_dir)
+        merged.save_pretrained(folder)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(folder)
+        torch.save(self.args, os.path.join(folder, "training_args.bin"))
+
     def saved_student(self, folder: str | None = None) -> PreTrainedModel:
         """The trained student, whole, on this process: the module itself, or where its weights are
-        sharded (FSDP, ZeRO-3) the copy ``save_model`` wrote to ``folder``, read back."""
+        sharded (FSDP, ZeRO-3) or carry LoRA adapters the copy ``save_model`` wrote to ``folder``, read back."""
         model = self.accelerator.unwrap_model(self.model)
+        if lora.is_lora(model):
+            with whole_weights():
+                return AutoModelForImageClassification.from_pretrained(folder or self.args.output_dir).to(
+                    self.args.device)
         if not is_sharded(model):
             return model
         with whole_weights():
@@ -532,13 +556,14 @@ class RobustDistillationTrainer(Trainer):
         """
         model = self.model if model is None else model
         if not self._reloads_through_from_pretrained(model, resume_from_checkpoint):
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        reloaded = type(model).from_pretrained(resume_from_checkpoint, config=model.config,
-                                               dtype=next(model.parameters()).dtype)
-        missing, unexpected = model.load_state_dict(reloaded.state_dict(), strict=False)
-        if unexpected or any(not key.startswith(projections.ATTRIBUTE + ".") for key in missing):
-            raise RuntimeError(f"{resume_from_checkpoint} does not hold this student's weights: missing "
-                               f"{missing[:5]}, unexpected {unexpected[:5]}")
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+        else:
+            reloaded = type(model).from_pretrained(resume_from_checkpoint, config=model.config,
+                                                   dtype=next(model.parameters()).dtype)
+            missing, unexpected = model.load_state_dict(reloaded.state_dict(), strict=False)
+            if unexpected or any(not key.startswith(projections.ATTRIBUTE + ".") for key in missing):
+                raise RuntimeError(f"{resume_from_checkpoint} does not hold this student's weights: missing "
+                                   f"{missing[:5]}, unexpected {unexpected[:5]}")
         if self.projections is not None:
             projections.load(self.projections, resume_from_checkpoint)
 

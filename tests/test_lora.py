@@ -72,3 +72,17 @@ def test_the_recipe_pushes_a_merged_lora_student_whose_card_names_the_rank(tiny_
     assert not (out / "adapter_config.json").exists()
     card = (out / "README.md").read_text()
     assert "rank 4, alpha 16 on `q_proj,v_proj`" in card and "% of the parameters trained" in card
+
+
+def test_a_lora_student_learns_by_online_dad(tiny_clip, tiny_vq, tiny_vit, tmp_path):
+    from .conftest import load_recipe, recipe_argv
+
+    out = tmp_path / "out"
+    results = load_recipe("dad").main(recipe_argv(
+        tiny_clip, out, tmp_path / "cache", "--prompt_templates", "short", "--vq_name_or_path", tiny_vq,
+        "--student_name_or_path", tiny_vit, "--dad_mode", "online", "--max_train_samples", "16",
+        "--max_eval_samples", "16", "--max_steps", "2", "--eval_distortions", "gaussian_noise:3", "--lora_r", "4"))
+    logs = [entry for entry in results["trainer"].state.log_history if "loss" in entry]
+    assert logs and all(entry["loss_kd_dad"] > 0 for entry in logs)
+    assert type(AutoModelForImageClassification.from_pretrained(out)).__name__ == "ViTForImageClassification"
+    assert "rank 4" in (out / "README.md").read_text()

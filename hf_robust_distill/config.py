@@ -100,6 +100,13 @@ class DistillationConfig(TrainingArguments):
         default=LORA_TARGETS, metadata={"help": "Comma-separated module names that get adapters (ViT family: "
                                                 "q_proj, k_proj, v_proj, o_proj, fc1, fc2)."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch."})
+    cache_teacher: bool = field(
+        default=False, metadata={"help": "Compute what the losses read of the teacher (it sees the clean image) once, "
+                                         "before training, into a datasets cache, and read it in every epoch instead "
+                                         "of running the teacher. Not with online DAD, whose attack needs it."})
+    teacher_cache_dir: str | None = field(
+        default=None, metadata={"help": "Where --cache_teacher keeps its caches (one per teacher, data, layers and "
+                                        "size); default <output_dir>/teacher-cache."})
     teacher_dtype: str = field(
         default="auto", metadata={"help": "Dtype of the frozen teacher, CLIP and VQ model: 'auto' is bfloat16 on a GPU "
                                           "under mixed precision (--bf16/--fp16 or the accelerate config's; float16 "
@@ -154,6 +161,12 @@ class DistillationConfig(TrainingArguments):
             raise ValueError("remove_unused_columns=True drops the columns distillation needs; leave it False")
         if self.lora_r < 0 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
             raise ValueError("lora_r must be >= 0 (0: no LoRA), lora_alpha > 0 and lora_dropout in [0, 1)")
+        if self.cache_teacher and self.dad_mode == "online":
+            raise ValueError("cache_teacher stores the teacher's outputs on clean images, and online DAD attacks the "
+                             "teacher every step: use dad_mode='offline' (its dataset stores the teacher's logits)")
+        if self.cache_teacher and self.teacher_sharding:
+            raise ValueError("cache_teacher builds its cache on the main process; a sharded teacher needs every "
+                             "process: drop one of teacher_sharding and cache_teacher")
         if self.projection not in PROJECTIONS:
             raise ValueError(f"projection must be one of {PROJECTIONS}, got {self.projection!r}")
         if self.teacher_dtype not in TEACHER_DTYPES:

@@ -22,9 +22,9 @@ from .frozen import inference_dtype, is_sharded, layer_classes, place_frozen, wh
 from .heads import (REORDER, SAME, describe_difference, detach_head_inputs, freeze_unread_head, head_classes,
                     is_image_classifier, match_head, unwrap_adapters)
 from .images import BadImageLog
-from . import lora, projections
+from . import lora, projections, teacher_cache
 from .losses import attention_loss, ce_loss, cls_loss, kd_loss, patch_loss
-from .token_grids import align_attention, resample_tokens
+from .token_grids import align_attention, patch_grid, resample_tokens
 from .models import (Features, FeatureTaps, PixelPreprocessor, PixelSpaceClassifier, check_compatible, map_layers,
                      transformer_blocks)
 
@@ -185,6 +185,7 @@ class RobustDistillationTrainer(Trainer):
         self._view_key = (-1, -1)  # (global step, micro-batch) of the last training view
         self._eval_batch = 0
         self._parts = {True: {}, False: {}}  # training?, name -> summed tensor
+        self._cached_teacher = None  # the teacher cache (a datasets.Dataset), once in use
         self._counts = {True: 0, False: 0}
 
     def _tap_teacher(self, teacher, args) -> None:
@@ -327,6 +328,9 @@ class RobustDistillationTrainer(Trainer):
         """The teacher's features on the clean batch and its logits on the DAD batch, from one
         forward pass over both; logits stored in an offline dataset are used instead."""
         a = self.args
+        cached = self._cached_features(inputs)
+        if cached is not None:
+            return cached, None  # no DAD images here: online DAD is never cached, offline stores its own
         stored_clean, stored_dad = (inputs.get(name) for name in STORED_TEACHER_LOGITS)
         need_clean = self._feature_terms or (a.kd_weight > 0 and stored_clean is None)
         need_dad = dad is not None and a.dad_kd_weight > 0 and stored_dad is None
@@ -340,6 +344,26 @@ class RobustDistillationTrainer(Trainer):
             if need_dad:
                 dad_logits = features.logits[-len(dad):]
         return clean, dad_logits
+
+    def _cached_features(self, inputs) -> Features | None:
+        """The teacher's features read from the batch (``--cache_teacher``), or ``None``."""
+        prefix = teacher_cache.PREFIX
+        rows = inputs.pop(teacher_cache.ROW, None)
+        if rows is not None:
+            inputs = {**inputs, **teacher_cache.read_rows(self._cached_teacher, rows, rows.device)}
+        if not any(key.startswith(prefix) and key not in STORED_TEACHER_LOGITS for key in inputs):
+            return None
+        def layers(kind):
+            return {int(key.rsplit("_", 1)[1]): value for key, value in inputs.items()
+                    if key.startswith(f"{prefix}{kind}_")}
+
+        taps = self.teacher_taps
+        features = Features(logits=inputs.get(f"{prefix}logits"), cls=inputs.get(f"{prefix}cls"),
+                            tokens=layers("tokens"), attentions=layers("attention"))
+        if taps is not None and taps.patch_size:
+            features.num_prefix_tokens = taps.prefix_tokens
+            features.grid = patch_grid(self.teacher_pixels.size, taps.patch_size)
+        return features
 
     def loss_parts(self, student, teacher, labels) -> dict[str, torch.Tensor]:
         """The unweighted loss terms of the clean sample whose weight is not zero."""
@@ -399,7 +423,24 @@ class RobustDistillationTrainer(Trainer):
 
     def train(self, *args, **kwargs):
         self._check_every_parameter_reached()
+        if self.args.cache_teacher and self.teacher is not None and self._cached_teacher is None:
+            self._use_teacher_cache()
         return super().train(*args, **kwargs)
+
+    def _use_teacher_cache(self) -> None:
+        """Builds (or finds) the teacher's outputs on the training set and puts them beside each row."""
+        taps = self.teacher_taps
+        tokens, attentions = (self.teacher_token_layers, self.teacher_attention_layers) if taps else ([], [])
+        fingerprint = getattr(self.train_dataset, "_fingerprint", None) or f"{len(self.train_dataset)} rows"
+        key = teacher_cache.cache_key(self.teacher, fingerprint, tokens, attentions, self.args.attn_rows,
+                                      self.teacher_pixels.size, self.teacher_dtype)
+        folder = os.path.join(self.args.teacher_cache_dir or os.path.join(self.args.output_dir, "teacher-cache"), key)
+        with self.args.main_process_first(desc="caching the teacher's outputs"):
+            cache = teacher_cache.build_teacher_cache(
+                self._run_teacher, self.train_dataset, folder, tokens, attentions,
+                batch_size=self.args.per_device_eval_batch_size, device=self.args.device)
+        self._cached_teacher = cache
+        self.train_dataset = teacher_cache.CachedTeacherDataset(self.train_dataset, cache)
 
     def _check_every_parameter_reached(self) -> None:
         """Under DDP without ``find_unused_parameters``, a parameter that gets no gradient stalls the

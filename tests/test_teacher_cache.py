@@ -1,0 +1,99 @@
+"""--cache_teacher: the teacher's outputs computed once, before training, then read in every
+epoch; the same losses as the live teacher, no teacher forward during training, resumable builds."""
+
+import os
+import shutil
+
+import pytest
+import torch
+from transformers import AutoImageProcessor, TrainerCallback
+
+from hf_robust_distill import DistillationConfig, RobustDistillationTrainer
+from hf_robust_distill.models import load_vision_model
+from hf_robust_distill.teacher_cache import build_teacher_cache
+
+from .test_trainer import make_config
+
+
+class CountCalls:
+    def __init__(self, module):
+        self.calls = 0
+        module.register_forward_hook(self)
+
+    def __call__(self, module, args, output):
+        self.calls += 1
+
+
+class CallsAtStart(TrainerCallback):
+    def __init__(self, counter):
+        self.counter, self.at_start = counter, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.at_start = self.counter.calls
+
+
+def make(tiny_vit, train, out, **overrides):
+    values = dict(num_train_epochs=2, max_steps=-1, per_device_eval_batch_size=16, patch_layers=[0, -1],
+                  attn_layers=[0, -1], kd_weight=0.5)
+    args = make_config(out, **{**values, **overrides})
+    teacher = load_vision_model(tiny_vit)
+    counter = CountCalls(teacher)
+    trainer = RobustDistillationTrainer(model=load_vision_model(tiny_vit), teacher=teacher, args=args,
+                                        train_dataset=train, processing_class=AutoImageProcessor.from_pretrained(tiny_vit))
+    return trainer, counter
+
+
+def test_a_cached_teacher_gives_the_live_losses_and_runs_no_forward_in_training(tiny_vit, digits, tmp_path):
+    train, _ = digits
+    live, live_calls = make(tiny_vit, train, tmp_path / "live")
+    live.train()
+    cached, cached_calls = make(tiny_vit, train, tmp_path / "cached", cache_teacher=True)
+    start = CallsAtStart(cached_calls)
+    cached.add_callback(start)
+    cached.train()
+    steps = len(train) // 8 * 2
+    assert live.state.global_step == cached.state.global_step == steps
+    assert live_calls.calls == steps  # the live teacher runs every step
+    assert start.at_start == len(train) // 16 and cached_calls.calls == start.at_start  # only the build
+    live_logs = [e for e in live.state.log_history if "loss" in e]
+    cached_logs = [e for e in cached.state.log_history if "loss" in e]
+    for a, b in zip(live_logs, cached_logs):
+        for part in ("loss", "loss_cls", "loss_patch", "loss_attn", "loss_kd"):
+            assert b[part] == pytest.approx(a[part], rel=1e-5, abs=1e-6)
+
+    # One batch, the same student: cached and live teacher outputs give the same loss parts.
+    batch = cached.data_collator([cached.train_dataset[i] for i in range(8)])
+    cached.model.eval()
+    with torch.no_grad():
+        cached._eval_batch = 0
+        from_cache = float(cached.compute_loss(cached.model, dict(batch)))
+        cached._eval_batch = 0
+        live_inputs = {k: v for k, v in batch.items() if k != "teacher_cache_row"}
+        from_teacher = float(cached.compute_loss(cached.model, live_inputs))
+    assert from_cache == pytest.approx(from_teacher, rel=1e-6, abs=1e-6)
+
+
+def test_a_stopped_cache_build_resumes_and_other_layers_get_another_cache(tiny_vit, digits, tmp_path):
+    train, _ = digits
+    trainer, calls = make(tiny_vit, train, tmp_path / "out", cache_teacher=True)
+    folder = tmp_path / "cache"
+    kwargs = dict(token_layers=trainer.teacher_token_layers, attention_layers=trainer.teacher_attention_layers,
+                  batch_size=8, shard_size=16)
+    whole = build_teacher_cache(trainer._run_teacher, train, str(folder), **kwargs)
+    assert calls.calls == len(train) // 8 and len(whole) == len(train)
+    shutil.rmtree(folder / "shard-00003")  # as if stopped before the last shard was written
+    resumed = build_teacher_cache(trainer._run_teacher, train, str(folder), **kwargs)
+    assert calls.calls == len(train) // 8 + 2  # only the missing shard's two batches
+    for name in whole.column_names:
+        torch.testing.assert_close(resumed[name], whole[name])
+
+    trainer._use_teacher_cache()
+    other, _ = make(tiny_vit, train, tmp_path / "out", cache_teacher=True, patch_layers=[-1])
+    other._use_teacher_cache()
+    caches = os.listdir(tmp_path / "out" / "teacher-cache")
+    assert len(caches) == 2  # keyed by the layers read
+
+
+def test_online_dad_cannot_cache_its_teacher():
+    with pytest.raises(ValueError, match="dad_mode='offline'"):
+        DistillationConfig(output_dir="x", cache_teacher=True, dad_mode="online", dad_kd_weight=0.5)

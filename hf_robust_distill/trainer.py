@@ -328,13 +328,11 @@ class RobustDistillationTrainer(Trainer):
         """The teacher's features on the clean batch and its logits on the DAD batch, from one
         forward pass over both; logits stored in an offline dataset are used instead."""
         a = self.args
-        cached = self._cached_features(inputs)
-        if cached is not None:
-            return cached, None  # no DAD images here: online DAD is never cached, offline stores its own
+        cached = self._cached_features(inputs)  # --cache_teacher: the clean view's outputs, read
         stored_clean, stored_dad = (inputs.get(name) for name in STORED_TEACHER_LOGITS)
-        need_clean = self._feature_terms or (a.kd_weight > 0 and stored_clean is None)
+        need_clean = cached is None and (self._feature_terms or (a.kd_weight > 0 and stored_clean is None))
         need_dad = dad is not None and a.dad_kd_weight > 0 and stored_dad is None
-        clean = Features(logits=stored_clean) if stored_clean is not None else None
+        clean = cached if cached is not None else Features(logits=stored_clean) if stored_clean is not None else None
         dad_logits = stored_dad if dad is not None else None
         runs = [x for x, needed in ((pixels, need_clean), (dad, need_dad)) if needed]
         if runs:
@@ -353,6 +351,7 @@ class RobustDistillationTrainer(Trainer):
             inputs = {**inputs, **teacher_cache.read_rows(self._cached_teacher, rows, rows.device)}
         if not any(key.startswith(prefix) and key not in STORED_TEACHER_LOGITS for key in inputs):
             return None
+
         def layers(kind):
             return {int(key.rsplit("_", 1)[1]): value for key, value in inputs.items()
                     if key.startswith(f"{prefix}{kind}_")}

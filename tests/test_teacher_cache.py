@@ -97,3 +97,18 @@ def test_a_stopped_cache_build_resumes_and_other_layers_get_another_cache(tiny_v
 def test_online_dad_cannot_cache_its_teacher():
     with pytest.raises(ValueError, match="dad_mode='offline'"):
         DistillationConfig(output_dir="x", cache_teacher=True, dad_mode="online", dad_kd_weight=0.5)
+
+
+def test_offline_dad_reads_the_clean_view_from_the_cache_and_runs_the_teacher_on_dad_images(
+        tiny_clip, tiny_vq, tiny_vit, tmp_path):
+    from .conftest import load_recipe, recipe_argv
+
+    results = load_recipe("dad").main(recipe_argv(
+        tiny_clip, tmp_path / "out", tmp_path / "cache", "--prompt_templates", "short", "--vq_name_or_path", tiny_vq,
+        "--student_name_or_path", tiny_vit, "--dad_mode", "offline", "--dad_teacher_logits", "false",
+        "--cache_teacher", "true", "--max_train_samples", "16", "--max_eval_samples", "16", "--max_steps", "2",
+        "--generation_batch_size", "8", "--eval_distortions", "gaussian_noise:3"))
+    trainer = results["trainer"]
+    assert trainer._cached_teacher is not None and "teacher_logits" in trainer._cached_teacher.column_names
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert logs and all(entry["loss_kd"] > 0 and entry["loss_kd_dad"] > 0 for entry in logs)

@@ -122,12 +122,12 @@ def parser_of(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def run_variants(variants: dict[str, list[str]], repeats: int) -> dict[str, list[dict]]:
-    """Each variant (extra flags on top of this command line's) in its own process, alternating."""
+def run_variants(variants: dict[str, list[str]], repeats: int, script: str = __file__) -> dict[str, list[dict]]:
+    """Each variant (extra flags on top of this command line's) in its own process of ``script``, alternating."""
     runs = {name: [] for name in variants}
     for _ in range(repeats):
         for name, extra in variants.items():
-            done = subprocess.run([sys.executable, __file__, *sys.argv[1:], *extra, "--child"], check=True,
+            done = subprocess.run([sys.executable, script, *sys.argv[1:], *extra, "--child"], check=True,
                                   capture_output=True, text=True, env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
             runs[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
     return runs

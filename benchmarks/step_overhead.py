@@ -181,14 +181,19 @@ def run_bare(opts, data, device):
     return BareLoop(opts, device, optimizer_cls, optimizer_kwargs, args.max_grad_norm).run(opts, data)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_vit_arguments(parser: argparse.ArgumentParser) -> None:
+    """The shape of the benchmark's ViT (teacher and student alike) and its batch size."""
     parser.add_argument("--hidden_size", type=int, default=96)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--image_size", type=int, default=32)
     parser.add_argument("--patch_size", type=int, default=4)
     parser.add_argument("--batch_size", type=int, default=32)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_vit_arguments(parser)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5, help="Alternating runs of each loop.")

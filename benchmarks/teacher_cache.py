@@ -19,23 +19,11 @@ import tempfile
 import time
 
 import torch
-from torch.utils.data import Dataset
-from transformers import TrainerCallback, ViTConfig, ViTForImageClassification
+from step_overhead import RandomImages, add_vit_arguments, make_models  # this folder's sibling script
+from transformers import TrainerCallback
 
 from hf_robust_distill import DistillationConfig, RobustDistillationTrainer
 from hf_robust_distill.demo import demo_image_processor
-
-
-class RandomImages(Dataset):
-    def __init__(self, n, size):
-        g = torch.Generator().manual_seed(0)
-        self.pixels = torch.rand(n, 3, size, size, generator=g)
-
-    def __len__(self):
-        return len(self.pixels)
-
-    def __getitem__(self, i):
-        return {"pixel_values": self.pixels[i]}
 
 
 class EpochClock(TrainerCallback):
@@ -52,11 +40,7 @@ class EpochClock(TrainerCallback):
 
 
 def run(opts, data, cache: bool) -> dict:
-    config = ViTConfig(image_size=opts.image_size, patch_size=opts.patch_size, hidden_size=opts.hidden_size,
-                       num_hidden_layers=opts.layers, num_attention_heads=opts.heads,
-                       intermediate_size=4 * opts.hidden_size, num_labels=10)
-    torch.manual_seed(0)
-    teacher, student = ViTForImageClassification(config), ViTForImageClassification(config)
+    student, teacher = make_models(opts)
     clock = EpochClock()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(sys.stderr):
@@ -76,12 +60,7 @@ def run(opts, data, cache: bool) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hidden_size", type=int, default=96)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--image_size", type=int, default=32)
-    parser.add_argument("--patch_size", type=int, default=4)
-    parser.add_argument("--batch_size", type=int, default=32)
+    add_vit_arguments(parser)
     parser.add_argument("--images", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--bf16", action="store_true")

@@ -22,14 +22,13 @@ def main():
     if opts.child:
         print(json.dumps(bench.one_run(opts)))
         return
-    bench.__file__ = __file__  # the children run this script
     dtypes = bench.run_variants({"bf16_teacher": ["--teacher_dtype", "bfloat16"],
-                                 "fp32_teacher": ["--teacher_dtype", "float32"]}, opts.repeats)
+                                 "fp32_teacher": ["--teacher_dtype", "float32"]}, opts.repeats, __file__)
     teacher_mib = {name: round(runs[0]["teacher_bytes"] / 2**20, 1) for name, runs in dtypes.items()}
     print(json.dumps({"lever": "teacher_dtype", "batch_size": opts.batch_size,
                       "device": dtypes["fp32_teacher"][0]["device"],
                       "teacher_weights_mib": teacher_mib, **bench.compare(dtypes, "bf16_teacher", "fp32_teacher")}))
-    checkpointing = bench.run_variants({"checkpointing": ["--checkpointing"], "plain": []}, opts.repeats)
+    checkpointing = bench.run_variants({"checkpointing": ["--checkpointing"], "plain": []}, opts.repeats, __file__)
     print(json.dumps({"lever": "gradient_checkpointing", "batch_size": opts.batch_size,
                       "device": checkpointing["plain"][0]["device"],
                       **bench.compare(checkpointing, "checkpointing", "plain")}))

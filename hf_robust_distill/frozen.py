@@ -136,8 +136,11 @@ def zero_stage(accelerator) -> int | None:
 
 def place_frozen(model: torch.nn.Module, accelerator, dtype: torch.dtype, *, shard: bool, role: str = "teacher"):
     """``model`` frozen (eval, no gradients) and ready for inference on this process: whole on its
-    device in ``dtype``, or sharded across processes when ``shard``."""
+    device in ``dtype``, or sharded across processes when ``shard``. A model sharded already (a
+    teacher shared by two trainers) stays as it is."""
     model.eval().requires_grad_(False)
+    if is_sharded(model):
+        return model
     if shard and zero_stage(accelerator) == 3:
         model.to(dtype=dtype)
         return deepspeed_inference_engine(model, accelerator)

@@ -8,7 +8,8 @@ import os
 
 import numpy as np
 import torch
-from transformers import AutoModelForImageClassification, PreTrainedModel, Trainer
+from transformers import PreTrainedModel, Trainer
+from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalPrediction
 
 from .attention_maps import read_attention_maps
@@ -163,8 +164,7 @@ class RobustDistillationTrainer(Trainer):
             if not pixel_teacher:
                 self._tap_teacher(teacher, args)
             shard = args.teacher_sharding if args.teacher_sharding is not None else zero_stage(self.accelerator) == 3
-            self.teacher = teacher if is_sharded(teacher) else place_frozen(teacher, self.accelerator,
-                                                                            self.teacher_dtype, shard=shard)
+            self.teacher = place_frozen(teacher, self.accelerator, self.teacher_dtype, shard=shard)
             self.teacher_classifier = (self.teacher if pixel_teacher
                                        else PixelSpaceClassifier(self.teacher, self.teacher_pixels))
         self.discretizer = (discretizer.to(self.args.device, dtype=self.teacher_dtype) if discretizer is not None
@@ -332,7 +332,9 @@ class RobustDistillationTrainer(Trainer):
         stored_clean, stored_dad = (inputs.get(name) for name in STORED_TEACHER_LOGITS)
         need_clean = cached is None and (self._feature_terms or (a.kd_weight > 0 and stored_clean is None))
         need_dad = dad is not None and a.dad_kd_weight > 0 and stored_dad is None
-        clean = cached if cached is not None else Features(logits=stored_clean) if stored_clean is not None else None
+        clean = cached
+        if clean is None and stored_clean is not None:
+            clean = Features(logits=stored_clean)
         dad_logits = stored_dad if dad is not None else None
         runs = [x for x, needed in ((pixels, need_clean), (dad, need_dad)) if needed]
         if runs:
@@ -481,20 +483,16 @@ class RobustDistillationTrainer(Trainer):
         merged.save_pretrained(folder)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(folder)
-        torch.save(self.args, os.path.join(folder, "training_args.bin"))
+        torch.save(self.args, os.path.join(folder, TRAINING_ARGS_NAME))
 
     def saved_student(self, folder: str | None = None) -> PreTrainedModel:
         """The trained student, whole, on this process: the module itself, or where its weights are
         sharded (FSDP, ZeRO-3) or carry LoRA adapters the copy ``save_model`` wrote to ``folder``, read back."""
         model = self.accelerator.unwrap_model(self.model)
-        if lora.is_lora(model):
-            with whole_weights():
-                return AutoModelForImageClassification.from_pretrained(folder or self.args.output_dir).to(
-                    self.args.device)
-        if not is_sharded(model):
+        if not (lora.is_lora(model) or is_sharded(model)):
             return model
         with whole_weights():
-            return type(model).from_pretrained(folder or self.args.output_dir).to(self.args.device)
+            return type(unwrap_adapters(model)).from_pretrained(folder or self.args.output_dir).to(self.args.device)
 
     @property
     def teacher_is_sharded(self) -> bool:

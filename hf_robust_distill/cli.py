@@ -226,11 +226,12 @@ BASELINES = ("teacher", "alexnet", "none")
 class RobustnessArguments:
     robustness_corruptions: str | None = field(
         default=None, metadata={"help": "Comma-separated corruptions of the robustness report; default: the 15 of "
-                                        "ImageNet-C that --robustness_backend makes."})
+                                        "ImageNet-C."})
     robustness_severities: str = field(default="1,2,3,4,5", metadata={"help": "Comma-separated severities."})
     robustness_backend: str = field(
-        default="torch", metadata={"help": "torch (batched ports, on device), reference (the ImageNet-C code, per "
-                                           "image) or auto (ports where they exist).",
+        default="torch", metadata={"help": "torch (batched ports of all 19, on device), reference (the ImageNet-C "
+                                           "code, per image; pip install 'hf-robust-distill[imagenet-c]') or auto "
+                                           "(ports where they exist: all).",
                                    "choices": ["torch", "reference", "auto"]})
     robustness_baseline: str = field(
         default="teacher", metadata={"help": "What mCE is normalised by: teacher (relative to the teacher's report), "

@@ -78,10 +78,11 @@ def evaluate_robustness(
     ``ImageResizer``; by default the model's own processor, or a plain resize to ``image_size``),
     so the clean accuracy is the one a user of the saved model gets; images that do not decode are
     left out and counted (``report.skipped_images``). ``corruptions`` defaults to the 15 of
-    ImageNet-C that ``backend`` makes ("torch": the 11 with torch ports, fast, on the model's
-    device; "reference": the ImageNet-C code, per image, in ``num_workers`` data-loader workers;
-    "auto": the port where there is one). Corrupted sets are deterministic given ``seed`` (and,
-    for the torch backend, ``batch_size``) and cached in ``cache_dir``: a second evaluation, of
+    ImageNet-C, made by ``backend`` ("torch": the batched ports, on the model's device;
+    "reference": the ImageNet-C code, per image, in ``num_workers`` data-loader workers, an
+    optional extra; "auto": the port where there is one, now always). Corrupted sets are
+    deterministic given ``seed`` (and, for the torch backend, ``batch_size`` and the device type)
+    and cached in ``cache_dir``: a second evaluation, of
     this model or another, reads them back. ``baseline``: "alexnet" (ImageNet-scale runs), another
     model's ``RobustnessReport`` on the same data (relative mCE), or ``None``.
     ``natural_shifts``: ``NaturalShift``s or "name=dataset[:split]" specs (imagenet-r and
@@ -92,7 +93,7 @@ def evaluate_robustness(
     size = resizer.size
     device = torch.device(device) if device is not None else next(classifier.parameters()).device
     if corruptions is None:
-        corruptions = [c for c in IMAGENET_C_CORRUPTIONS if _has_backend(c, backend)]
+        corruptions = list(IMAGENET_C_CORRUPTIONS)
     backends = {c: resolve_backend(c, backend) for c in corruptions}
     shifts = [NaturalShift.parse(s) if isinstance(s, str) else s for s in natural_shifts]
     image_column, label_column = find_columns(dataset, image_column, label_column)
@@ -115,8 +116,9 @@ def evaluate_robustness(
         for corruption in corruptions:
             for severity in severities:
                 bar.set_postfix_str(f"{corruption} {severity}")
+                on_device = backends[corruption] == "torch"
                 entry = CorruptedSet(source, corruption, int(severity), backends[corruption], seed,
-                                     batch_size if backends[corruption] == "torch" else 0)
+                                     batch_size if on_device else 0, device.type if on_device else "")
                 cached = cache.load(entry)
                 if cached is not None:
                     batches = cached_batches(cached, size, batch_size)
@@ -211,14 +213,6 @@ def _finite(logits: torch.Tensor) -> torch.Tensor:
         raise FloatingPointError("the model outputs NaN or Inf logits: its weights diverged; retrain it from a good "
                                  "checkpoint rather than evaluating it")
     return logits
-
-
-def _has_backend(corruption: str, backend: str) -> bool:
-    try:
-        resolve_backend(corruption, backend)
-    except ValueError:
-        return False
-    return True
 
 
 def _size(image_size) -> tuple[int, int]:

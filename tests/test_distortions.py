@@ -5,14 +5,8 @@ from imagecorruptions import corruptions as reference
 from PIL import Image
 
 from hf_robust_distill import CORRUPTIONS, Distorter, corrupt
-from hf_robust_distill.distortions import (
-    additive_noise,
-    blur,
-    motion_blur,
-    parse_distortions,
-    patch_mask,
-    pixel_mask,
-)
+from hf_robust_distill.corruptions import motion_blur
+from hf_robust_distill.distortions import additive_noise, blur, parse_distortions, patch_mask, pixel_mask
 
 DETERMINISTIC = ["gaussian_blur", "defocus_blur", "zoom_blur", "brightness", "contrast",
                  "saturate", "pixelate", "jpeg_compression"]

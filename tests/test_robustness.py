@@ -1,5 +1,6 @@
 import math
 import os
+import sys
 
 import evaluate
 import numpy as np
@@ -12,9 +13,13 @@ from transformers import AutoImageProcessor, ViTForImageClassification
 from hf_robust_distill import RobustnessReport, corrupt, evaluate_robustness
 from hf_robust_distill.corrupted_sets import to_uint8
 from hf_robust_distill.data import demo_digits, prepare_dataset
-from hf_robust_distill.distortions import CORRUPTIONS
+from hf_robust_distill.corruptions import CORRUPTIONS
 from hf_robust_distill.metrics.corruption_robustness import corruption_robustness as metric_module
-from hf_robust_distill.metrics.corruption_robustness.corruption_robustness import ALEXNET_ERRORS, summarize
+from hf_robust_distill.metrics.corruption_robustness.corruption_robustness import (
+    ALEXNET_ERRORS,
+    IMAGENET_C_CORRUPTIONS,
+    summarize,
+)
 from hf_robust_distill.natural_shifts import NaturalShift
 from tests.conftest import save_tiny_vit
 
@@ -54,7 +59,7 @@ def test_report_equals_a_hand_computation(tiny_vit, vit, eval_digits, tmp_path):
     clean = torch.stack([prepared[i]["pixel_values"] for i in range(len(prepared))])
     labels = torch.tensor(eval_digits["label"])
     assert report.clean_accuracy == pytest.approx(hand_accuracy(vit, processor, clean, labels))
-    for corruption_index, corruption in [(0, "gaussian_noise"), (10, "contrast")]:
+    for corruption in ["gaussian_noise", "contrast"]:
         for severity in (1, 4):
             # The documented draws: a CPU generator per batch of 8, seeded by (seed, corruption, severity, batch).
             index = CORRUPTIONS.index(corruption)
@@ -164,9 +169,24 @@ def test_reference_backend_is_deterministic_and_reported(vit, eval_digits, tmp_p
         assert pixels_a == pixels_b  # same seed, same images, in another cache
     assert a.accuracy == b.accuracy
     auto = evaluate_robustness(vit, data, corruptions, backend="auto", cache_dir=str(tmp_path / "c"), **kwargs)
-    assert auto.backends == {"impulse_noise": "torch", "fog": "reference"}
-    with pytest.raises(ValueError, match="no torch port"):
-        evaluate_robustness(vit, data, ["fog"], backend="torch", progress=False)
+    assert auto.backends == {"impulse_noise": "torch", "fog": "torch"}
+
+
+def test_torch_backend_reports_all_of_imagenet_c_without_the_reference(vit, eval_digits, tmp_path, monkeypatch):
+    """The default report (the 15 corruptions x 5 severities) with the reference code uninstallable:
+    every set is made by the ports, so mCE against AlexNet is defined."""
+    monkeypatch.setitem(sys.modules, "imagecorruptions", None)  # ``import imagecorruptions`` now fails
+    with pytest.raises(ImportError):
+        import imagecorruptions  # noqa: F401
+    data = eval_digits.select(range(8))
+    report = evaluate_robustness(vit, data, batch_size=8, baseline="alexnet", cache_dir=str(tmp_path), progress=False)
+    assert list(report.accuracy) == list(IMAGENET_C_CORRUPTIONS)
+    assert all(sorted(row) == [1, 2, 3, 4, 5] for row in report.accuracy.values())
+    assert set(report.backends.values()) == {"torch"}
+    assert report.mce is not None
+    assert len([n for n in os.listdir(tmp_path) if n.endswith(".arrow")]) == 1 + 15 * 5
+    with pytest.raises(ImportError, match=r"hf-robust-distill\[imagenet-c\]"):
+        evaluate_robustness(vit, data, ["fog"], backend="reference", cache_dir=str(tmp_path), progress=False)
 
 
 def test_natural_shift_restricts_logits_to_the_class_subset(tiny_vit, vit, eval_digits, tmp_path):

@@ -1,0 +1,162 @@
+"""The torch corruptions against the reference ImageNet-C code, side by side in one run.
+
+    python benchmarks/corruption_speed.py                       # CPU: 64 photos at 224 px, severity 3
+    python benchmarks/corruption_speed.py --device cuda         # adds the GPU grid and ViT-B/16 bf16
+
+Per corruption: the reference's seconds, image by image in one process as the ``reference``
+backend of ``corrupted_sets`` runs it (``ReferenceCorruptedImages``), and the port's seconds on
+the same batch, as the ``torch`` backend runs it (``torch_corrupted_batches``: uint8 in, uint8
+out). Both are warmed up first (numba compiles glass blur's kernel on its first call). The
+photos are crops of scikit-image's sample photos resized to ``--size``.
+
+``--device cuda`` adds the whole grid (every corruption x severities 1-5) on ``--gpu_images``
+images, as images/s, and the inference throughput of a ViT-B/16 in bf16 on the same images:
+corrupting never slows an ImageNet-C evaluation when the grid's rate is at least 2x the model's.
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+from datasets import Dataset
+
+from hf_robust_distill.corrupted_sets import (
+    CorruptedSet,
+    ReferenceCorruptedImages,
+    reference_corruptions,
+    torch_corrupted_batches,
+)
+from hf_robust_distill.distortions import CORRUPTIONS
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "retina")
+
+
+def real_photos(count: int, size: int, seed: int = 0) -> torch.Tensor:
+    """(count, 3, size, size) uint8: square crops of varied scale and place of scikit-image's photos."""
+    import skimage.data
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    photos = [getattr(skimage.data, name)() for name in PHOTOS]
+    out = []
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        side = int(rng.integers(min(photo.shape[:2]) // 2, min(photo.shape[:2]) + 1))
+        y, x = int(rng.integers(0, photo.shape[0] - side + 1)), int(rng.integers(0, photo.shape[1] - side + 1))
+        crop = Image.fromarray(photo[y:y + side, x:x + side]).resize((size, size), Image.BILINEAR)
+        out.append(torch.from_numpy(np.asarray(crop)).permute(2, 0, 1))
+    return torch.stack(out)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_port(images: torch.Tensor, labels: torch.Tensor, corruption: str, severity: int, device, batch_size: int,
+              seed: int = 0) -> float:
+    entry = CorruptedSet("benchmark", corruption, severity, "torch", seed, batch_size)
+    batches = [(images[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+    synchronize(device)
+    begin = time.perf_counter()
+    for _ in torch_corrupted_batches(batches, entry, device):
+        pass
+    synchronize(device)
+    return time.perf_counter() - begin
+
+
+def time_reference(clean: Dataset, size: int, corruption: str, severity: int) -> float:
+    images = ReferenceCorruptedImages(clean, (size, size), CorruptedSet("benchmark", corruption, severity,
+                                                                        "reference", 0, 0))
+    begin = time.perf_counter()
+    for i in range(len(images)):
+        images[i]
+    return time.perf_counter() - begin
+
+
+def vit_images_per_s(images: torch.Tensor, device, batch_size: int) -> float:
+    """Inference of a ViT-B/16 (random weights: the speed is the architecture's) in bf16, sdpa."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    model = ViTForImageClassification(ViTConfig(num_labels=1000, attn_implementation="sdpa"))
+    model = model.to(device, torch.bfloat16).eval()
+    x = images.to(device)
+    with torch.inference_mode():
+        for _ in range(3):
+            model(pixel_values=x[:batch_size].to(torch.bfloat16) / 255)
+        synchronize(device)
+        begin = time.perf_counter()
+        for i in range(0, len(x), batch_size):
+            model(pixel_values=x[i:i + batch_size].to(torch.bfloat16) / 255)
+        synchronize(device)
+    return len(x) / (time.perf_counter() - begin)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--severity", type=int, default=3)
+    parser.add_argument("--corruptions", default=None, help="comma-separated; default: all of the reference code's")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no_reference", action="store_true", help="time the ports alone")
+    parser.add_argument("--gpu_images", type=int, default=1000)
+    parser.add_argument("--gpu_batch_size", type=int, default=250)
+    opts = parser.parse_args()
+    torch.set_num_threads(opts.threads)
+    device = torch.device(opts.device)
+    names = opts.corruptions.split(",") if opts.corruptions else list(reference_corruptions())
+    photos = real_photos(opts.images, opts.size)
+    labels = torch.zeros(len(photos), dtype=torch.long)
+    clean = Dataset.from_dict({"pixels": photos.reshape(len(photos), -1).numpy(), "label": labels.numpy()})
+
+    rows = {}
+    for name in names:
+        row = {}
+        if name in CORRUPTIONS:
+            time_port(photos[:2], labels[:2], name, opts.severity, device, opts.images)  # warm-up
+            row["port_s"] = round(time_port(photos, labels, name, opts.severity, device, opts.images), 4)
+        if not opts.no_reference:
+            time_reference(clean.select(range(1)), opts.size, name, opts.severity)  # warm-up (numba compiles)
+            row["reference_s"] = round(time_reference(clean, opts.size, name, opts.severity), 4)
+        if "port_s" in row and "reference_s" in row:
+            row["speedup"] = round(row["reference_s"] / row["port_s"], 2)
+        rows[name] = row
+    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {opts.threads} threads",
+              "images": opts.images, "size": opts.size, "severity": opts.severity, "corruptions": rows}
+    both = [r for r in rows.values() if "port_s" in r and "reference_s" in r]
+    if both:
+        port, reference = sum(r["port_s"] for r in both), sum(r["reference_s"] for r in both)
+        result["total"] = {"corruptions": len(both), "port_s": round(port, 3), "reference_s": round(reference, 3),
+                           "speedup": round(reference / port, 2),
+                           "slowest_speedup": min((r["speedup"], n) for n, r in rows.items() if "speedup" in r)}
+    if device.type == "cuda":
+        grid_images = real_photos(opts.gpu_images, opts.size, seed=1)
+        grid_labels = torch.zeros(len(grid_images), dtype=torch.long)
+        ported = [n for n in names if n in CORRUPTIONS]
+        for name in ported:
+            time_port(grid_images[:opts.gpu_batch_size], grid_labels[:opts.gpu_batch_size], name, 1, device,
+                      opts.gpu_batch_size)
+        per_corruption, seconds = {}, 0.0
+        for name in ported:
+            spent = sum(time_port(grid_images, grid_labels, name, s, device, opts.gpu_batch_size) for s in range(1, 6))
+            per_corruption[name] = round(5 * len(grid_images) / spent, 1)
+            seconds += spent
+        grid_rate = len(ported) * 5 * len(grid_images) / seconds
+        vit_rate = vit_images_per_s(grid_images, device, opts.gpu_batch_size)
+        result["gpu_grid"] = {"images": opts.gpu_images, "batch_size": opts.gpu_batch_size,
+                              "corruptions": len(ported), "seconds": round(seconds, 2),
+                              "images_per_s": round(grid_rate, 1), "per_corruption_images_per_s": per_corruption,
+                              "vit_b16_bf16_images_per_s": round(vit_rate, 1),
+                              "corruption_over_inference": round(grid_rate / vit_rate, 2)}
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

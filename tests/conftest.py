@@ -143,6 +143,18 @@ def local_hub(monkeypatch):
             importlib.reload(constants)
 
 
+@pytest.fixture(scope="session")
+def photo():
+    """scikit-image's astronaut, a real photo, at 224 px: (PIL image, (1, 3, 224, 224) tensor)."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    image = Image.fromarray(data.astronaut()).resize((224, 224), Image.BILINEAR)
+    tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 255
+    return image, tensor
+
+
 PHOTO_CLASSES = {"cat": "chelsea", "coffee": "coffee", "rocket": "rocket"}
 
 

@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 import torch
 from imagecorruptions import corruptions as reference
-from PIL import Image
 
 from hf_robust_distill import CORRUPTIONS, Distorter, corrupt
 from hf_robust_distill.corruptions import motion_blur
@@ -10,16 +9,6 @@ from hf_robust_distill.distortions import additive_noise, blur, parse_distortion
 
 DETERMINISTIC = ["gaussian_blur", "defocus_blur", "zoom_blur", "brightness", "contrast",
                  "saturate", "pixelate", "jpeg_compression"]
-
-
-@pytest.fixture(scope="module")
-def photo():
-    """scikit-image's astronaut, a real photo, at 224 px: (PIL image, (1, 3, 224, 224) tensor)."""
-    from skimage import data
-
-    image = Image.fromarray(data.astronaut()).resize((224, 224), Image.BILINEAR)
-    tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 255
-    return image, tensor
 
 
 def _reference(name, image, severity):

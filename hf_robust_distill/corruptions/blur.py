@@ -70,21 +70,21 @@ def zoom_blur(images, severity, generator=None):
     return out.div_(len(factors) + 1).clamp_(0, 1)
 
 
-# ---- glass blur: the reference's sequential pixel swaps, run as a wavefront ----------------------
+# ---- glass blur: the reference's sequential pixel moves, run as a wavefront -----------------------
 
 _GLASS = [(0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2)]  # sigma, max_delta, iterations
 
 
 def glass_scan(h: int, w: int, delta: int, iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference's swap positions in its order, and the wavefront step each can run in.
+    """The reference's visits in its order, and the wavefront step each can run in.
 
     The reference visits rows ``h - delta .. delta + 1`` from the bottom, each from the right,
-    ``iterations`` times, swapping the pixel with one at an offset in ``[-delta, delta)``. Two
-    swaps touch the same pixel only when both their rows and columns lie within ``2 delta - 1``,
-    so step ``2 delta * row + column`` (counted from the first) keeps every such pair in order and
-    no two swaps of one step share a pixel; each iteration starts ``2 delta (2 delta - 1) + 2 delta``
-    steps after the one before, the least that keeps it behind. Returns the flat positions
-    (iterations * rows * cols,) in the reference's order and their steps.
+    ``iterations`` times, and gives the pixel the value of one at an offset in ``[-delta, delta)``.
+    Two visits touch the same pixel only when both their rows and columns lie within
+    ``2 delta - 1``, so step ``2 delta * row + column`` (counted from the first) keeps every such
+    pair in order and no two visits of one step share a pixel; each iteration starts
+    ``2 delta (2 delta - 1) + 2 delta`` steps after the one before, the least that keeps it behind.
+    Returns the flat positions (iterations * rows * cols,) in the reference's order and their steps.
     """
     rows = torch.arange(h - delta, delta, -1)
     cols = torch.arange(w - delta, delta, -1)
@@ -97,36 +97,36 @@ def glass_scan(h: int, w: int, delta: int, iterations: int) -> tuple[torch.Tenso
 
 
 def glass_schedule(h: int, w: int, delta: int, iterations: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """The swaps in wavefront order: their flat positions, their index in the reference's
-    order, and how many swaps each step runs."""
+    """The visits in wavefront order: their flat positions, their index in the reference's
+    order, and how many visits each step runs."""
     positions, steps = glass_scan(h, w, delta, iterations)
     order = torch.argsort(steps, stable=True)
     return positions[order], order, torch.bincount(steps[order]).tolist()
 
 
-def glass_permutation(h: int, w: int, delta: int, iterations: int, moves: torch.Tensor) -> torch.Tensor:
-    """(B, H*W): for each pixel, the position whose value the reference's swaps leave there.
+def glass_sources(h: int, w: int, delta: int, iterations: int, moves: torch.Tensor) -> torch.Tensor:
+    """(B, H*W): for each pixel, the position whose value the reference's moves leave there.
 
-    ``moves``: (n, B) flat offset ``dy * w + dx`` of each swap's partner, swaps in wavefront order
-    (``glass_schedule``). The swaps of one step touch distinct pixels, so each step is two
-    gathers and two scatters over the whole batch.
+    The reference's "swap" (``x[h, w], x[h', w'] = x[h', w'], x[h, w]`` on NumPy views) copies the
+    neighbour's value into the pixel and leaves the neighbour as it was, so values spread and
+    some vanish; this reproduces it. ``moves``: (n, B) flat offset ``dy * w + dx`` of each visit's
+    neighbour, visits in wavefront order (``glass_schedule``). The visits of one step touch
+    distinct pixels, so each step is one gather and one copy over the whole batch.
     """
     n, b = moves.shape
     device = moves.device
     here, _, counts = glass_schedule(h, w, delta, iterations)
     here = here.to(device)
-    # The permutation is (H * W, B), batch innermost: a step's own pixels are whole rows of it,
-    # and its partners lie a few image rows away, so each step works on a small, local piece.
+    # The map is (H * W, B), batch innermost: a step's own pixels are whole rows of it, and their
+    # neighbours lie a few image rows away, so each step works on a small, local piece.
     there = (moves + here.unsqueeze(1)).mul_(b).add_(torch.arange(b, device=device)).flatten()
     source = torch.arange(h * w, device=device, dtype=torch.int32).unsqueeze(1).repeat(1, b)
     flat = source.view(-1)
     start = 0
     for count in counts:
-        i, j = here[start : start + count], there[start * b : (start + count) * b]
+        values = flat.take(there[start * b : (start + count) * b])
+        source.index_copy_(0, here[start : start + count], values.view(count, b))
         start += count
-        mine, theirs = source.index_select(0, i), flat.take(j)
-        source.index_copy_(0, i, theirs.view(count, b))
-        flat.scatter_(0, j, mine.view(-1))
     return source.T.long()
 
 
@@ -138,24 +138,24 @@ def glass_moves(offsets: torch.Tensor, h: int, w: int, delta: int, iterations: i
 
 
 def glass_blur(images, severity, generator=None, offsets=None):
-    """Gaussian blur, the reference's local pixel shuffle, and a Gaussian blur again. The shuffle
-    is the same sequence of swaps (exact given the same ``offsets``, (B, n, 2)), not a gather of
-    independently displaced pixels: a pixel swapped towards a place not yet visited moves again."""
+    """Gaussian blur, the reference's local pixel moves, and a Gaussian blur again: the same
+    sequence of moves (exact given the same ``offsets``, (B, n, 2) of dx, dy), not a gather of
+    independently displaced pixels, so a value carried towards a pixel not yet visited travels on."""
     sigma, delta, iterations = _GLASS[severity - 1]
     b, c, h, w = images.shape
     if min(h, w) <= 2 * delta + 1:
         raise ValueError(f"glass_blur at severity {severity} needs images larger than {2 * delta + 1} px")
     n = iterations * (h - 2 * delta) * (w - 2 * delta)
     if offsets is None:
-        # Each swap's (dx, dy), uniform in [-delta, delta)^2, drawn as one of the (2 delta)^2 moves.
+        # Each visit's (dx, dy), uniform in [-delta, delta)^2, drawn as one of the (2 delta)^2 moves.
         span = torch.arange(-delta, delta, device=images.device)
         table = (span.unsqueeze(1) * w + span).flatten()
         pick = rand((n, b), images, generator).mul_(table.numel()).long().clamp_(max=table.numel() - 1)
         moves = table.take(pick)
     else:
         moves = glass_moves(offsets, h, w, delta, iterations).to(images.device)
-    # The reference stores the first blur as 8-bit (truncating) and shuffles those values.
+    # The reference stores the first blur as 8-bit (truncating) and moves those values.
     x = gaussian_filter(images, sigma, mode="replicate").mul_(255).floor_()
-    source = glass_permutation(h, w, delta, iterations, moves)
+    source = glass_sources(h, w, delta, iterations, moves)
     x = x.flatten(2).gather(2, source.unsqueeze(1).expand(b, c, h * w)).reshape(b, c, h, w)
     return gaussian_filter(x.div_(255), sigma, mode="replicate").clamp_(0, 1)

@@ -56,12 +56,25 @@ def pad_index(size: int, pad: int, mode: str, device="cpu") -> torch.Tensor:
     raise ValueError(f"unknown padding mode {mode!r}")
 
 
-def pad(images: torch.Tensor, pad_h: int, pad_w: int, mode: str) -> torch.Tensor:
+def pad(images: torch.Tensor, pad_h: int, pad_w: int, mode: str, after_h: int | None = None,
+        after_w: int | None = None) -> torch.Tensor:
+    """``images`` padded by ``mode``: ``pad_h`` rows above and ``after_h`` (default ``pad_h``)
+    below, the same for columns."""
+    after_h = pad_h if after_h is None else after_h
+    after_w = pad_w if after_w is None else after_w
     h, w = images.shape[-2:]
-    if pad_h:
-        images = images.index_select(-2, pad_index(h, pad_h, mode, images.device))
-    if pad_w:
-        images = images.index_select(-1, pad_index(w, pad_w, mode, images.device))
+    native = {"replicate": "replicate", "reflect101": "reflect"}.get(mode)
+    if native and (mode == "replicate" or max(pad_h, after_h) < h and max(pad_w, after_w) < w):
+        shape = images.shape
+        flat = images.reshape(-1, 1, h, w) if images.ndim != 4 else images
+        out = F.pad(flat, (pad_w, after_w, pad_h, after_h), mode=native)
+        return out.reshape(*shape[:-2], *out.shape[-2:])
+    if pad_h or after_h:
+        images = images.index_select(-2, pad_index(h, max(pad_h, after_h), mode, images.device)[
+            max(pad_h, after_h) - pad_h : max(pad_h, after_h) + h + after_h])
+    if pad_w or after_w:
+        images = images.index_select(-1, pad_index(w, max(pad_w, after_w), mode, images.device)[
+            max(pad_w, after_w) - pad_w : max(pad_w, after_w) + w + after_w])
     return images
 
 
@@ -139,16 +152,21 @@ def _fast_length(n: int) -> int:
 
 def correlate2d(images: torch.Tensor, kernels: torch.Tensor, mode: str) -> torch.Tensor:
     """``out[i, j] = sum_ab K[a, b] * padded[i + a, j + b]`` (OpenCV ``filter2D``): (kh, kw) or one
-    (B, kh, kw) kernel per sample, odd sizes, the image padded by ``mode``, through the FFT."""
+    (B, kh, kw) kernel per sample, odd sizes, the image padded by ``mode``, through the FFT.
+
+    The image is padded by ``mode`` straight to a fast FFT size: the circular correlation reads
+    only the first ``kh - 1`` padded rows past the image for the outputs kept, so what lies
+    beyond them does not matter.
+    """
     h, w = images.shape[-2:]
     kh, kw = kernels.shape[-2:]
-    padded = pad(images, kh // 2, kw // 2, mode)
-    size = (_fast_length(padded.shape[-2]), _fast_length(padded.shape[-1]))
+    size = (_fast_length(h + kh - 1), _fast_length(w + kw - 1))
     compute = torch.float64 if images.dtype == torch.float64 else torch.float32
+    padded = pad(images.to(compute), kh // 2, kw // 2, mode, size[0] - h - kh // 2, size[1] - w - kw // 2)
     kernels = kernels.to(images.device, compute).flip(-1, -2)
     if kernels.ndim == 3:
         kernels = kernels.unsqueeze(1)
-    spectrum = torch.fft.rfft2(padded.to(compute), s=size) * torch.fft.rfft2(kernels, s=size)
+    spectrum = torch.fft.rfft2(padded).mul_(torch.fft.rfft2(kernels, s=size))
     out = torch.fft.irfft2(spectrum, s=size)
     return out[..., kh - 1 : kh - 1 + h, kw - 1 : kw - 1 + w].to(images.dtype)
 

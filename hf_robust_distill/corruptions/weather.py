@@ -225,7 +225,8 @@ def distance_to_edges(edges: torch.Tensor, cap: int) -> torch.Tensor:
 def box3(images: torch.Tensor) -> torch.Tensor:
     """OpenCV's ``blur`` with a 3x3 box, border reflect-101."""
     x = pad(images, 1, 1, "reflect101")
-    return F.avg_pool2d(x, 3, stride=1)
+    rows = x[..., :-2, :] + x[..., 1:-1, :] + x[..., 2:, :]
+    return (rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:]).div_(9)
 
 
 def equalize_histogram(u8: torch.Tensor) -> torch.Tensor:
@@ -278,6 +279,11 @@ def spatter(images, severity, generator=None, liquid=None):
 
 
 def correlate_small(images: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """A 3x3 correlation (OpenCV ``filter2D``), border reflect-101."""
-    return F.conv2d(pad(images, 1, 1, "reflect101"), kernel.to(images.dtype).reshape(1, 1, 3, 3))
-
+    """A 3x3 correlation (OpenCV ``filter2D``), border reflect-101, tap by tap."""
+    h, w = images.shape[-2:]
+    x = pad(images, 1, 1, "reflect101")
+    out = torch.zeros_like(images)
+    for (a, b), weight in zip(torch.cartesian_prod(torch.arange(3), torch.arange(3)).tolist(), kernel.flatten().tolist()):
+        if weight:
+            out.add_(x[..., a : a + h, b : b + w], alpha=weight)
+    return out

@@ -117,7 +117,6 @@ def main() -> None:
         ("multilevel", "good run (reference)", [], photos),
         ("multilevel", "typo in --eval_distortions", ["--eval_distortions", "gausian_noise:3"], photos),
         ("multilevel", "typo in --robustness_corruptions", ["--robustness_corruptions", "glass_blurr"], photos),
-        ("multilevel", "--robustness_corruptions snow (no torch port)", ["--robustness_corruptions", "snow"], photos),
         ("multilevel", "--robustness_severities 6", ["--robustness_severities", "6"], photos),
         ("multilevel", "--robustness_baseline teachr", ["--robustness_baseline", "teachr"], photos),
         ("multilevel", "--natural_shifts imagenet-r (no dataset)", ["--natural_shifts", "imagenet-r"], photos),

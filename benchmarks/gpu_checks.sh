@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU checks of the multi-GPU work, in one run (for a machine with one CUDA GPU and a CUDA
-# build of torch): selective attention and teacher precision at batch 64 in bf16, and the recipes
+# The GPU checks, in one run (for a machine with one CUDA GPU and a CUDA build of torch): the
+# corruption grid's throughput against ViT-B/16 bf16 inference (and the CPU table beside the
+# reference), selective attention and teacher precision at batch 64 in bf16, and the recipes
 # under accelerate's FSDP2 and DeepSpeed ZeRO-3 on that one GPU (a sharded student, its sharded
 # checkpoint, a resume, and the whole student folder). JSON and logs go to ${OUT:-gpu_checks}.
 set -euo pipefail
@@ -9,6 +10,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 PY=${PYTHON:-python}
 
+$PY benchmarks/corruption_speed.py --device cuda --threads 16 > "$OUT/corruption_speed.json"
 $PY benchmarks/attention_capture.py --batch_size 64 --bf16 --steps 20 --warmup 3 --repeats 2 > "$OUT/attention_capture.json"
 $PY benchmarks/attention_capture.py --batch_size 64 --bf16 --steps 20 --warmup 3 --repeats 2 --rows cls \
     > "$OUT/attention_capture_cls.json"

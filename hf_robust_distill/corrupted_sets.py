@@ -36,8 +36,6 @@ from .corruptions import CORRUPTIONS, corrupt
 from .images import BadImage, ImageResizer
 
 BACKENDS = ("torch", "reference", "auto")
-KNOWN_CORRUPTIONS: tuple[str, ...] = CORRUPTIONS
-"""The corruptions of the reference code, all ported: the 15 of ImageNet-C and the 4 held-out ones."""
 FORMAT_VERSION = 2  # 2: all 19 ported, draws on the device, CPU pieces of 8
 CLEAN = "clean"
 
@@ -60,8 +58,8 @@ def resolve_backend(corruption: str, backend: str) -> str:
     """The backend that makes ``corruption``: "torch" or "reference"."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown corruption backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    if corruption not in KNOWN_CORRUPTIONS:
-        raise ValueError(f"unknown corruption {corruption!r}; the corruptions are {', '.join(KNOWN_CORRUPTIONS)}")
+    if corruption not in CORRUPTIONS:
+        raise ValueError(f"unknown corruption {corruption!r}; the corruptions are {', '.join(CORRUPTIONS)}")
     if backend in ("torch", "auto"):
         return "torch"
     _imagecorruptions()  # the reference backend is installed

@@ -80,13 +80,14 @@ def check_distortions(spec: str | None) -> None:
 
 def check_corruptions(names: Sequence[str], backend: str) -> None:
     """Every name is an ImageNet-C corruption the backend makes."""
-    from .corrupted_sets import KNOWN_CORRUPTIONS, resolve_backend
+    from .corrupted_sets import resolve_backend
+    from .corruptions import CORRUPTIONS
 
-    problems = [f"unknown corruption {n!r}{did_you_mean(n, KNOWN_CORRUPTIONS)}" for n in names
-                if n not in KNOWN_CORRUPTIONS]
+    problems = [f"unknown corruption {n!r}{did_you_mean(n, CORRUPTIONS)}" for n in names
+                if n not in CORRUPTIONS]
     if problems:
-        problems[-1] += f" (the corruptions: {', '.join(KNOWN_CORRUPTIONS)})"
-    for name in (n for n in names if n in KNOWN_CORRUPTIONS):
+        problems[-1] += f" (the corruptions: {', '.join(CORRUPTIONS)})"
+    for name in (n for n in names if n in CORRUPTIONS):
         try:
             resolve_backend(name, backend)
         except (ValueError, ImportError) as error:

@@ -5,7 +5,6 @@ ImageNet-C corruption x severity, corruption errors and mCE, natural shifts; wri
 
     python recipes/evaluate_robustness.py --model_name_or_path google/vit-base-patch16-224 \\
         --dataset_name <imagenet-1k on the Hub> --eval_split validation --robustness_baseline alexnet \\
-        --robustness_backend auto --robustness_num_workers 8 \\
         --natural_shifts imagenet-r=axiong/imagenet-r:test --output_dir vit-b16-robustness
     python recipes/evaluate_robustness.py --model_name_or_path my-student --baseline_report teacher/robustness_report.json
     python recipes/evaluate_robustness.py      # the embedded demo: the demo zoo's ViT on the digits

@@ -14,7 +14,7 @@ import pytest
 import torch
 from imagecorruptions import corruptions as reference
 
-from hf_robust_distill.corruptions import corrupt
+from hf_robust_distill.corruptions import CORRUPTIONS, corrupt
 from hf_robust_distill.corruptions.blur import _GLASS, glass_moves, glass_sources
 from hf_robust_distill.corruptions.weather import (
     _SNOW,
@@ -28,6 +28,12 @@ from hf_robust_distill.corruptions.weather import (
 )
 
 SEVERITIES = [1, 2, 3, 4, 5]
+
+
+def test_every_corruption_of_the_reference_is_ported_in_its_order():
+    from imagecorruptions import get_corruption_names
+
+    assert CORRUPTIONS == tuple(get_corruption_names("all"))
 
 
 def grey_levels(tensor: torch.Tensor) -> np.ndarray:

@@ -111,14 +111,23 @@ def _jpeg_plane(plane: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     return blocks.add_(128).round_().clamp_(0, 255)
 
 
-def _fancy_upsample(plane: torch.Tensor, h: int, w: int) -> torch.Tensor:
+def _fancy_upsample(planes: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """libjpeg's default 'fancy' 2x chroma upsampling: a triangle filter, 3/4 near + 1/4 far."""
-    up = F.interpolate(plane.unsqueeze(1), scale_factor=2, mode="bilinear", align_corners=False)
-    return up.squeeze(1)[:, :h, :w]
+    return F.interpolate(planes, scale_factor=2, mode="bilinear", align_corners=False)[..., :h, :w]
+
+
+def _mix(channels: tuple[torch.Tensor, ...], weights: tuple[float, ...], offset: float = 0.0) -> torch.Tensor:
+    """``offset + sum_k weights[k] * channels[k]``, skipping zero weights."""
+    out = torch.full_like(channels[0], offset)
+    for channel, weight in zip(channels, weights):
+        if weight:
+            out.add_(channel, alpha=weight)
+    return out
 
 
 def jpeg_compression(images, severity, generator=None):
-    """A JPEG save and load at the reference's quality, simulated in torch on the device."""
+    """A JPEG save and load at the reference's quality, simulated in torch on the device: JFIF
+    colour conversion, 4:2:0 chroma, quantised DCT, fancy upsampling."""
     quality = [25, 18, 15, 10, 7][severity - 1]
     dtype = torch.float32 if images.dtype != torch.float64 else torch.float64
     x = (images.to(dtype) * 255).round_()
@@ -127,17 +136,18 @@ def jpeg_compression(images, severity, generator=None):
     if ph or pw:
         # libjpeg fills a partial 16x16 MCU by repeating the last row and column.
         x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-    r, g, bl = x.unbind(1)
-    y = (0.299 * r + 0.587 * g + 0.114 * bl).round_()
-    cb = (-0.168736 * r - 0.331264 * g + 0.5 * bl + 128).round_()
-    cr = (0.5 * r - 0.418688 * g - 0.081312 * bl + 128).round_()
-    cb = F.avg_pool2d(cb.unsqueeze(1), 2).squeeze(1)
-    cr = F.avg_pool2d(cr.unsqueeze(1), 2).squeeze(1)
+    rgb = x.unbind(1)
+    y = _mix(rgb, (0.299, 0.587, 0.114)).round_()
+    c = torch.stack([_mix(rgb, (-0.168736, -0.331264, 0.5), 128), _mix(rgb, (0.5, -0.418688, -0.081312), 128)], 1)
+    c = c.round_()
+    chroma = (c[..., 0::2, 0::2] + c[..., 1::2, 0::2]).add_(c[..., 0::2, 1::2]).add_(c[..., 1::2, 1::2]).div_(4)
     luma_q, chroma_q = _quant_table(_LUMA_TABLE, quality), _quant_table(_CHROMA_TABLE, quality)
     y = _jpeg_plane(y, luma_q)
-    cb = _fancy_upsample(_jpeg_plane(cb, chroma_q), h + ph, w + pw) - 128
-    cr = _fancy_upsample(_jpeg_plane(cr, chroma_q), h + ph, w + pw) - 128
-    rgb = torch.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], 1)
+    chroma = _jpeg_plane(chroma.reshape(2 * b, *chroma.shape[-2:]), chroma_q).reshape(b, 2, *chroma.shape[-2:])
+    cb, cr = (_fancy_upsample(chroma, h + ph, w + pw) - 128).unbind(1)
+    ycc = (y, cb, cr)
+    rgb = torch.stack([_mix(ycc, (1.0, 0.0, 1.402)), _mix(ycc, (1.0, -0.344136, -0.714136)),
+                       _mix(ycc, (1.0, 1.772, 0.0))], 1)
     return rgb[..., :h, :w].round_().clamp_(0, 255).div_(255).to(images.dtype)
 
 

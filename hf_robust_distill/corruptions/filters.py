@@ -34,13 +34,13 @@ def per_sample(level, images: torch.Tensor) -> torch.Tensor:
     return level.reshape(-1, 1, 1, 1).expand(images.shape[0], 1, 1, 1)
 
 
-def pad_index(size: int, pad: int, mode: str, device="cpu") -> torch.Tensor:
-    """Source indices of a 1-D signal padded by ``pad`` on both sides.
+def pad_index(size: int, before: int, mode: str, device="cpu", after: int | None = None) -> torch.Tensor:
+    """Source indices of a 1-D signal padded by ``before`` and ``after`` (default ``before``).
 
     ``replicate`` (scipy 'nearest'), ``reflect101`` (OpenCV's default border, d c b | a b c d)
-    and ``symmetric`` (scipy 'reflect', c b a | a b c d); works for any ``pad``.
+    and ``symmetric`` (scipy 'reflect', c b a | a b c d); works for any padding.
     """
-    idx = torch.arange(-pad, size + pad, device=device)
+    idx = torch.arange(-before, size + (before if after is None else after), device=device)
     if mode == "replicate":
         return idx.clamp(0, size - 1)
     if mode == "reflect101":
@@ -59,22 +59,18 @@ def pad_index(size: int, pad: int, mode: str, device="cpu") -> torch.Tensor:
 def pad(images: torch.Tensor, pad_h: int, pad_w: int, mode: str, after_h: int | None = None,
         after_w: int | None = None) -> torch.Tensor:
     """``images`` padded by ``mode``: ``pad_h`` rows above and ``after_h`` (default ``pad_h``)
-    below, the same for columns."""
+    below, the same for columns; through ``F.pad`` where it has the mode."""
     after_h = pad_h if after_h is None else after_h
     after_w = pad_w if after_w is None else after_w
     h, w = images.shape[-2:]
     native = {"replicate": "replicate", "reflect101": "reflect"}.get(mode)
     if native and (mode == "replicate" or max(pad_h, after_h) < h and max(pad_w, after_w) < w):
-        shape = images.shape
-        flat = images.reshape(-1, 1, h, w) if images.ndim != 4 else images
-        out = F.pad(flat, (pad_w, after_w, pad_h, after_h), mode=native)
-        return out.reshape(*shape[:-2], *out.shape[-2:])
+        out = F.pad(images.reshape(-1, 1, h, w), (pad_w, after_w, pad_h, after_h), mode=native)
+        return out.reshape(*images.shape[:-2], *out.shape[-2:])
     if pad_h or after_h:
-        images = images.index_select(-2, pad_index(h, max(pad_h, after_h), mode, images.device)[
-            max(pad_h, after_h) - pad_h : max(pad_h, after_h) + h + after_h])
+        images = images.index_select(-2, pad_index(h, pad_h, mode, images.device, after_h))
     if pad_w or after_w:
-        images = images.index_select(-1, pad_index(w, max(pad_w, after_w), mode, images.device)[
-            max(pad_w, after_w) - pad_w : max(pad_w, after_w) + w + after_w])
+        images = images.index_select(-1, pad_index(w, pad_w, mode, images.device, after_w))
     return images
 
 

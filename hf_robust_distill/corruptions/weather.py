@@ -1,7 +1,8 @@
 """ImageNet-C's weather corruptions: snow, frost, fog, and the held-out spatter.
 
-Each draws its randomness first (``*_draws``) and then applies a deterministic function of it,
-so tests can hand in the reference's own random numbers.
+Each takes its randomness as optional arguments (fog's random field, frost's photo and crop,
+snow's noise and angle, spatter's noise) and otherwise draws it from the generator, so tests can
+hand in the reference's own random numbers.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def rescaled_size(index: int, image_hw: tuple[int, int]) -> tuple[int, int]:
     return int(np.ceil(fh * scale)), int(np.ceil(fw * scale))
 
 
-@lru_cache(maxsize=32)
+@lru_cache(maxsize=12)
 def rescaled_frost(index: int, image_hw: tuple[int, int], device: str) -> torch.Tensor:
     """Frost photo ``index`` resized as the reference does (OpenCV's cubic resize, a=-0.75,
     half-pixel centres; 8-bit result), as float 0-255 on ``device``."""

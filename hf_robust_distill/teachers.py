@@ -18,6 +18,7 @@ from torch import nn
 from transformers import logging as hf_logging
 from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel, CLIPVisionModelWithProjection
 
+from .imagenet_classes import zero_shot_names
 from .models import PixelPreprocessor, PixelSpaceClassifier, load_vision_model
 from .prompts import resolve_templates
 
@@ -58,7 +59,7 @@ class CLIPZeroShotClassifier(nn.Module):
 
     def __init__(self, vision_model: CLIPVisionModelWithProjection, head: torch.Tensor, logit_scale: float,
                  class_names: list[str], preprocessor: PixelPreprocessor, templates=("{}",),
-                 image_processor: CLIPImageProcessor | None = None):
+                 image_processor: CLIPImageProcessor | None = None, prompt_names: list[str] | None = None):
         super().__init__()
         if head.shape[0] != len(class_names):
             raise ValueError(f"the head has {head.shape[0]} rows for {len(class_names)} class names")
@@ -66,6 +67,7 @@ class CLIPZeroShotClassifier(nn.Module):
         self.register_buffer("head", head.to(next(vision_model.parameters()).dtype), persistent=False)
         self.logit_scale = float(logit_scale)
         self.class_names = list(class_names)
+        self.prompt_names = list(prompt_names) if prompt_names is not None else list(class_names)
         self.templates = list(templates)
         self.preprocessor = preprocessor
         self.image_processor = image_processor
@@ -73,17 +75,26 @@ class CLIPZeroShotClassifier(nn.Module):
 
     @classmethod
     def from_clip(cls, name_or_path: str, class_names: list[str] | None, templates="openai",
-                  batch_size: int = 256, device=None, **kwargs) -> CLIPZeroShotClassifier:
-        """Builds the head from a ``CLIPModel`` checkpoint (Hub id or path) and class names."""
+                  batch_size: int = 256, device=None, prompt_names: list[str] | None = None,
+                  **kwargs) -> CLIPZeroShotClassifier:
+        """Builds the head from a ``CLIPModel`` checkpoint (Hub id or path) and class names.
+
+        The text tower reads ``prompt_names`` (default: OpenAI's curated names when
+        ``class_names`` are ImageNet-1k's, ``class_names`` otherwise); the classifier keeps
+        ``class_names``, by which heads are matched to datasets.
+        """
         if not class_names:
             raise ValueError("a CLIP teacher needs class names: use a dataset whose label column is a "
                              "ClassLabel, or give them in label order (recipes: --class_names_file)")
+        prompt_names = list(prompt_names) if prompt_names is not None else zero_shot_names(class_names)
+        if len(prompt_names) != len(class_names):
+            raise ValueError(f"{len(prompt_names)} prompt names for {len(class_names)} classes")
         templates = resolve_templates(templates)
         clip = CLIPModel.from_pretrained(name_or_path, **kwargs)
         if device is not None:
             clip.to(device)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        head = zero_shot_head(clip, tokenizer, class_names, templates, batch_size)
+        head = zero_shot_head(clip, tokenizer, prompt_names, templates, batch_size)
         logit_scale = float(clip.logit_scale.detach().float().exp())
         vision_config = clip.config.vision_config
         vision_config.projection_dim = clip.config.projection_dim  # kept at the top level of CLIPConfig
@@ -98,7 +109,7 @@ class CLIPZeroShotClassifier(nn.Module):
             vision_model.to(device)
         image_processor = CLIPImageProcessor.from_pretrained(name_or_path)
         return cls(vision_model.eval(), head, logit_scale, class_names,
-                   PixelPreprocessor.from_image_processor(image_processor), templates, image_processor)
+                   PixelPreprocessor.from_image_processor(image_processor), templates, image_processor, prompt_names)
 
     @classmethod
     def from_pretrained(cls, path: str, **kwargs) -> CLIPZeroShotClassifier:
@@ -113,7 +124,8 @@ class CLIPZeroShotClassifier(nn.Module):
         image_processor = CLIPImageProcessor.from_pretrained(path)
         head = load_file(head_file)["head"].to(next(vision_model.parameters()).device)
         return cls(vision_model.eval(), head, meta["logit_scale"], meta["class_names"],
-                   PixelPreprocessor.from_image_processor(image_processor), meta["templates"], image_processor)
+                   PixelPreprocessor.from_image_processor(image_processor), meta["templates"], image_processor,
+                   meta.get("prompt_names"))
 
     def save_pretrained(self, save_directory: str) -> None:
         os.makedirs(save_directory, exist_ok=True)
@@ -123,7 +135,7 @@ class CLIPZeroShotClassifier(nn.Module):
         save_file({"head": self.head.float().cpu().contiguous()}, os.path.join(save_directory, HEAD_WEIGHTS))
         with open(os.path.join(save_directory, HEAD_CONFIG), "w") as f:
             json.dump({"logit_scale": self.logit_scale, "class_names": self.class_names,
-                       "templates": self.templates}, f, indent=2)
+                       "prompt_names": self.prompt_names, "templates": self.templates}, f, indent=2)
 
     @property
     def num_labels(self) -> int:

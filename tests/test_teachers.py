@@ -6,6 +6,8 @@ import torch.nn.functional as F
 from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
 
 from hf_robust_distill import CLIPZeroShotClassifier
+from hf_robust_distill.imagenet_classes import imagenet_classes, is_imagenet_1k, subset_names, zero_shot_names
+from hf_robust_distill.natural_shifts import NaturalShift
 from hf_robust_distill.prompts import OPENAI_IMAGENET_TEMPLATES, resolve_templates
 
 from .conftest import DIGIT_NAMES
@@ -79,3 +81,32 @@ def test_clear_errors(tiny_clip, tmp_path):
     with pytest.raises(ValueError, match="exactly one"):
         resolve_templates(["no slot here"])
     assert len(resolve_templates("openai")) == len(set(OPENAI_IMAGENET_TEMPLATES)) == 80
+
+
+def test_imagenet_1k_is_recognised_by_every_naming_of_its_classes():
+    wnids, wordnet, openai = (list(column) for column in zip(*imagenet_classes()))
+    assert len(wnids) == 1000 and wnids == sorted(wnids) and openai[:3] == ["tench", "goldfish", "great white shark"]
+    assert wordnet[7] == "cock" and openai[7] == "rooster"
+    first_lemmas = [name.split(",")[0].replace(" ", "_") for name in wordnet]  # Keras-style "great_white_shark"
+    retouched = wordnet[:995] + [f"class {i}" for i in range(5)]
+    for names in (wnids, wordnet, openai, first_lemmas, retouched):
+        assert is_imagenet_1k(names) and zero_shot_names(names) == openai
+    for names in (wordnet[::-1], wordnet[:999], wordnet[:980] + [f"class {i}" for i in range(20)], DIGIT_NAMES):
+        assert not is_imagenet_1k(names) and zero_shot_names(names) == list(names)
+
+
+def test_an_imagenet_head_reads_openais_names_and_keeps_the_datasets(tiny_clip, tmp_path):
+    """A dataset labelled with ImageNet-1k's WordNet names (as the Hub's imagenet-1k is) gets a head
+    built from OpenAI's curated names, matched to the dataset by its own names."""
+    _, wordnet, openai = (list(column) for column in zip(*imagenet_classes()))
+    teacher = CLIPZeroShotClassifier.from_clip(tiny_clip, wordnet, templates=["a photo of a {}."])
+    head, _ = hand_head(tiny_clip, openai, ["a photo of a {}."])
+    torch.testing.assert_close(teacher.head, head, atol=1e-5, rtol=1e-5)
+    assert teacher.class_names == wordnet and teacher.prompt_names == openai
+    teacher.save_pretrained(str(tmp_path))
+    assert CLIPZeroShotClassifier.from_pretrained(str(tmp_path)).prompt_names == openai
+    digits = CLIPZeroShotClassifier.from_clip(tiny_clip, DIGIT_NAMES, templates=TEMPLATES)
+    assert digits.prompt_names == DIGIT_NAMES  # other data: its own names (or --class_names_file's)
+    # ImageNet-R's and ImageNet-A's 200 classes are named from the same list.
+    subset = NaturalShift.parse("imagenet-r=axiong/imagenet-r:test").subset()
+    assert subset_names(subset) == [openai[i] for i in subset] and subset_names(subset)[0] == "goldfish"

@@ -100,6 +100,14 @@ class DistillationConfig(TrainingArguments):
         default=LORA_TARGETS, metadata={"help": "Comma-separated module names that get adapters (ViT family: "
                                                 "q_proj, k_proj, v_proj, o_proj, fc1, fc2)."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch."})
+    ema_decay: float = field(
+        default=0.0, metadata={"help": "Keep an exponential moving average of the student's weights with this decay "
+                                       "(the official DAD run: 0.99992); it is the student evaluated during "
+                                       "training and saved at the end. 0: off."})
+    drop_path_rate: float | None = field(
+        default=None, metadata={"help": "Stochastic depth of the student (the official DAD run: 0.25), for students "
+                                        "whose config has drop_path_rate (BEiT, DINOv2, Swin, ConvNeXt, ...; not "
+                                        "ViT or DeiT in transformers). Unset: the checkpoint's own."})
     cache_teacher: bool = field(
         default=False, metadata={"help": "Compute what the losses read of the teacher (it sees the clean image) once, "
                                          "before training, into a datasets cache, and read it in every epoch instead "
@@ -161,6 +169,13 @@ class DistillationConfig(TrainingArguments):
             raise ValueError("remove_unused_columns=True drops the columns distillation needs; leave it False")
         if self.lora_r < 0 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
             raise ValueError("lora_r must be >= 0 (0: no LoRA), lora_alpha > 0 and lora_dropout in [0, 1)")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay lies in [0, 1) (0: no EMA; the official DAD run: 0.99992), got {self.ema_decay}")
+        if self.ema_decay and self.load_best_model_at_end:
+            raise ValueError("with ema_decay the weight average is the final student, and load_best_model_at_end "
+                             "would replace it by a checkpoint's raw weights: drop one of them")
+        if self.drop_path_rate is not None and not 0 <= self.drop_path_rate < 1:
+            raise ValueError(f"drop_path_rate lies in [0, 1), got {self.drop_path_rate}")
         if self.cache_teacher and self.dad_mode == "online":
             raise ValueError("cache_teacher stores the teacher's outputs on clean images, and online DAD attacks the "
                              "teacher every step: use dad_mode='offline' (its dataset stores the teacher's logits)")

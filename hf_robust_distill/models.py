@@ -13,6 +13,8 @@ Models stay plain ``transformers`` models, so a student saves, pushes and reload
 
 from __future__ import annotations
 
+import inspect
+
 import contextlib
 from dataclasses import dataclass, field
 from functools import partial
@@ -60,6 +62,17 @@ class PixelPreprocessor:
             )
         mean, std = self._stats[key]
         return (pixels - mean) / std
+
+
+def supports_drop_path(config) -> bool:
+    """Whether a model of this config builds stochastic depth from ``config.drop_path_rate`` (any
+    config accepts the attribute; only some models read it)."""
+    return "drop_path_rate" in inspect.signature(type(config).__init__).parameters
+
+
+def student_load_kwargs(config) -> dict:
+    """``from_pretrained`` keyword arguments a ``DistillationConfig`` asks of the student."""
+    return {} if config.drop_path_rate is None else {"drop_path_rate": config.drop_path_rate}
 
 
 def load_vision_model(name_or_path: str, *, attention_maps: bool = False,

@@ -265,6 +265,16 @@ def read_class_names_file(path: str) -> list[str]:
     return names
 
 
+def check_drop_path(student_config, rate: float | None) -> None:
+    """A drop-path rate only for a student whose layers read one."""
+    from .models import supports_drop_path
+
+    if rate and not supports_drop_path(student_config):
+        raise ValueError(f"the student ({type(student_config).__name__}) has no stochastic depth in transformers, so "
+                         "the rate would be ignored: drop --drop_path_rate, or use a student that has it (BEiT, "
+                         "DINOv2, Swin, ConvNeXt, ...)")
+
+
 def check_feature_terms(student_config, teacher_config, config) -> None:
     """The feature terms fit the two models, read from their configs: widths, patch grids, heads,
     and the layers asked for (what ``RobustDistillationTrainer`` would refuse once weights load)."""

@@ -3,6 +3,7 @@ images, what a frozen teacher computes from the clean ones."""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 
@@ -23,14 +24,16 @@ from .frozen import inference_dtype, is_sharded, layer_classes, place_frozen, wh
 from .heads import (REORDER, SAME, describe_difference, detach_head_inputs, freeze_unread_head, head_classes,
                     is_image_classifier, match_head, unwrap_adapters)
 from .images import BadImageLog
-from . import lora, projections, teacher_cache
+from . import ema, lora, projections, teacher_cache
 from .losses import attention_loss, ce_loss, cls_loss, kd_loss, patch_loss
 from .token_grids import align_attention, patch_grid, resample_tokens
 from .models import (Features, FeatureTaps, PixelPreprocessor, PixelSpaceClassifier, check_compatible, map_layers,
-                     transformer_blocks)
+                     supports_drop_path, transformer_blocks)
 
 LOSS_PARTS = ("loss_cls", "loss_patch", "loss_attn", "loss_kd", "loss_ce", "loss_kd_dad", "loss_ce_dad", "loss_head")
 STORED_TEACHER_LOGITS = ("teacher_logits_clean", "teacher_logits_dad")
+
+logger = logging.getLogger(__name__)
 
 
 def accuracy_clean_and_distorted(eval_pred: EvalPrediction) -> dict[str, float]:
@@ -187,6 +190,24 @@ class RobustDistillationTrainer(Trainer):
         self._parts = {True: {}, False: {}}  # training?, name -> summed tensor
         self._cached_teacher = None  # the teacher cache (a datasets.Dataset), once in use
         self._counts = {True: 0, False: 0}
+        self.weight_average = self._average_weights(args)
+
+    def _average_weights(self, args) -> ema.WeightAverage | None:
+        """The EMA of the student (its projections included), moved after every optimizer step."""
+        if args.drop_path_rate:
+            config = unwrap_adapters(self.model).config
+            if not supports_drop_path(config) or getattr(config, "drop_path_rate", None) != args.drop_path_rate:
+                raise ValueError(f"drop_path_rate={args.drop_path_rate} is a load-time setting of the student: load it "
+                                 f"with from_pretrained(..., drop_path_rate={args.drop_path_rate}), a model whose config "
+                                 "reads it (the recipes do)")
+        if not args.ema_decay:
+            return None
+        if self.is_fsdp_enabled or zero_stage(self.accelerator) == 3:
+            raise ValueError("ema_decay averages the whole student on every process, and this run shards it (FSDP or "
+                             "ZeRO-3): run under DDP or ZeRO-2, or without --ema_decay")
+        average = ema.WeightAverage(self.model, args.ema_decay)
+        self.add_callback(ema.WeightAverageCallback(average))
+        return average
 
     def _tap_teacher(self, teacher, args) -> None:
         """Hooks on a transformers teacher for the feature terms, mapped by relative depth."""
@@ -426,7 +447,17 @@ class RobustDistillationTrainer(Trainer):
         self._check_every_parameter_reached()
         if self.args.cache_teacher and self.teacher is not None and self._cached_teacher is None:
             self._use_teacher_cache()
-        return super().train(*args, **kwargs)
+        output = super().train(*args, **kwargs)
+        if self.weight_average is not None:
+            self.weight_average.copy_to(self.model)  # the average is the student saved and reported
+        return output
+
+    def evaluate(self, *args, **kwargs):
+        """With ``ema_decay``, the average is the student evaluated, as in the official DAD run."""
+        if self.weight_average is None:
+            return super().evaluate(*args, **kwargs)
+        with self.weight_average.applied(self.model):
+            return super().evaluate(*args, **kwargs)
 
     def _use_teacher_cache(self) -> None:
         """Builds (or finds) the teacher's outputs on the training set and puts them beside each row."""
@@ -531,8 +562,11 @@ class RobustDistillationTrainer(Trainer):
             raise weights_error(bad, output_dir or self.args.output_dir, self.args.output_dir)
         super()._save(output_dir, state_dict)
         folder = output_dir or self.args.output_dir
-        if self.projections is not None and self.args.should_save and _is_checkpoint(folder):
-            projections.save(self.projections, folder)  # beside the checkpoint, never in a student folder
+        if self.args.should_save and _is_checkpoint(folder):  # beside the checkpoint, never in a student folder
+            if self.projections is not None:
+                projections.save(self.projections, folder)
+            if self.weight_average is not None:
+                self.weight_average.save(folder)
 
     # ---- logging of the parts -----------------------------------------------------------------
 
@@ -604,6 +638,10 @@ class RobustDistillationTrainer(Trainer):
                                    f"{missing[:5]}, unexpected {unexpected[:5]}")
         if self.projections is not None:
             projections.load(self.projections, resume_from_checkpoint)
+        if self.weight_average is not None and not self.weight_average.load(resume_from_checkpoint):
+            logger.warning("%s holds no weight average (the run had no --ema_decay): it starts from the checkpoint's "
+                           "weights", resume_from_checkpoint)
+            self.weight_average.reset(self.model)
 
     def _load_best_model(self):
         if not self._reloads_through_from_pretrained(self.model, self.state.best_model_checkpoint):

@@ -35,9 +35,9 @@ from hf_robust_distill.evaluation import distortion_table, report_table
 from hf_robust_distill.frozen import is_sharded, whole_weights
 from hf_robust_distill.heads import DIFFERENT, describe_difference, fit_to_classes, load_with_head, match_classes
 from hf_robust_distill.images import ImageResizer
-from hf_robust_distill.models import PixelPreprocessor, PixelSpaceClassifier
-from hf_robust_distill.preflight import (Problems, check_dataset_reachable, check_feature_terms, config_classes,
-                                         read_image_processor, read_model_config, read_vq_config,
+from hf_robust_distill.models import PixelPreprocessor, PixelSpaceClassifier, student_load_kwargs
+from hf_robust_distill.preflight import (Problems, check_dataset_reachable, check_drop_path, check_feature_terms,
+                                         config_classes, read_image_processor, read_model_config, read_vq_config,
                                          saved_head_classes)
 from hf_robust_distill.prompts import resolve_templates
 from hf_robust_distill.teachers import HEAD_WEIGHTS, load_pixel_classifier
@@ -174,7 +174,7 @@ def offline_training_set(script_args, data, config, teacher_classifier, discreti
 
 
 def train_student(student_path, names, config, teacher, discretizer, train_set, processor):
-    student, head = load_with_head(student_path, names)
+    student, head = load_with_head(student_path, names, **student_load_kwargs(config))
     if head == "new":
         logger.warning("the student's head predicts other classes than the dataset's: starting a new head (the CE and "
                        "KD terms train it)")
@@ -214,6 +214,8 @@ def preflight(argv):
     with config.main_process_first(desc="loading the dataset"):
         data = load_recipe_data(data_args, problems, seed=config.seed,
                                 labels_train=config.ce_weight > 0 or config.dad_ce_weight > 0)
+    if student_config is not None:
+        problems.check("--drop_path_rate", check_drop_path, student_config, config.drop_path_rate)
     if data is not None and not data.scored:
         problems.add("--dataset_name", "DAD distils a classifier: the dataset needs labels of at least two classes")
     problems.check("--teacher_name_or_path", check_teacher, script_args.teacher_name_or_path, data)

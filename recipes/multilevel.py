@@ -29,8 +29,8 @@ from hf_robust_distill.frozen import whole_weights
 from hf_robust_distill.evaluation import cls_features, distortion_table, fit_linear_probe, report_table
 from hf_robust_distill.heads import DIFFERENT, fit_to_classes, load_with_head, match_classes
 from hf_robust_distill.images import ImageResizer
-from hf_robust_distill.models import PixelPreprocessor, PixelSpaceClassifier, load_vision_model
-from hf_robust_distill.preflight import (Problems, check_feature_terms, check_fraction, config_classes,
+from hf_robust_distill.models import PixelPreprocessor, PixelSpaceClassifier, load_vision_model, student_load_kwargs
+from hf_robust_distill.preflight import (Problems, check_drop_path, check_feature_terms, check_fraction, config_classes,
                                          read_image_processor, read_model_config)
 
 logger = logging.getLogger("multilevel")
@@ -119,6 +119,8 @@ def preflight(argv):
         problems.check("--student_name_or_path / --teacher_name_or_path", check_feature_terms, student_config,
                        teacher_config, config)
     names = data.names if data is not None else None
+    if student_config is not None:
+        problems.check("--drop_path_rate", check_drop_path, student_config, config.drop_path_rate)
     student_scored = data is not None and data.scored and student_config is not None
     if teacher_config is not None and data is not None and config.kd_weight > 0:
         if match_classes(config_classes(teacher_config), names) == DIFFERENT:
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
     with whole_weights():  # every process runs the frozen teacher
         teacher = load_vision_model(teacher_path)
     teacher_scores = fit_to_classes(teacher, data.names, "the teacher") != DIFFERENT  # else it only gives features
-    student, student_head = load_with_head(student_path, data.names)
+    student, student_head = load_with_head(student_path, data.names, **student_load_kwargs(config))
     if student_head == "new":
         how = ("it is trained with cross-entropy on detached features (loss_head), so the backbone learns from "
                "distillation only" if not config.logits_read and config.head_ce_weight > 0 and data.scored

@@ -11,6 +11,7 @@ from .dad import ONLINE_STEP_SIZE, OFFLINE_STEP_SIZE, AttackSettings
 from .distortions import parse_distortions
 from .frozen import TEACHER_DTYPES
 from .lora import DEFAULT_TARGETS as LORA_TARGETS
+from .mixing import MixingSettings
 from .projections import KINDS as PROJECTIONS
 from .losses import ATTENTION_ROWS, CLS_LOSSES, PATCH_LOSSES
 
@@ -100,6 +101,12 @@ class DistillationConfig(TrainingArguments):
         default=LORA_TARGETS, metadata={"help": "Comma-separated module names that get adapters (ViT family: "
                                                 "q_proj, k_proj, v_proj, o_proj, fc1, fc2)."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch."})
+    mixup_alpha: float = field(default=0.0, metadata={"help": "Mixup's Beta(alpha, alpha) (the official DAD run: "
+                                                             "0.8); 0: off. Targets become soft."})
+    cutmix_alpha: float = field(default=0.0, metadata={"help": "CutMix's Beta(alpha, alpha) (the official DAD run: "
+                                                              "1.0); 0: off."})
+    mixup_prob: float = field(default=1.0, metadata={"help": "Probability that a batch is mixed."})
+    mixup_switch_prob: float = field(default=0.5, metadata={"help": "With both on, the probability of CutMix."})
     ema_decay: float = field(
         default=0.0, metadata={"help": "Keep an exponential moving average of the student's weights with this decay "
                                        "(the official DAD run: 0.99992); it is the student evaluated during "
@@ -171,6 +178,13 @@ class DistillationConfig(TrainingArguments):
             raise ValueError("lora_r must be >= 0 (0: no LoRA), lora_alpha > 0 and lora_dropout in [0, 1)")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay lies in [0, 1) (0: no EMA; the official DAD run: 0.99992), got {self.ema_decay}")
+        if min(self.mixup_alpha, self.cutmix_alpha) < 0 or not (0 <= self.mixup_prob <= 1
+                                                                   and 0 <= self.mixup_switch_prob <= 1):
+            raise ValueError("mixup_alpha and cutmix_alpha are >= 0 (0: off); mixup_prob and mixup_switch_prob lie "
+                             "in [0, 1]")
+        if self.cache_teacher and self.mixing.mixes:
+            raise ValueError("cache_teacher stores the teacher's outputs on unmixed images, and mixup/cutmix change "
+                             "every batch: drop one of them")
         if self.ema_decay and self.load_best_model_at_end:
             raise ValueError("with ema_decay the weight average is the final student, and load_best_model_at_end "
                              "would replace it by a checkpoint's raw weights: drop one of them")
@@ -195,6 +209,12 @@ class DistillationConfig(TrainingArguments):
     def __getstate__(self) -> dict:
         """Pickled (``training_args.bin`` beside every checkpoint) without the Hub token."""
         return {**self.__dict__, "hub_token": None}
+
+    @property
+    def mixing(self) -> MixingSettings:
+        """Mixup/CutMix and label smoothing (``label_smoothing_factor``) of the training batches."""
+        return MixingSettings(self.mixup_alpha, self.cutmix_alpha, self.mixup_prob, self.mixup_switch_prob,
+                              self.label_smoothing_factor)
 
     @property
     def logits_read(self) -> bool:

@@ -93,7 +93,11 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
 
 
 def ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy with integer labels; -100 marks a sample without a label, and a batch
-    without any gives 0 (not the NaN of an empty mean)."""
+    """Cross-entropy with integer labels (-100 marks a sample without one) or (B, C) soft targets
+    (timm's ``SoftTargetCrossEntropy``; a row of zeros marks a sample without one), averaged over
+    the labelled samples; a batch without any gives 0 (not the NaN of an empty mean)."""
+    if labels.ndim == 2:
+        total = -(labels * F.log_softmax(logits.float(), dim=-1)).sum()
+        return total / (labels.sum(-1) > 0).sum().clamp_min(1)
     total = F.cross_entropy(logits.float(), labels, ignore_index=-100, reduction="sum")
     return total / (labels != -100).sum().clamp_min(1)

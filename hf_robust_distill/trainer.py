@@ -26,6 +26,7 @@ from .heads import (REORDER, SAME, describe_difference, detach_head_inputs, free
 from .images import BadImageLog
 from . import ema, lora, projections, teacher_cache
 from .losses import attention_loss, ce_loss, cls_loss, kd_loss, patch_loss
+from .mixing import mix_batch
 from .token_grids import align_attention, patch_grid, resample_tokens
 from .models import (Features, FeatureTaps, PixelPreprocessor, PixelSpaceClassifier, check_compatible, map_layers,
                      supports_drop_path, transformer_blocks)
@@ -191,6 +192,9 @@ class RobustDistillationTrainer(Trainer):
         self._cached_teacher = None  # the teacher cache (a datasets.Dataset), once in use
         self._counts = {True: 0, False: 0}
         self.weight_average = self._average_weights(args)
+        if args.mixing.mixes and teacher is None and (args.kd_weight > 0 or args.dad_kd_weight > 0):
+            raise ValueError("mixup/cutmix change the images the stored teacher logits were computed on: pass the "
+                             "teacher, which then runs on the mixed images")
 
     def _average_weights(self, args) -> ema.WeightAverage | None:
         """The EMA of the student (its projections included), moved after every optimizer step."""
@@ -303,6 +307,10 @@ class RobustDistillationTrainer(Trainer):
         batch = len(pixels)
         generator = self._view_generator(pixels.device, model.training)
         dad = self._dad_batch(inputs, labels, generator, model.training)
+        if model.training and self.args.mixing.active:
+            pixels, dad, labels = self._mixed(pixels, dad, labels, generator)
+            if self.args.mixing.mixes:
+                inputs = {}  # logits stored with the images are of the unmixed ones: the teacher runs
         with torch.no_grad():
             views = [self.distorter(pixels, generator)]
             if dad is not None:
@@ -317,6 +325,14 @@ class RobustDistillationTrainer(Trainer):
         self._accumulate(parts, model.training)
         self._last_parts = parts
         return (loss, student_clean) if return_outputs else loss
+
+    def _mixed(self, pixels, dad, labels, generator):
+        """The batch mixed (mixup/cutmix, its DAD images with it) and its soft, smoothed targets."""
+        given = labels if labels is not None else torch.full((len(pixels),), -100, device=pixels.device)
+        images = [pixels] + ([dad] if dad is not None else [])
+        num_classes = unwrap_adapters(self.model).config.num_labels
+        images, targets = mix_batch(images, given, num_classes, self.args.mixing, generator)
+        return images[0], images[1] if dad is not None else None, targets if labels is not None else None
 
     @staticmethod
     def _nothing_to_learn(model, return_outputs: bool):

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from .attacks import NORMS
+from .augmentation import AugmentationSettings, parse_rand_augment
 from .dad import ONLINE_STEP_SIZE, OFFLINE_STEP_SIZE, AttackSettings
 from .distortions import parse_distortions
 from .frozen import TEACHER_DTYPES
@@ -101,6 +102,20 @@ class DistillationConfig(TrainingArguments):
         default=LORA_TARGETS, metadata={"help": "Comma-separated module names that get adapters (ViT family: "
                                                 "q_proj, k_proj, v_proj, o_proj, fc1, fc2)."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch."})
+    random_resized_crop: bool = field(
+        default=False, metadata={"help": "RandomResizedCrop of each training image (scale 0.08-1, ratio 3/4-4/3) back "
+                                         "to its size, on the device after the collator; the teacher sees the same "
+                                         "crop as the student."})
+    crop_scale_min: float = field(default=0.08, metadata={"help": "Smallest area share RandomResizedCrop keeps."})
+    hflip: float = field(default=0.0, metadata={"help": "Probability of a horizontal flip (the official run: 0.5)."})
+    rand_augment: str | None = field(
+        default=None, metadata={"help": "RandAugment in timm's form, e.g. 'rand-m9-mstd0.5-inc1' (the official run); "
+                                        "kornia's operations."})
+    color_jitter: float = field(
+        default=0.0, metadata={"help": "Brightness, contrast and saturation jitter (the official run: 0.4); like "
+                                       "timm, applied only without --rand_augment."})
+    random_erasing: float = field(
+        default=0.0, metadata={"help": "Probability of erasing a random box with noise (the official run: 0.25)."})
     mixup_alpha: float = field(default=0.0, metadata={"help": "Mixup's Beta(alpha, alpha) (the official DAD run: "
                                                              "0.8); 0: off. Targets become soft."})
     cutmix_alpha: float = field(default=0.0, metadata={"help": "CutMix's Beta(alpha, alpha) (the official DAD run: "
@@ -182,6 +197,15 @@ class DistillationConfig(TrainingArguments):
                                                                    and 0 <= self.mixup_switch_prob <= 1):
             raise ValueError("mixup_alpha and cutmix_alpha are >= 0 (0: off); mixup_prob and mixup_switch_prob lie "
                              "in [0, 1]")
+        if not 0 < self.crop_scale_min <= 1 or not 0 <= self.hflip <= 1 or not 0 <= self.random_erasing <= 1 \
+                or self.color_jitter < 0:
+            raise ValueError("crop_scale_min lies in (0, 1], hflip and random_erasing are probabilities, color_jitter "
+                             "is >= 0")
+        if self.rand_augment:
+            parse_rand_augment(self.rand_augment)
+        if self.cache_teacher and self.augmentation.active:
+            raise ValueError("cache_teacher stores the teacher's outputs on unaugmented images, and the training "
+                             "augmentation changes every batch: drop one of them")
         if self.cache_teacher and self.mixing.mixes:
             raise ValueError("cache_teacher stores the teacher's outputs on unmixed images, and mixup/cutmix change "
                              "every batch: drop one of them")
@@ -209,6 +233,12 @@ class DistillationConfig(TrainingArguments):
     def __getstate__(self) -> dict:
         """Pickled (``training_args.bin`` beside every checkpoint) without the Hub token."""
         return {**self.__dict__, "hub_token": None}
+
+    @property
+    def augmentation(self) -> AugmentationSettings:
+        """The training augmentation (crop, flip, RandAugment or colour jitter, erasing)."""
+        return AugmentationSettings(self.random_resized_crop, (self.crop_scale_min, 1.0), self.hflip,
+                                    self.rand_augment, self.color_jitter, self.random_erasing)
 
     @property
     def mixing(self) -> MixingSettings:

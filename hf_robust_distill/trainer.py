@@ -15,6 +15,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalPrediction
 
 from .attention_maps import read_attention_maps
 from .config import DistillationConfig
+from .augmentation import Augmenter
 from .dad import dad_images
 from .data import collate_images
 from .distortions import Distorter
@@ -192,9 +193,11 @@ class RobustDistillationTrainer(Trainer):
         self._cached_teacher = None  # the teacher cache (a datasets.Dataset), once in use
         self._counts = {True: 0, False: 0}
         self.weight_average = self._average_weights(args)
-        if args.mixing.mixes and teacher is None and (args.kd_weight > 0 or args.dad_kd_weight > 0):
-            raise ValueError("mixup/cutmix change the images the stored teacher logits were computed on: pass the "
-                             "teacher, which then runs on the mixed images")
+        self._augmenter = None  # built at the first training batch, for its size
+        if ((args.mixing.mixes or args.augmentation.active) and teacher is None
+                and (args.kd_weight > 0 or args.dad_kd_weight > 0)):
+            raise ValueError("augmentation and mixup/cutmix change the images the stored teacher logits were computed "
+                             "on: pass the teacher, which then runs on the augmented images")
 
     def _average_weights(self, args) -> ema.WeightAverage | None:
         """The EMA of the student (its projections included), moved after every optimizer step."""
@@ -307,6 +310,9 @@ class RobustDistillationTrainer(Trainer):
         batch = len(pixels)
         generator = self._view_generator(pixels.device, model.training)
         dad = self._dad_batch(inputs, labels, generator, model.training)
+        if model.training and self.args.augmentation.active:
+            pixels, dad = self._augmented(pixels, dad, generator)
+            inputs = {}  # outputs stored with the images are of the unaugmented ones: the teacher runs
         if model.training and self.args.mixing.active:
             pixels, dad, labels = self._mixed(pixels, dad, labels, generator)
             if self.args.mixing.mixes:
@@ -325,6 +331,13 @@ class RobustDistillationTrainer(Trainer):
         self._accumulate(parts, model.training)
         self._last_parts = parts
         return (loss, student_clean) if return_outputs else loss
+
+    def _augmented(self, pixels, dad, generator):
+        """The batch augmented, its DAD images with the same parameters."""
+        if self._augmenter is None:
+            self._augmenter = Augmenter(self.args.augmentation, tuple(pixels.shape[-2:]))
+        images = self._augmenter([pixels] + ([dad] if dad is not None else []), generator)
+        return images[0], images[1] if dad is not None else None
 
     def _mixed(self, pixels, dad, labels, generator):
         """The batch mixed (mixup/cutmix, its DAD images with it) and its soft, smoothed targets."""

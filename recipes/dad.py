@@ -252,7 +252,9 @@ def main(argv=None) -> dict:
     else:
         train_set = prepare_dataset(data.train, resizer, data.image_column, data.label_column)
 
-    needs_teacher = config.dad_mode == "online" or not script_args.dad_teacher_logits
+    # Augmented or mixed batches are new images: the teacher runs on them (stored logits are of the originals).
+    needs_teacher = (config.dad_mode == "online" or not script_args.dad_teacher_logits
+                     or config.augmentation.active or config.mixing.mixes)
     trainer = train_student(student_path, names, config, teacher if needs_teacher else None, discretizer, train_set,
                             processor)
     results = {"trainer": trainer}

@@ -17,6 +17,7 @@ from .projections import KINDS as PROJECTIONS
 from .losses import ATTENTION_ROWS, CLS_LOSSES, PATCH_LOSSES
 
 DAD_MODES = ("none", "online", "offline")
+DAD_OBJECTIVES = ("separate", "official")
 LOSS_WEIGHTS = ("cls_weight", "patch_weight", "attn_weight", "kd_weight", "ce_weight", "dad_kd_weight",
                 "dad_ce_weight")
 
@@ -85,6 +86,13 @@ class DistillationConfig(TrainingArguments):
                                           "(made each step with the teacher and a VQ model) or 'offline' "
                                           "(read from a dataset made by generate_dad_dataset).",
                                   "choices": list(DAD_MODES)})
+    dad_objective: str = field(
+        default="separate", metadata={"help": "How DAD images enter the loss. 'separate': their own terms "
+                                              "(dad_kd_weight, dad_ce_weight) beside the clean batch's (the paper's "
+                                              "equation). 'official': the official training script as it runs: clean "
+                                              "and DAD images as one joint batch (mixup/cutmix across it), ce_weight "
+                                              "x SoftCE + kd_weight x T^2 KL over it (0.75 and 0.25 there).",
+                                      "choices": list(DAD_OBJECTIVES)})
     dad_kd_weight: float = field(default=0.0, metadata={"help": "Weight of logit distillation on DAD images."})
     dad_ce_weight: float = field(default=0.0, metadata={"help": "Weight of cross-entropy on DAD images."})
     attack_norm: str = field(default="l2", metadata={"help": "Norm of the PGD ball.", "choices": list(NORMS)})
@@ -177,7 +185,19 @@ class DistillationConfig(TrainingArguments):
         if self.dad_mode not in DAD_MODES:
             raise ValueError(f"dad_mode must be one of {DAD_MODES}, got {self.dad_mode!r}")
         dad_terms = self.dad_kd_weight > 0 or self.dad_ce_weight > 0
-        if self.dad_mode != "none" and not dad_terms:
+        if self.dad_objective not in DAD_OBJECTIVES:
+            raise ValueError(f"dad_objective must be one of {DAD_OBJECTIVES}, got {self.dad_objective!r}")
+        if self.dad_objective == "official":
+            if self.dad_mode == "none":
+                raise ValueError("dad_objective='official' trains on clean and DAD images together: set dad_mode "
+                                 "'offline' (as the official code) or 'online'")
+            if dad_terms:
+                raise ValueError("under dad_objective='official' ce_weight and kd_weight cover the joint batch of "
+                                 "clean and DAD images: set dad_kd_weight and dad_ce_weight to 0")
+            if self.cache_teacher:
+                raise ValueError("cache_teacher stores the teacher's outputs on clean images only, and the official "
+                                 "objective's batch joins DAD images to them: drop one of them")
+        elif self.dad_mode != "none" and not dad_terms:
             raise ValueError(f"dad_mode={self.dad_mode!r} needs dad_kd_weight > 0 or dad_ce_weight > 0")
         if dad_terms and self.dad_mode == "none":
             raise ValueError("dad_kd_weight and dad_ce_weight need dad_mode 'online' or 'offline'")

@@ -307,12 +307,15 @@ class RobustDistillationTrainer(Trainer):
             return self._nothing_to_learn(model, return_outputs)
         pixels = inputs["pixel_values"]
         labels = inputs.get("labels")
-        batch = len(pixels)
         generator = self._view_generator(pixels.device, model.training)
         dad = self._dad_batch(inputs, labels, generator, model.training)
         if model.training and self.args.augmentation.active:
             pixels, dad = self._augmented(pixels, dad, generator)
             inputs = {}  # outputs stored with the images are of the unaugmented ones: the teacher runs
+        if dad is not None and self.args.dad_objective == "official":
+            pixels, labels, inputs = self._joint_batch(pixels, dad, labels, inputs)
+            dad = None
+        batch = len(pixels)
         if model.training and self.args.mixing.active:
             pixels, dad, labels = self._mixed(pixels, dad, labels, generator)
             if self.args.mixing.mixes:
@@ -331,6 +334,16 @@ class RobustDistillationTrainer(Trainer):
         self._accumulate(parts, model.training)
         self._last_parts = parts
         return (loss, student_clean) if return_outputs else loss
+
+    @staticmethod
+    def _joint_batch(pixels, dad, labels, inputs):
+        """The official objective's batch: the clean images, then their DAD images, with their
+        labels and the teacher's stored logits, when there are both."""
+        joint = {}
+        stored_clean, stored_dad = (inputs.get(name) for name in STORED_TEACHER_LOGITS)
+        if stored_clean is not None and stored_dad is not None:
+            joint[STORED_TEACHER_LOGITS[0]] = torch.cat([stored_clean, stored_dad])
+        return torch.cat([pixels, dad]), torch.cat([labels, labels]) if labels is not None else None, joint
 
     def _augmented(self, pixels, dad, generator):
         """The batch augmented, its DAD images with the same parameters."""

@@ -6,18 +6,24 @@ one PGD step against the teacher between two passes through a VQ model.
         --teacher_name_or_path openai/clip-vit-large-patch14 \\
         --vq_name_or_path <a VQ-f8 model in diffusers format> --vq_input_range "[-1,1]" \\
         --student_name_or_path google/vit-base-patch16-224 --dataset_name <imagenet-1k on the Hub> \\
-        --dad_mode online --output_dir vit-b16-dad --bf16
+        --output_dir vit-b16-dad --bf16
+    accelerate launch recipes/dad.py --config recipes/configs/dad_vit_base.yaml ...   # the official run
     python recipes/dad.py           # the embedded demo: digits, a tiny CLIP, VQ model and ViT, two CPU cores
 
 Flags: the fields of ``ScriptArguments`` and ``DataArguments`` below, every ``DistillationConfig``
-field (loss weights, ``--dad_mode``, ``--attack_*``) and every ``TrainingArguments`` flag.
-The loss defaults to DAD's: CE + (T^2/2) KL(t(x)||s(x)) + (T^2/2) KL(t(x_dad)||s(x_dad)), T 4.
+field (loss weights, ``--dad_mode``, ``--dad_objective``, ``--attack_*``) and every
+``TrainingArguments`` flag. DAD images are made once, offline, before training (step 0.01), as the
+official code does; ``--dad_mode online`` makes them every step instead. The loss defaults to the
+paper's: CE + (T^2/2) KL(t(x)||s(x)) + (T^2/2) KL(t(x_dad)||s(x_dad)), T 4. ``--dad_objective
+official`` is the official script's as it runs: 0.75 SoftCE + 0.25 T^2 KL over the joint batch of
+clean and DAD images (those weights, and no separate DAD terms, become the defaults).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -72,7 +78,7 @@ class ScriptArguments:
 
 
 DAD_DEFAULTS = dict(
-    dad_mode="online", distortions="clean", cls_weight=0.0, patch_weight=0.0, attn_weight=0.0, kd_weight=0.5,
+    dad_mode="offline", distortions="clean", cls_weight=0.0, patch_weight=0.0, attn_weight=0.0, kd_weight=0.5,
     ce_weight=1.0, dad_kd_weight=0.5, temperature=4.0, learning_rate=1e-4, weight_decay=0.05,
     lr_scheduler_type="cosine", warmup_steps=0.05,
 )
@@ -85,10 +91,26 @@ DEMO_DEFAULTS = dict(
 )
 
 
+OFFICIAL_OBJECTIVE_DEFAULTS = dict(ce_weight=0.75, kd_weight=0.25, dad_kd_weight=0.0, dad_ce_weight=0.0)
+
+
 def parse_args(argv=None, problems: Problems | None = None):
     """(ScriptArguments, DataArguments, RobustnessArguments, DistillationConfig)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    defaults = dict(DAD_DEFAULTS)
+    if _flag_value(argv, "--dad_objective") == "official":
+        defaults.update(OFFICIAL_OBJECTIVE_DEFAULTS)
     return parse_recipe_args((ScriptArguments, DataArguments, RobustnessArguments, DistillationConfig), argv,
-                             defaults=DAD_DEFAULTS, demo_defaults=DEMO_DEFAULTS, problems=problems)
+                             defaults=defaults, demo_defaults=DEMO_DEFAULTS, problems=problems)
+
+
+def _flag_value(argv: list[str], flag: str) -> str | None:
+    for i, token in enumerate(argv):
+        if token == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if token.startswith(flag + "="):
+            return token.split("=", 1)[1]
+    return None
 
 
 def use_demo_zoo(script_args: ScriptArguments, config: DistillationConfig) -> None:

@@ -252,3 +252,33 @@ def test_generation_cleans_what_an_interrupted_run_left(clip_teacher, discretize
     generate(clip_teacher, discretizer, source, out, teacher_logits=True)
     assert not any(path.exists() for path in leftovers)
     assert rows_of(load_dataset(str(out), split="train")) == rows_of(uninterrupted)
+
+
+def test_the_official_objective_is_ce_and_kd_over_the_joint_batch(tiny_vit, clip_teacher, uninterrupted, source,
+                                                                  tmp_path):
+    """0.75 SoftCE + 0.25 T^2 KL over clean and DAD images together, as the official main.py runs
+    it: the logged terms equal those computed by hand on the joint batch of the first step."""
+    paired = prepare_dataset(pair_with_dad(source, uninterrupted), (32, 32),
+                             extra_images={"dad_image": "dad_pixel_values"})
+    args = dad_config(tmp_path, dad_mode="offline", dad_objective="official", ce_weight=0.75, kd_weight=0.25,
+                      dad_kd_weight=0.0, max_steps=1, learning_rate=0.0)
+    student = load_vision_model(tiny_vit)
+    trainer = RobustDistillationTrainer(model=student, teacher=clip_teacher, args=args, train_dataset=paired,
+                                        processing_class=AutoImageProcessor.from_pretrained(tiny_vit))
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.train()
+    entry = logged_parts(trainer)[-1]
+    assert "loss_kd_dad" not in entry and "loss_ce_dad" not in entry
+    joint = torch.cat([batch["pixel_values"], batch["dad_pixel_values"]])
+    labels = torch.cat([batch["labels"], batch["labels"]])
+    with torch.no_grad():
+        logits = student(pixel_values=trainer.student_pixels(joint)).logits
+        teacher_logits = clip_teacher(joint)
+    from hf_robust_distill.losses import ce_loss, kd_loss
+
+    assert entry["loss_ce"] == pytest.approx(ce_loss(logits, labels).item(), rel=1e-4)
+    assert entry["loss_kd"] == pytest.approx(kd_loss(logits, teacher_logits, 4.0).item(), rel=1e-4)
+    with pytest.raises(ValueError, match="dad_kd_weight and dad_ce_weight to 0"):
+        dad_config(tmp_path, dad_mode="offline", dad_objective="official")
+    with pytest.raises(ValueError, match="dad_mode"):
+        dad_config(tmp_path, dad_objective="official", dad_kd_weight=0)

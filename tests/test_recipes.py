@@ -68,3 +68,17 @@ def test_shipped_yaml_recipes_parse_without_a_problem(recipe_name, config_file):
     path = os.path.join(os.path.dirname(__file__), "..", "recipes", "configs", config_file)
     *_, config = load_recipe(recipe_name).parse_args(["--config", path, "--use_cpu"], problems)  # bf16 needs a GPU
     assert not problems.found and config.bf16 and config.learning_rate > 0
+
+
+def test_the_dad_recipe_generates_offline_by_default_and_reads_the_official_objective():
+    from hf_robust_distill.preflight import Problems
+
+    recipe = load_recipe("dad")
+    *_, demo = recipe.parse_args(["--use_cpu"], Problems())  # the embedded demo's settings
+    assert demo.dad_mode == "offline" and demo.dad_objective == "separate"
+    assert (demo.ce_weight, demo.kd_weight, demo.dad_kd_weight) == (1.0, 0.5, 0.5)
+    *_, official = recipe.parse_args(["--use_cpu", "--dad_objective", "official"], Problems())
+    assert official.dad_mode == "offline" and official.dad_objective == "official"
+    assert (official.ce_weight, official.kd_weight, official.dad_kd_weight, official.dad_ce_weight) == (0.75, 0.25, 0, 0)
+    *_, online = recipe.parse_args(["--use_cpu", "--dad_mode", "online"], Problems())
+    assert online.dad_mode == "online"

@@ -72,10 +72,13 @@ def erasing_masks(b: int, h: int, w: int, prob: float, generator: torch.Generato
     ratio = torch.exp(math.log(0.3) + u[..., 1] * (math.log(3.3) - math.log(0.3)))
     eh, ew = torch.sqrt(area * ratio).round(), torch.sqrt(area / ratio).round()
     fits = (eh < h) & (ew < w)
-    first = fits.double().argmax(1, keepdim=True)
-    pick = lambda t: t.gather(1, first).squeeze(1)  # noqa: E731
-    eh, ew = pick(eh), pick(ew)
-    top, left = (pick(u[..., 2]) * (h - eh + 1)).floor(), (pick(u[..., 3]) * (w - ew + 1)).floor()
+    first = fits.double().argmax(1, keepdim=True)  # the first draw that fits
+
+    def chosen(t: torch.Tensor) -> torch.Tensor:
+        return t.gather(1, first).squeeze(1)
+
+    eh, ew = chosen(eh), chosen(ew)
+    top, left = (chosen(u[..., 2]) * (h - eh + 1)).floor(), (chosen(u[..., 3]) * (w - ew + 1)).floor()
     apply &= fits.any(1)
     rows = torch.arange(h, device=device, dtype=torch.float64).view(1, h, 1)
     cols = torch.arange(w, device=device, dtype=torch.float64).view(1, 1, w)

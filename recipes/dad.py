@@ -73,6 +73,10 @@ class ScriptArguments:
     eval_distortions: str = field(
         default="gaussian_noise:3,gaussian_blur:3,contrast:4,pixel_mask:0.5",
         metadata={"help": "Columns of the final accuracy table (a distortion spec)."})
+    generate_only: bool = field(
+        default=False, metadata={"help": "Offline mode: generate the DAD dataset (into <output_dir>/dad-dataset "
+                                         "unless --dad_dataset names one) and stop; the same command without the "
+                                         "flag then trains from it."})
     plain_kd_baseline: bool = field(
         default=False, metadata={"help": "Also train a plain-KD student (no DAD images) for the table."})
 
@@ -215,6 +219,8 @@ def preflight(argv):
     problems = Problems()
     parsed = script_args, data_args, robustness, config = parse_args(argv, problems)
     repo_id = check_recipe_flags(problems, script_args, robustness, config, script="recipes/dad.py")
+    if script_args is not None and config is not None and script_args.generate_only and config.dad_mode != "offline":
+        problems.add("--generate_only", "generates an offline DAD dataset: use it with --dad_mode offline")
     if config is not None and config.dad_mode == "none":
         problems.add("--dad_mode", "recipes/dad.py trains with DAD: --dad_mode online or offline")
     if script_args is not None:
@@ -271,6 +277,10 @@ def main(argv=None) -> dict:
     if config.dad_mode == "offline":
         teacher_classifier.to(config.device)
         train_set = offline_training_set(script_args, data, config, teacher_classifier, discretizer, resizer)
+        if script_args.generate_only:
+            logger.info("DAD images generated in %s; run again without --generate_only to train",
+                        script_args.dad_dataset or os.path.join(config.output_dir, "dad-dataset"))
+            return {"train_set": train_set}
     else:
         train_set = prepare_dataset(data.train, resizer, data.image_column, data.label_column)
 

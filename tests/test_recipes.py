@@ -49,9 +49,14 @@ def test_offline_dad_recipe_trains_from_a_generated_folder(tiny_clip, tiny_vq, t
               "--disable_tqdm", "true", "--eval_distortions", "gaussian_noise:3", "--robustness_corruptions",
               "contrast", "--robustness_severities", "2", "--corruption_cache_dir", str(tmp_path / "cache"),
               "--force_push"]
-    first = recipe.main([*common, "--output_dir", str(tmp_path / "first")])
     generated = tmp_path / "first" / "dad-dataset"
-    assert os.path.isfile(generated / "dad_generation.json")
+    only = recipe.main([*common, "--output_dir", str(tmp_path / "first"), "--generate_only"])  # the first command
+    assert set(only) == {"train_set"} and os.path.isfile(generated / "dad_generation.json")
+    assert not os.path.exists(tmp_path / "first" / "model.safetensors")  # generated, nothing trained
+    shards = {name: os.path.getmtime(generated / "data" / name) for name in os.listdir(generated / "data")}
+    first = recipe.main([*common, "--output_dir", str(tmp_path / "first")])  # the second: trains from them
+    assert {name: os.path.getmtime(generated / "data" / name) for name in shards} == shards  # read back, not rewritten
+    assert os.path.isfile(tmp_path / "first" / "model.safetensors")
     second = recipe.main([*common, "--output_dir", str(tmp_path / "second"), "--dad_dataset", str(generated)])
     assert not os.path.exists(tmp_path / "second" / "dad-dataset")  # read, not generated again
     assert second["trainer"].teacher is None  # the stored logits stood in for the teacher

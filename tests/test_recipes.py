@@ -12,7 +12,8 @@ def test_dad_recipe_trains_and_prints_the_table(tiny_clip, tiny_vq, tiny_vit, tm
     out = tmp_path / "out"
     results = recipe.main([
         "--teacher_name_or_path", tiny_clip, "--prompt_templates", "short", "--vq_name_or_path", tiny_vq,
-        "--student_name_or_path", tiny_vit, "--dad_mode", mode, "--output_dir", str(out),
+        "--student_name_or_path", tiny_vit, *(["--dad_mode", mode] if mode == "online" else []),  # offline: default
+        "--output_dir", str(out),
         "--max_train_samples", "16", "--max_eval_samples", "16", "--max_steps", "2",
         "--per_device_train_batch_size", "8", "--generation_batch_size", "8", "--use_cpu",
         "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true", "--logging_steps", "1",

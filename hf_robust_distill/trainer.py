@@ -192,21 +192,27 @@ class RobustDistillationTrainer(Trainer):
         self._parts = {True: {}, False: {}}  # training?, name -> summed tensor
         self._cached_teacher = None  # the teacher cache (a datasets.Dataset), once in use
         self._counts = {True: 0, False: 0}
+        self._check_drop_path(args)
         self.weight_average = self._average_weights(args)
+        self.augmentation, self.mixing = args.augmentation, args.mixing  # read once, not rebuilt every step
         self._augmenter = None  # built at the first training batch, for its size
-        if ((args.mixing.mixes or args.augmentation.active) and teacher is None
+        if ((self.mixing.mixes or self.augmentation.active) and teacher is None
                 and (args.kd_weight > 0 or args.dad_kd_weight > 0)):
             raise ValueError("augmentation and mixup/cutmix change the images the stored teacher logits were computed "
                              "on: pass the teacher, which then runs on the augmented images")
 
+    def _check_drop_path(self, args) -> None:
+        """A drop-path rate is built into the student when it loads; the trainer cannot add it."""
+        if not args.drop_path_rate:
+            return
+        config = unwrap_adapters(self.model).config
+        if not supports_drop_path(config) or getattr(config, "drop_path_rate", None) != args.drop_path_rate:
+            raise ValueError(f"drop_path_rate={args.drop_path_rate} is a load-time setting of the student: load it "
+                             f"with from_pretrained(..., drop_path_rate={args.drop_path_rate}), a model whose config "
+                             "reads it (the recipes do)")
+
     def _average_weights(self, args) -> ema.WeightAverage | None:
         """The EMA of the student (its projections included), moved after every optimizer step."""
-        if args.drop_path_rate:
-            config = unwrap_adapters(self.model).config
-            if not supports_drop_path(config) or getattr(config, "drop_path_rate", None) != args.drop_path_rate:
-                raise ValueError(f"drop_path_rate={args.drop_path_rate} is a load-time setting of the student: load it "
-                                 f"with from_pretrained(..., drop_path_rate={args.drop_path_rate}), a model whose config "
-                                 "reads it (the recipes do)")
         if not args.ema_decay:
             return None
         if self.is_fsdp_enabled or zero_stage(self.accelerator) == 3:
@@ -309,16 +315,16 @@ class RobustDistillationTrainer(Trainer):
         labels = inputs.get("labels")
         generator = self._view_generator(pixels.device, model.training)
         dad = self._dad_batch(inputs, labels, generator, model.training)
-        if model.training and self.args.augmentation.active:
+        if model.training and self.augmentation.active:
             pixels, dad = self._augmented(pixels, dad, generator)
             inputs = {}  # outputs stored with the images are of the unaugmented ones: the teacher runs
         if dad is not None and self.args.dad_objective == "official":
             pixels, labels, inputs = self._joint_batch(pixels, dad, labels, inputs)
             dad = None
         batch = len(pixels)
-        if model.training and self.args.mixing.active:
+        if model.training and self.mixing.active:
             pixels, dad, labels = self._mixed(pixels, dad, labels, generator)
-            if self.args.mixing.mixes:
+            if self.mixing.mixes:
                 inputs = {}  # logits stored with the images are of the unmixed ones: the teacher runs
         with torch.no_grad():
             views = [self.distorter(pixels, generator)]
@@ -348,7 +354,7 @@ class RobustDistillationTrainer(Trainer):
     def _augmented(self, pixels, dad, generator):
         """The batch augmented, its DAD images with the same parameters."""
         if self._augmenter is None:
-            self._augmenter = Augmenter(self.args.augmentation, tuple(pixels.shape[-2:]))
+            self._augmenter = Augmenter(self.augmentation, tuple(pixels.shape[-2:]))
         images = self._augmenter([pixels] + ([dad] if dad is not None else []), generator)
         return images[0], images[1] if dad is not None else None
 
@@ -357,7 +363,7 @@ class RobustDistillationTrainer(Trainer):
         given = labels if labels is not None else torch.full((len(pixels),), -100, device=pixels.device)
         images = [pixels] + ([dad] if dad is not None else [])
         num_classes = unwrap_adapters(self.model).config.num_labels
-        images, targets = mix_batch(images, given, num_classes, self.args.mixing, generator)
+        images, targets = mix_batch(images, given, num_classes, self.mixing, generator)
         return images[0], images[1] if dad is not None else None, targets if labels is not None else None
 
     @staticmethod

@@ -229,7 +229,7 @@ def test_bad_inputs_are_named(tmp_path):
     (tmp_path / "wider.yaml").write_text(yaml.safe_dump(wider))
     with pytest.raises(ValueError, match="does not fit"):
         convert(str(tmp_path / "model.ckpt"), str(tmp_path / "wider.yaml"), str(tmp_path / "out"))
-    lightning = torch.load(tmp_path / "model.ckpt")
+    lightning = torch.load(tmp_path / "model.ckpt", weights_only=True)
     lightning["callbacks"] = {"a Lightning object": Downsample(32)}  # Python objects beside the weights
     torch.save(lightning, tmp_path / "lightning.ckpt")
     with pytest.raises(ValueError, match="--allow_pickle"):

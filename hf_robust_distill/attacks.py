@@ -85,7 +85,7 @@ def pgd_attack(model, images: torch.Tensor, labels: torch.Tensor | None, eps: fl
             x = images
             shape = (-1, *([1] * (x.dim() - 1)))
             start = torch.rand(len(x), generator=generator, device=x.device) < random_start_prob
-            if start.any() and eps > 0:
+            if eps > 0 and random_start_prob > 0:  # decided on the host: no device sync
                 x = x + random_start(x, eps, norm, generator) * start.view(shape)
             if labels is None:
                 nudge = 1e-3 * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .corruptions.filters import host_generator
+
 _RAND_AUGMENT = re.compile(r"^rand(-(m\d+(\.\d+)?|n\d+|mstd\d+(\.\d+)?|inc[01]|w\d+|mmax\d+))*$")
 
 
@@ -112,9 +114,12 @@ class Augmenter:
         self.pipeline = K.AugmentationSequential(*ops, data_keys=["input"]) if ops else None
 
     def __call__(self, images: list[torch.Tensor], generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        """``images`` augmented alike, computed in float32 and returned in their own dtype."""
+        dtypes = [x.dtype for x in images]
+        images = [x.float() for x in images]
         device = images[0].device
         gen_device = generator.device if generator is not None else device
-        seed = int(torch.randint(2**62, (1,), generator=generator, device=gen_device))
+        seed = int(torch.randint(2**62, (1,), generator=host_generator(generator)))  # on the host: no device sync
         out = list(images)
         if self.pipeline is not None:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -132,7 +137,7 @@ class Augmenter:
             noise = torch.randn((b, c, h, w), generator=generator, device=gen_device).to(device, out[0].dtype)
             noise = noise.mul_(0.25).add_(0.5).clamp_(0, 1)
             out = [torch.where(boxes, noise, x) for x in out]
-        return [x.clamp(0, 1) for x in out]
+        return [x.clamp(0, 1).to(dtype) for x, dtype in zip(out, dtypes)]
 
 
 def _kornia_magnitude(m: float) -> float:

@@ -11,6 +11,7 @@ from .augmentation import AugmentationSettings, parse_rand_augment
 from .dad import ONLINE_STEP_SIZE, OFFLINE_STEP_SIZE, AttackSettings
 from .distortions import parse_distortions
 from .frozen import TEACHER_DTYPES
+from .launchers import follow_launcher_precision
 from .lora import DEFAULT_TARGETS as LORA_TARGETS
 from .mixing import MixingSettings
 from .projections import KINDS as PROJECTIONS
@@ -162,6 +163,8 @@ class DistillationConfig(TrainingArguments):
         default=False, metadata={"help": "Kept False: the distillation collator needs every column."})
 
     def __post_init__(self):
+        # Before TrainingArguments reads them: DeepSpeed's bf16/fp16 setting comes from the launcher.
+        self.bf16, self.fp16 = follow_launcher_precision(self.bf16, self.fp16)
         super().__post_init__()
         weights = {name: getattr(self, name) for name in LOSS_WEIGHTS}
         negative = [name for name, value in weights.items() if value < 0]

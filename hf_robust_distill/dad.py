@@ -74,6 +74,7 @@ def dad_images(teacher, discretizer, images: torch.Tensor, labels: torch.Tensor 
     """DAD images of a [0, 1] batch: discretize, one PGD step against ``teacher`` (a classifier of
     [0, 1] pixels) around the discretized image, discretize again."""
     timed = (stopwatch or Stopwatch(synchronize=False)).section
+    dtype, images = images.dtype, images.float()  # computed in float32 whatever the batch's dtype
     with timed("vq", images.device):
         base = discretizer(images)
     with timed("attack", images.device):
@@ -81,7 +82,7 @@ def dad_images(teacher, discretizer, images: torch.Tensor, labels: torch.Tensor 
                                  steps=attack.steps, norm=attack.norm, random_start_prob=attack.random_start_prob,
                                  project_center=base, generator=generator)
     with timed("vq", images.device):
-        return discretizer(adversarial)
+        return discretizer(adversarial).to(dtype)
 
 
 def _seeded(device: torch.device, *entropy: int) -> torch.Generator:

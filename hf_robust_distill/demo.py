@@ -1,5 +1,12 @@
 """The embedded demo zoo: tiny models built from data that ships with a pip dependency, saved,
-and then loaded back with ``from_pretrained`` exactly as Hub checkpoints would be."""
+and then loaded back with ``from_pretrained`` exactly as Hub checkpoints would be.
+
+Under ``accelerate launch`` every process builds the zoo together: the ViT and CLIP builders'
+Trainers run under the launcher (its DDP, FSDP or DeepSpeed, its mixed precision, the same global
+batch as one process) and save whole weights from the main process; the VQ model's plain loop
+runs on every process alike and the main process saves it. Nothing trains while other processes
+wait at a barrier, whose collectives would never meet a Trainer's.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,8 @@ import os
 import random
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
 from diffusers import VQModel
 from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordLevel
@@ -18,6 +27,7 @@ from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, PreTrainedT
 from .config import DistillationConfig
 from .data import class_names, collate_images, demo_digits, prepare_dataset
 from .discretize import VQDiscretizer
+from .launchers import follow_launcher_precision, prepare_fsdp, save_whole_model
 from .models import PixelPreprocessor
 from .prompts import OPENAI_IMAGENET_TEMPLATES
 from .trainer import RobustDistillationTrainer
@@ -43,22 +53,35 @@ def demo_image_processor(image_size: int = DEMO_IMAGE_SIZE) -> ViTImageProcessor
                              image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
 
 
-def build_demo_vit(output_dir: str, epochs: int = 10, seed: int = 0, learning_rate: float = 1e-3) -> str:
+def per_process_batch(global_batch: int) -> int:
+    """A builder's batch per process: its global batch, whatever the number of processes."""
+    return max(1, global_batch // PartialState().num_processes)
+
+
+def demo_vit_arguments(output_dir: str, epochs: int = 10, seed: int = 0, learning_rate: float = 1e-3,
+                       **overrides) -> DistillationConfig:
+    """The demo ViT's training arguments: supervised training on clean digits."""
+    values = dict(
+        output_dir=output_dir, distortions="clean", cls_weight=0, patch_weight=0, attn_weight=0, ce_weight=1,
+        num_train_epochs=epochs, per_device_train_batch_size=per_process_batch(32), learning_rate=learning_rate,
+        weight_decay=0.05, lr_scheduler_type="cosine", warmup_steps=0.05, logging_steps=50,
+        save_strategy="no", report_to="none", seed=seed, disable_tqdm=True,
+        dataloader_pin_memory=torch.accelerator.is_available(),
+    )
+    return DistillationConfig(**{**values, **overrides})
+
+
+def build_demo_vit(output_dir: str, epochs: int = 10, seed: int = 0, learning_rate: float = 1e-3,
+                   **overrides) -> str:
     """Trains the demo ViT from scratch on clean, upscaled scikit-learn digits and saves it
     (safetensors, config, image processor) to ``output_dir``, which it returns."""
     digits = demo_digits(seed=seed)
     names = class_names(digits["train"], "label")
     processor = demo_image_processor()
+    args = demo_vit_arguments(output_dir, epochs, seed, learning_rate, **overrides)
     set_seed(seed)
     model = ViTForImageClassification(demo_vit_config(names))
     model.set_attn_implementation("eager")  # on CPUs, eager beats sdpa at this size
-    args = DistillationConfig(
-        output_dir=output_dir, distortions="clean", cls_weight=0, patch_weight=0, attn_weight=0, ce_weight=1,
-        num_train_epochs=epochs, per_device_train_batch_size=32, learning_rate=learning_rate,
-        weight_decay=0.05, lr_scheduler_type="cosine", warmup_steps=0.05, logging_steps=50,
-        save_strategy="no", report_to="none", seed=seed, disable_tqdm=True,
-        dataloader_pin_memory=torch.accelerator.is_available(),
-    )
     size = (DEMO_IMAGE_SIZE, DEMO_IMAGE_SIZE)
     trainer = RobustDistillationTrainer(model=model, teacher=None, args=args, processing_class=processor,
                                         train_dataset=prepare_dataset(digits["train"], size))
@@ -125,7 +148,23 @@ class CaptionedImages:
                 "attention_mask": tokens["attention_mask"], "return_loss": True}
 
 
-def build_demo_clip(output_dir: str, epochs: int = 6, seed: int = 0, learning_rate: float = 1e-3) -> str:
+def demo_clip_arguments(output_dir: str, epochs: int = 6, seed: int = 0, learning_rate: float = 1e-3,
+                        **overrides) -> TrainingArguments:
+    """The demo CLIP's training arguments (a plain ``TrainingArguments``, following the launcher's
+    mixed precision as ``DistillationConfig`` does)."""
+    values = dict(
+        output_dir=output_dir, num_train_epochs=epochs, per_device_train_batch_size=per_process_batch(64),
+        learning_rate=learning_rate, weight_decay=0.05, lr_scheduler_type="cosine", warmup_steps=0.05,
+        logging_steps=50, save_strategy="no", report_to="none", seed=seed, disable_tqdm=True,
+        remove_unused_columns=False, dataloader_pin_memory=torch.accelerator.is_available(),
+    )
+    values.update(overrides)
+    values["bf16"], values["fp16"] = follow_launcher_precision(values.get("bf16", False), values.get("fp16", False))
+    return TrainingArguments(**values)
+
+
+def build_demo_clip(output_dir: str, epochs: int = 6, seed: int = 0, learning_rate: float = 1e-3,
+                    **overrides) -> str:
     """Trains a tiny CLIP (CLIP's contrastive loss, ``transformers.Trainer``) on clean digits and
     captions such as "a photo of the digit 3.", and saves model, tokenizer and image processor."""
     digits = demo_digits(seed=seed)
@@ -133,21 +172,20 @@ def build_demo_clip(output_dir: str, epochs: int = 6, seed: int = 0, learning_ra
     vocabulary = [t.format(n) for n in names for t in DEMO_CAPTIONS + OPENAI_IMAGENET_TEMPLATES]
     tokenizer = build_word_tokenizer(vocabulary)
     image_processor = demo_clip_image_processor()
+    args = demo_clip_arguments(output_dir, epochs, seed, learning_rate, **overrides)
     set_seed(seed)
     model = CLIPModel(demo_clip_config(tokenizer))
     model.set_attn_implementation("eager")
-    args = TrainingArguments(
-        output_dir=output_dir, num_train_epochs=epochs, per_device_train_batch_size=64, learning_rate=learning_rate,
-        weight_decay=0.05, lr_scheduler_type="cosine", warmup_steps=0.05, logging_steps=50, save_strategy="no",
-        report_to="none", seed=seed, disable_tqdm=True, remove_unused_columns=False,
-        dataloader_pin_memory=torch.accelerator.is_available(),
-    )
     train = prepare_dataset(digits["train"], (DEMO_IMAGE_SIZE, DEMO_IMAGE_SIZE))
-    Trainer(model=model, args=args, train_dataset=train,
-            data_collator=CaptionedImages(tokenizer, image_processor, names, seed=seed)).train()
-    model.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
-    image_processor.save_pretrained(output_dir)
+    trainer = Trainer(model=model, args=args, train_dataset=train,
+                      data_collator=CaptionedImages(tokenizer, image_processor, names, seed=seed))
+    if trainer.is_fsdp_enabled:
+        prepare_fsdp(trainer.accelerator, model, args)
+    trainer.train()
+    save_whole_model(trainer, output_dir)  # ZeRO-3 and FSDP weights gathered; written by the main process
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(output_dir)
+        image_processor.save_pretrained(output_dir)
     return os.path.abspath(output_dir)
 
 
@@ -165,7 +203,8 @@ def demo_vq_model(image_size: int = DEMO_IMAGE_SIZE, num_codes: int = 256, chann
 def build_demo_vq(output_dir: str, epochs: int = 2, seed: int = 0, learning_rate: float = 3e-3,
                   batch_size: int = 32) -> str:
     """Trains the demo VQ model as an autoencoder (L1 reconstruction plus VQ commitment loss) on
-    clean digits in [-1, 1], and saves it in diffusers format with its input range."""
+    clean digits in [-1, 1], and saves it in diffusers format with its input range (a plain loop:
+    every process of a launch trains the same copy, the main process saves it)."""
     digits = demo_digits(seed=seed)
     train = prepare_dataset(digits["train"], (DEMO_IMAGE_SIZE, DEMO_IMAGE_SIZE))
     set_seed(seed)
@@ -186,17 +225,25 @@ def build_demo_vq(output_dir: str, epochs: int = 2, seed: int = 0, learning_rate
             schedule.step()
             reconstruction += l1.item() / len(loader)
         logger.info("demo VQ epoch %d: mean L1 reconstruction error %.4f (in [-1, 1] units)", epoch + 1, reconstruction)
-    VQDiscretizer(model.eval(), input_range="[-1,1]").save_pretrained(output_dir)
+    if PartialState().is_main_process:
+        VQDiscretizer(model.eval(), input_range="[-1,1]").save_pretrained(output_dir)
     return os.path.abspath(output_dir)
 
 
 DEMO_BUILDERS = {"vit": build_demo_vit, "clip": build_demo_clip, "vq": build_demo_vq}
 
 
-def demo_model(kind: str, zoo_dir: str = DEMO_ZOO, seed: int = 0) -> str:
-    """Path of the demo zoo's ``vit``, ``clip`` or ``vq`` model, trained and saved on first use."""
+def demo_model(kind: str, zoo_dir: str = DEMO_ZOO, seed: int = 0, **build) -> str:
+    """Path of the demo zoo's ``vit``, ``clip`` or ``vq`` model, trained and saved on first use
+    (``build``: the builder's own arguments, e.g. ``epochs``). Every process of a launch calls it:
+    the main process's look at the zoo decides for all, and all build together."""
+    state = PartialState()
     path = os.path.join(zoo_dir, kind)
-    if not os.path.exists(os.path.join(path, "config.json")):
+    missing = [not os.path.exists(os.path.join(path, "config.json"))]
+    if state.num_processes > 1:
+        broadcast_object_list(missing)
+    if missing[0]:
         logger.info("embedded demo: training the tiny %s into %s", kind, path)
-        DEMO_BUILDERS[kind](path, seed=seed)
+        DEMO_BUILDERS[kind](path, seed=seed, **build)
+        state.wait_for_everyone()
     return os.path.abspath(path)

@@ -8,6 +8,10 @@ Two families:
 * the 19 ImageNet-C corruptions with severities 1-5 (``hf_robust_distill.corruptions``).
 
 Randomness always comes from an optional ``torch.Generator`` so that a view can be reproduced.
+Views compute in float32 whatever the batch's dtype (a launcher may hand bf16 pixels over) and
+return the batch's dtype. A ``Distorter`` draws each sample's distortion and level on the host
+(``filters.host_generator``) and its pixel noise on the images' device, so a step never waits
+for the device to answer.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Callable
 import torch
 
 from .corruptions import CORRUPTIONS, IMAGENET_C, check_images, corrupt
-from .corruptions.filters import gaussian_filter, per_sample, rand, randn
+from .corruptions.filters import gaussian_filter, host_generator, per_sample, rand, randn, to_device
 
 # --------------------------------------------------------------------------------------------
 # The paper's distortions (continuous level, scalar or one per sample)
@@ -34,9 +38,12 @@ def additive_noise(images, std, generator=None):
     return (images + noise * per_sample(std, images)).clamp(0, 1)
 
 
-def blur(images, sigma, generator=None):
-    """Gaussian blur of standard deviation ``sigma`` pixels, kernel cut at 4 sigma."""
-    return gaussian_filter(images, torch.as_tensor(sigma, dtype=torch.float64), mode="replicate").clamp_(0, 1)
+def blur(images, sigma, generator=None, max_sigma: float | None = None):
+    """Gaussian blur of standard deviation ``sigma`` pixels (a scalar or one per sample), kernel cut
+    at 4 sigma, built on the images' device; ``max_sigma`` bounds a per-sample sigma (a spec's
+    highest level), which spares reading it back to size the kernels."""
+    return gaussian_filter(images, torch.as_tensor(sigma, dtype=torch.float64), mode="replicate",
+                           max_sigma=max_sigma).clamp_(0, 1)
 
 
 def pixel_mask(images, ratio, generator=None):
@@ -160,28 +167,30 @@ class Distorter:
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         check_images(images)
         b = images.shape[0]
-        gen_device = generator.device if generator is not None else images.device
-        choice = torch.randint(len(self.entries), (b,), generator=generator, device=gen_device)
-        u = torch.rand((b,), generator=generator, device=gen_device, dtype=torch.float64)
-        out = images.clone()
+        host = host_generator(generator)
+        choice = torch.randint(len(self.entries), (b,), generator=host)
+        u = torch.rand((b,), generator=host, dtype=torch.float64)
+        pixels = images.float()
+        out = pixels.clone()
         for k, entry in enumerate(self.entries):
-            idx = (choice == k).nonzero().flatten()
+            idx = (choice == k).nonzero().flatten()  # on the host: no device sync
             if idx.numel() == 0 or entry.name == "clean":
                 continue
-            level = entry.low + u[idx] * (entry.high - entry.low)
-            idx = idx.to(images.device)
             if entry.is_severity:
                 # Integer severities uniformly in [low, high] (rounding would halve the ends).
                 span = entry.high - entry.low + 1
-                severity = (entry.low + (u[idx.to(gen_device)] * span).floor().clamp(max=span - 1)).long()
+                severity = (entry.low + (u[idx] * span).floor().clamp(max=span - 1)).long()
                 for s in severity.unique().tolist():
-                    sub = idx[(severity == s).to(images.device)]
-                    out[sub] = IMAGENET_C[entry.name](images[sub], s, generator)
+                    sub = to_device(idx[severity == s], pixels)
+                    out[sub] = IMAGENET_C[entry.name](pixels[sub], s, generator)
             else:
-                fn = _CONTINUOUS[entry.name][0]
+                level = to_device((entry.low + u[idx] * (entry.high - entry.low)).float(), pixels)
                 kwargs = {"patch_size": self.patch_size} if entry.name == "patch_mask" else {}
-                out[idx] = fn(images[idx], level.to(images.device, images.dtype), generator, **kwargs)
-        return out
+                if entry.name == "blur":
+                    kwargs["max_sigma"] = entry.high
+                sub = to_device(idx, pixels)
+                out[sub] = _CONTINUOUS[entry.name][0](pixels[sub], level, generator, **kwargs)
+        return out.to(images.dtype)
 
 
 __all__ = ["CORRUPTIONS", "DISTORTIONS", "Distorter", "DistortionSpec", "additive_noise", "blur", "corrupt",

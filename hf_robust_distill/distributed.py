@@ -1,5 +1,8 @@
 """What training on several processes asks of the student's graph and of the losses.
 
+* ``freeze_never_used``: parameters the student's forward never uses (Dinov2's ``mask_token``
+  without masked inputs, the post-norm CLIP's classifier skips) can never learn; left trainable,
+  they stall DDP and get no optimizer state, which FSDP2's sharded resume then cannot find.
 * ``unreached_parameters``: DDP runs without ``find_unused_parameters`` (no graph walk each
   step), so every trainable parameter must get a gradient each step; one probe pass before
   training names those the chosen layers leave out.
@@ -10,8 +13,52 @@
 
 from __future__ import annotations
 
+import copy
+import logging
+
 import torch
 import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+
+def _config_image_size(config) -> tuple[int, int]:
+    size = getattr(getattr(config, "vision_config", config), "image_size", None) or 224
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def never_used_parameters(model: torch.nn.Module) -> list[str]:
+    """Trainable parameters of a transformers ``model`` that none of its outputs (logits and every
+    hidden state) depends on, found by one forward and ``autograd.grad`` on a copy of its
+    architecture on the meta device: no weight is read or allocated, so it runs the same whether
+    the weights are whole, on meta (FSDP's CPU-RAM-efficient loading) or partitioned (ZeRO-3)."""
+    if not hasattr(type(model), "_from_config") or getattr(model, "config", None) is None:
+        return []
+    from .frozen import whole_weights
+
+    with whole_weights(), torch.device("meta"):  # no zero.Init partitioning of the probe under ZeRO-3
+        probe = type(model)._from_config(copy.deepcopy(model.config)).eval()
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    params = {name: p for name, p in probe.named_parameters() if name in trainable}
+    if not params:
+        return []
+    pixels = torch.zeros(2, 3, *_config_image_size(model.config), device="meta")
+    output = probe(pixel_values=pixels, output_hidden_states=True)
+    read = [t for t in [getattr(output, "logits", None), getattr(output, "last_hidden_state", None),
+                        *(getattr(output, "hidden_states", None) or ())] if t is not None]
+    grads = torch.autograd.grad(sum(t.float().sum() for t in read), list(params.values()), allow_unused=True)
+    return [name for name, grad in zip(params, grads) if grad is None]
+
+
+def freeze_never_used(model: torch.nn.Module) -> list[str]:
+    """Freezes the parameters of ``model`` that its forward never uses; returns their names."""
+    names = never_used_parameters(model)
+    if names:
+        found = dict(model.named_parameters())
+        for name in names:
+            found[name].requires_grad_(False)
+        logger.info("frozen, as %s's forward never uses them: %s", type(model).__name__, summarise(names))
+    return names
 
 
 def unreached_parameters(model: torch.nn.Module, taps, pixel_size: tuple[int, int], reads_logits: bool) -> list[str]:

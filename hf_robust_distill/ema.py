@@ -4,6 +4,10 @@ The rule is timm's ``ModelEmaV2``, which the official DAD run uses (decay 0.9999
 starts from the weights training starts from, and after every optimizer step each trained
 parameter and floating buffer moves to ``decay * average + (1 - decay) * weight``; other buffers
 (BatchNorm's step counts) are copied. Frozen parameters equal their own average and are not kept.
+
+The average is kept in float32 whatever the module's dtype (DeepSpeed turns the student into a
+bf16 module, whose steps would vanish under bf16 rounding at decay 0.99992), and written back in
+the module's dtype.
 """
 
 from __future__ import annotations
@@ -26,11 +30,13 @@ class WeightAverage:
         if not 0 < decay < 1:
             raise ValueError(f"the EMA decay lies in (0, 1), got {decay}")
         self.decay = decay
+        self.restart = False  # start again from the weights training starts from (a resume without an average)
         self.reset(model)
 
     def reset(self, model: nn.Module) -> None:
         """Starts the average again from ``model``'s weights."""
-        self.average = {name: tensor.detach().clone() for name, tensor in self._tracked(model).items()}
+        self.average = {name: tensor.detach().float().clone() if tensor.is_floating_point() else tensor.detach().clone()
+                        for name, tensor in self._tracked(model).items()}
 
     @staticmethod
     def _tracked(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -50,7 +56,7 @@ class WeightAverage:
         self._follow(current)
         floats = [name for name, t in self.average.items() if t.is_floating_point()]
         if floats:
-            torch._foreach_lerp_([self.average[n] for n in floats], [current[n].detach() for n in floats],
+            torch._foreach_lerp_([self.average[n] for n in floats], [current[n].detach().float() for n in floats],
                                  1 - self.decay)
         for name, tensor in self.average.items():
             if not tensor.is_floating_point():
@@ -101,6 +107,11 @@ class WeightAverageCallback(TrainerCallback):
 
     def __init__(self, average: WeightAverage):
         self.average = average
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if self.average.restart:  # resumed from a checkpoint without an average: from its weights
+            self.average.reset(model)
+            self.average.restart = False
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         self.average.update(model)

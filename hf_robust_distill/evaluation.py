@@ -19,7 +19,7 @@ from .data import class_names, collate_images, find_columns, load_image_dataset,
 from .distortions import Distorter
 from .images import ImageResizer
 from .metrics.corruption_robustness.corruption_robustness import IMAGENET_C_CORRUPTIONS, SEVERITIES
-from .models import FeatureTaps, PixelPreprocessor, as_pixel_classifier
+from .models import FeatureTaps, PixelPreprocessor, as_pixel_classifier, model_dtype
 from .natural_shifts import NaturalShift, subset_predictions
 from .report import RobustnessReport
 
@@ -53,7 +53,8 @@ def accuracy(model, preprocessor: PixelPreprocessor | None, dataset, view: View 
         pixels = batch["pixel_values"].to(device)
         if view is not None:
             pixels = view(pixels, _view_generator(device, seed, i))
-        logits = _finite(model(pixels) if preprocessor is None else model(pixel_values=preprocessor(pixels)).logits)
+        logits = _finite(model(pixels) if preprocessor is None
+                         else model(pixel_values=preprocessor(pixels, model_dtype(model))).logits)
         correct += (logits.argmax(-1).cpu() == batch["labels"]).sum().item()
         total += len(pixels)
     model.train(was_training)

@@ -71,27 +71,14 @@ def check_whole(model: torch.nn.Module, role: str) -> None:
             "`with hf_robust_distill.frozen.whole_weights():` (the recipes do)")
 
 
-def layer_classes(model: torch.nn.Module) -> list[type[torch.nn.Module]]:
-    """The classes of ``model``'s ``_no_split_modules`` that it contains: the units FSDP wraps.
-
-    A model's list can name classes of other variants (CLIP's names its text embeddings, absent
-    from a vision-only CLIP), which accelerate's transformer wrap policy rejects."""
-    names = set()
-    for module in model.modules():
-        names.update(getattr(module, "_no_split_modules", None) or ())
-    found = {}
-    for module in model.modules():
-        if type(module).__name__ in names:
-            found.setdefault(type(module).__name__, type(module))
-    return list(found.values())
-
-
 def shard_for_inference(model: torch.nn.Module, mesh=None) -> torch.nn.Module:
     """FSDP2 ``fully_shard`` of each layer of ``model`` and of its root: every process keeps a
     shard and gathers a layer for its forward only (resharding after it)."""
     from torch.distributed.fsdp import fully_shard
 
-    for cls in layer_classes(model):
+    from .launchers import fsdp_blocks
+
+    for cls in fsdp_blocks(model):
         for module in [m for m in model.modules() if isinstance(m, cls)]:
             fully_shard(module, mesh=mesh, reshard_after_forward=True)
     fully_shard(model, mesh=mesh, reshard_after_forward=True)
@@ -139,11 +126,16 @@ def place_frozen(model: torch.nn.Module, accelerator, dtype: torch.dtype, *, sha
     device in ``dtype``, or sharded across processes when ``shard``. A model sharded already (a
     teacher shared by two trainers) stays as it is."""
     model.eval().requires_grad_(False)
-    if is_sharded(model):
+    partitioned = any(hasattr(p, "ds_id") for p in model.parameters())
+    if is_sharded(model) and not (partitioned and not _is_engine(model)):
         return model
     if shard and zero_stage(accelerator) == 3:
         model.to(dtype=dtype)
         return deepspeed_inference_engine(model, accelerator)
+    if partitioned:
+        raise ValueError(f"the {role} was loaded while a DeepSpeed ZeRO-3 config was active, so zero.Init partitioned "
+                         "its weights: load it inside `with hf_robust_distill.frozen.whole_weights():` (the recipes "
+                         "do), or let it be sharded (teacher_sharding)")
     check_whole(model, role)
     model.to(accelerator.device, dtype=dtype)
     if shard:
@@ -152,6 +144,10 @@ def place_frozen(model: torch.nn.Module, accelerator, dtype: torch.dtype, *, sha
                              "one process keeps the whole teacher")
         shard_for_inference(model)
     return model
+
+
+def _is_engine(model) -> bool:
+    return type(model).__name__ == "DeepSpeedEngine"
 
 
 def is_sharded(model: torch.nn.Module) -> bool:

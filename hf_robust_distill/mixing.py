@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .corruptions.filters import host_generator
+
 
 @dataclass(frozen=True)
 class MixingSettings:
@@ -56,13 +58,15 @@ def mix_batch(images: list[torch.Tensor], labels: torch.Tensor, num_classes: int
     """``images`` (each (B, 3, H, W)) mixed as one, and the (B, C) soft targets of ``labels``.
 
     The batch's few scalar draws (whether, which, ``lam``, the box) come from a NumPy generator
-    seeded by ``generator``, so a batch mixes the same way whenever its generator is the same.
+    seeded on the host from ``generator`` (``filters.host_generator``: no device sync), so a batch
+    mixes the same way whenever its generator is the same. Images mix in float32, whatever their dtype.
     """
     targets = smoothed_targets(labels, num_classes, settings.label_smoothing)
     if not settings.mixes:
         return images, targets
-    device = generator.device if generator is not None else labels.device
-    rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator, device=device)))
+    dtypes = [x.dtype for x in images]
+    images = [x.float() for x in images]  # mixed in float32 whatever the batch's dtype
+    rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=host_generator(generator))))
     if rng.random() >= settings.prob:
         return images, targets
     cutmix = settings.cutmix_alpha > 0 and (settings.mixup_alpha == 0 or rng.random() < settings.switch_prob)
@@ -79,4 +83,4 @@ def mix_batch(images: list[torch.Tensor], labels: torch.Tensor, num_classes: int
         lam = 1 - (bottom - top) * (right - left) / (h * w)
     else:
         mixed = [x * lam + x.flip(0) * (1 - lam) for x in images]
-    return mixed, targets * lam + targets.flip(0) * (1 - lam)
+    return [x.to(dtype) for x, dtype in zip(mixed, dtypes)], targets * lam + targets.flip(0) * (1 - lam)

@@ -51,17 +51,27 @@ class PixelPreprocessor:
     def from_pretrained(cls, name_or_path: str, **kwargs) -> PixelPreprocessor:
         return cls.from_image_processor(AutoImageProcessor.from_pretrained(name_or_path, **kwargs))
 
-    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+    def __call__(self, pixels: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The model's input: resized and normalised in float32, then in ``dtype`` (the model's,
+        ``model_dtype``) when given."""
+        pixels = pixels.float()
         if tuple(pixels.shape[-2:]) != self.size:
             pixels = F.interpolate(pixels, size=self.size, mode="bilinear", antialias=True, align_corners=False)
-        key = (pixels.device, pixels.dtype)
-        if key not in self._stats:
-            self._stats[key] = (
-                torch.tensor(self.mean, device=pixels.device, dtype=pixels.dtype).reshape(1, 3, 1, 1),
-                torch.tensor(self.std, device=pixels.device, dtype=pixels.dtype).reshape(1, 3, 1, 1),
+        if pixels.device not in self._stats:
+            self._stats[pixels.device] = (
+                torch.tensor(self.mean, device=pixels.device).reshape(1, 3, 1, 1),
+                torch.tensor(self.std, device=pixels.device).reshape(1, 3, 1, 1),
             )
-        mean, std = self._stats[key]
-        return (pixels - mean) / std
+        mean, std = self._stats[pixels.device]
+        normalised = (pixels - mean) / std
+        return normalised if dtype is None else normalised.to(dtype)
+
+
+def model_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype a model's input is cast to at its door: that of its first floating parameter (a
+    DeepSpeed engine's bf16; FSDP2 keeps float32 parameters and casts inputs by its own policy;
+    under autocast float32 inputs are what the model expects)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 
 def supports_drop_path(config) -> bool:
@@ -158,6 +168,16 @@ class Features:
                         {k: v[index] for k, v in self.attentions.items()}, self.num_prefix_tokens, self.grid)
 
 
+def sequence_module(model: PreTrainedModel) -> torch.nn.Module:
+    """The module whose output holds the final token sequence (``last_hidden_state``): the base
+    model (``model.vit``), or for a classifier that keeps no base model under its prefix
+    (``CLIPForImageClassification.vision_model``) its first transformers submodel."""
+    base = getattr(model, "base_model", model)
+    if base is not model:
+        return base
+    return next((child for child in model.children() if isinstance(child, PreTrainedModel)), model)
+
+
 class FeatureTaps:
     """Hooks on a ViT-family model that record the features named at construction.
 
@@ -178,7 +198,7 @@ class FeatureTaps:
         if self.attention_modules and len(self.attention_modules) != self.depth:
             raise ValueError(f"found {len(self.attention_modules)} attention modules for {self.depth} blocks")
         self.need_cls = need_cls
-        self.base = getattr(model, "base_model", model)
+        self.base = sequence_module(model)
         self.model_name = type(model).__name__
         config = getattr(model.config, "vision_config", model.config)
         self.patch_size = getattr(config, "patch_size", None)
@@ -241,9 +261,10 @@ class FeatureTaps:
             self._recording = None
 
     def __call__(self, model, pixel_values: torch.Tensor) -> Features:
-        """Runs ``model`` (possibly wrapped by DDP/FSDP) on normalised pixels and returns features."""
+        """Runs ``model`` (possibly wrapped by DDP, FSDP or DeepSpeed) on normalised pixels, cast to
+        its dtype, and returns features."""
         with self.record() as features:
-            output = model(pixel_values=pixel_values)
+            output = model(pixel_values=pixel_values.to(model_dtype(model)))
         features.logits = getattr(output, "logits", None)
         if self.patch_size:
             features.grid = patch_grid(tuple(pixel_values.shape[-2:]), self.patch_size)
@@ -269,8 +290,7 @@ class PixelSpaceClassifier(torch.nn.Module):
         self.preprocessor = preprocessor
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        dtype = next(self.model.parameters()).dtype  # a frozen model may run in bf16
-        return self.model(pixel_values=self.preprocessor(pixel_values).to(dtype)).logits
+        return self.model(pixel_values=self.preprocessor(pixel_values, model_dtype(self.model))).logits
 
 
 def as_pixel_classifier(model: torch.nn.Module, image_processor=None) -> torch.nn.Module:

@@ -56,9 +56,9 @@ def attached(model: nn.Module) -> FeatureProjections | None:
     return getattr(model, ATTRIBUTE, None)
 
 
-def save(projections: FeatureProjections, folder: str) -> None:
-    save_file({k: v.detach().cpu().contiguous() for k, v in projections.state_dict().items()},
-              os.path.join(folder, WEIGHTS))
+def save_state(weights: dict[str, torch.Tensor], folder: str) -> None:
+    """Writes the projections' whole weights (``launchers.whole_state_dict``) beside a checkpoint."""
+    save_file({k: v.contiguous() for k, v in weights.items()}, os.path.join(folder, WEIGHTS))
 
 
 def load(projections: FeatureProjections, folder: str) -> None:
@@ -67,5 +67,11 @@ def load(projections: FeatureProjections, folder: str) -> None:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{folder} holds no {WEIGHTS}: it was saved without the student's projections "
                                 "to the teacher's width, so it cannot resume this run")
-    device = next(projections.parameters()).device
-    projections.load_state_dict({k: v.to(device) for k, v in load_file(path).items()}, strict=True)
+    saved = load_file(path)
+    own = projections.state_dict()
+    if set(saved) != set(own) or any(saved[k].shape != own[k].shape for k in own):
+        raise ValueError(f"{path} holds projections of another shape than this run's ({sorted(saved)[:4]}...): it "
+                         "was saved by a run with another student, teacher or --projection")
+    with torch.no_grad():
+        for name, tensor in own.items():
+            tensor.copy_(saved[name])

@@ -11,17 +11,20 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalPrediction
+from transformers.trainer_utils import EvalPrediction
 
 from .attention_maps import read_attention_maps
+from .checkpoints import CheckpointCompanions, resume_folder
 from .config import DistillationConfig
 from .augmentation import Augmenter
 from .dad import dad_images
 from .data import collate_images
 from .distortions import Distorter
-from .distributed import check_one_device_per_process, gather_rows, summarise, unreached_parameters
+from .distributed import (check_one_device_per_process, freeze_never_used, gather_rows, summarise,
+                          unreached_parameters)
 from .divergence import gradient_error, loss_error, non_finite_tensors, weights_error
-from .frozen import inference_dtype, is_sharded, layer_classes, place_frozen, whole_weights, zero_stage
+from .frozen import inference_dtype, is_sharded, place_frozen, whole_weights, zero_stage
+from .launchers import prepare_fsdp, sharded_checkpoints
 from .heads import (REORDER, SAME, describe_difference, detach_head_inputs, freeze_unread_head, head_classes,
                     is_image_classifier, match_head, unwrap_adapters)
 from .images import BadImageLog
@@ -30,7 +33,7 @@ from .losses import attention_loss, ce_loss, cls_loss, kd_loss, patch_loss
 from .mixing import mix_batch
 from .token_grids import align_attention, patch_grid, resample_tokens
 from .models import (Features, FeatureTaps, PixelPreprocessor, PixelSpaceClassifier, check_compatible, map_layers,
-                     supports_drop_path, transformer_blocks)
+                     model_dtype, supports_drop_path, transformer_blocks)
 
 LOSS_PARTS = ("loss_cls", "loss_patch", "loss_attn", "loss_kd", "loss_ce", "loss_kd_dad", "loss_ce_dad", "loss_head")
 STORED_TEACHER_LOGITS = ("teacher_logits_clean", "teacher_logits_dad")
@@ -67,10 +70,6 @@ def _has_labels(dataset) -> bool:
 def _joined(batches: list[torch.Tensor]) -> torch.Tensor:
     """The batches as one, copying only when there is more than one."""
     return batches[0] if len(batches) == 1 else torch.cat(batches)
-
-
-def _is_checkpoint(folder: str) -> bool:
-    return os.path.basename(os.path.normpath(folder)).startswith(PREFIX_CHECKPOINT_DIR)
 
 
 def _as_preprocessor(processor) -> PixelPreprocessor:
@@ -128,6 +127,7 @@ class RobustDistillationTrainer(Trainer):
         self._check_heads(model, teacher, args)
         check_one_device_per_process(args.n_gpu)
 
+        freeze_never_used(unwrap_adapters(model))
         self._trains_head = (not args.logits_read and args.head_ce_weight > 0 and is_image_classifier(model)
                              and _has_labels(train_dataset))
         if args.lora_r > 0 and not lora.is_lora(model):
@@ -159,8 +159,6 @@ class RobustDistillationTrainer(Trainer):
             read_attention_maps(unwrap_adapters(model), self.student_taps.attention_modules,
                                 self.student_taps.attention_layers, args.attn_rows)
         self._check_checkpointing(args)
-        if self.is_fsdp_enabled:
-            self._wrap_the_models_layers(model)
         # --bf16/--fp16, or the launcher's mixed_precision (accelerate launch sets ACCELERATE_MIXED_PRECISION)
         self.teacher_dtype = inference_dtype(args.teacher_dtype, mixed_precision=args.mixed_precision != "no",
                                              device=args.device)
@@ -194,6 +192,8 @@ class RobustDistillationTrainer(Trainer):
         self._counts = {True: 0, False: 0}
         self._check_drop_path(args)
         self.weight_average = self._average_weights(args)
+        self.companions = CheckpointCompanions(self.projections, self.weight_average)
+        self.add_callback(self.companions)
         self.augmentation, self.mixing = args.augmentation, args.mixing  # read once, not rebuilt every step
         self._augmenter = None  # built at the first training batch, for its size
         if ((self.mixing.mixes or self.augmentation.active) and teacher is None
@@ -259,13 +259,6 @@ class RobustDistillationTrainer(Trainer):
                              "maps and inner blocks' tokens captured inside it get no gradient: use "
                              "--activation_checkpointing_kwargs '{\"use_reentrant\": false}' (the default)")
 
-    def _wrap_the_models_layers(self, model) -> None:
-        """FSDP wraps the student's own layer classes (those of its ``_no_split_modules`` that it
-        contains), unless the accelerate config names them."""
-        plugin = self.accelerator.state.fsdp_plugin
-        if getattr(plugin, "transformer_cls_names_to_wrap", None) is None:
-            plugin.transformer_cls_names_to_wrap = [cls.__name__ for cls in layer_classes(model)]
-
     @staticmethod
     def _check_heads(model, teacher, args) -> None:
         if (args.kd_weight > 0 or args.dad_kd_weight > 0) and teacher is not None:
@@ -284,6 +277,14 @@ class RobustDistillationTrainer(Trainer):
         if (args.ce_weight > 0 or args.dad_ce_weight > 0 or args.kd_weight > 0) and not is_image_classifier(model):
             raise ValueError("ce_weight, dad_ce_weight and kd_weight need a student with a classification head; "
                              "set them to 0")
+
+    def _prepare_input(self, data):
+        """The batch reaches the device as the collator made it (``Trainer`` would cast every float
+        tensor to DeepSpeed's dtype): its pixels are the views' input and its stored logits the
+        losses' targets, both kept in float32; each model casts its input at its own door."""
+        if isinstance(data, torch.Tensor):
+            return data.to(self.args.device)
+        return super()._prepare_input(data)
 
     # ---- the student's view ----------------------------------------------------------------
 
@@ -390,7 +391,7 @@ class RobustDistillationTrainer(Trainer):
 
     def _run_teacher(self, pixels: torch.Tensor) -> Features:
         if self.teacher_taps is not None:
-            return self.teacher_taps(self.teacher, self.teacher_pixels(pixels).to(self.teacher_dtype))
+            return self.teacher_taps(self.teacher, self.teacher_pixels(pixels))  # cast at the teacher's door
         return Features(logits=self.teacher(pixels))
 
     def _teacher_outputs(self, pixels, dad, inputs) -> tuple[Features | None, torch.Tensor | None]:
@@ -491,11 +492,16 @@ class RobustDistillationTrainer(Trainer):
 
     # ---- several processes ------------------------------------------------------------------------
 
-    def train(self, *args, **kwargs):
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
         self._check_every_parameter_reached()
+        folder = resume_folder(resume_from_checkpoint, self.args.output_dir)
+        if folder is not None:  # under every launcher (its own resume path skips _load_from_checkpoint)
+            self.companions.load(folder)
+        if self.is_fsdp_enabled:  # the plugin is shared: this student's blocks, right before it is prepared
+            prepare_fsdp(self.accelerator, self.model, self.args)
         if self.args.cache_teacher and self.teacher is not None and self._cached_teacher is None:
             self._use_teacher_cache()
-        output = super().train(*args, **kwargs)
+        output = super().train(folder, *args, **kwargs)
         if self.weight_average is not None:
             self.weight_average.copy_to(self.model)  # the average is the student saved and reported
         return output
@@ -543,8 +549,7 @@ class RobustDistillationTrainer(Trainer):
         loadable with plain ``from_pretrained`` (checkpoints stay sharded, for resuming)."""
         if lora.is_lora(self.model) and not _internal_call:  # checkpoints keep the adapter, to resume from
             return self._save_merged(output_dir or self.args.output_dir)
-        plugin = getattr(self.accelerator.state, "fsdp_plugin", None)
-        if _internal_call or plugin is None or "FULL_STATE_DICT" in str(plugin.state_dict_type):
+        if _internal_call or not sharded_checkpoints(self.accelerator):
             return super().save_model(output_dir, _internal_call)
         state_dict = self.accelerator.get_state_dict(self.model)  # every process joins the gather
         self._save(output_dir or self.args.output_dir, state_dict=state_dict)
@@ -609,12 +614,6 @@ class RobustDistillationTrainer(Trainer):
         if bad:
             raise weights_error(bad, output_dir or self.args.output_dir, self.args.output_dir)
         super()._save(output_dir, state_dict)
-        folder = output_dir or self.args.output_dir
-        if self.args.should_save and _is_checkpoint(folder):  # beside the checkpoint, never in a student folder
-            if self.projections is not None:
-                projections.save(self.projections, folder)
-            if self.weight_average is not None:
-                self.weight_average.save(folder)
 
     # ---- logging of the parts -----------------------------------------------------------------
 
@@ -661,7 +660,8 @@ class RobustDistillationTrainer(Trainer):
             loss, student = self.compute_loss(model, inputs, return_outputs=True)
             if prediction_loss_only or labels is None or student.logits is None:
                 return loss.detach(), None, None
-            clean_logits = model(pixel_values=self.student_pixels(inputs["pixel_values"])).logits
+            pixels = self.student_pixels(inputs["pixel_values"], model_dtype(model))
+            clean_logits = model(pixel_values=pixels).logits
         return loss.detach(), (clean_logits.detach(), student.logits.detach()), labels
 
     # ---- checkpoints ---------------------------------------------------------------------------
@@ -684,12 +684,6 @@ class RobustDistillationTrainer(Trainer):
             if unexpected or any(not key.startswith(projections.ATTRIBUTE + ".") for key in missing):
                 raise RuntimeError(f"{resume_from_checkpoint} does not hold this student's weights: missing "
                                    f"{missing[:5]}, unexpected {unexpected[:5]}")
-        if self.projections is not None:
-            projections.load(self.projections, resume_from_checkpoint)
-        if self.weight_average is not None and not self.weight_average.load(resume_from_checkpoint):
-            logger.warning("%s holds no weight average (the run had no --ema_decay): it starts from the checkpoint's "
-                           "weights", resume_from_checkpoint)
-            self.weight_average.reset(self.model)
 
     def _load_best_model(self):
         if not self._reloads_through_from_pretrained(self.model, self.state.best_model_checkpoint):

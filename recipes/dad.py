@@ -123,10 +123,9 @@ def use_demo_zoo(script_args: ScriptArguments, config: DistillationConfig) -> No
         return
     from hf_robust_distill.demo import demo_model
 
-    with config.main_process_first(desc="building the demo zoo"):
-        script_args.teacher_name_or_path = demo_model("clip", seed=config.seed)
-        script_args.vq_name_or_path = script_args.vq_name_or_path or demo_model("vq", seed=config.seed)
-        script_args.student_name_or_path = script_args.student_name_or_path or demo_model("vit", seed=config.seed)
+    script_args.teacher_name_or_path = demo_model("clip", seed=config.seed)  # every process builds it together
+    script_args.vq_name_or_path = script_args.vq_name_or_path or demo_model("vq", seed=config.seed)
+    script_args.student_name_or_path = script_args.student_name_or_path or demo_model("vit", seed=config.seed)
 
 
 def check_teacher(path: str, data) -> None:

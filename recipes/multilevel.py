@@ -78,8 +78,7 @@ def build_teacher_if_demo(script_args: ScriptArguments, config: DistillationConf
         return
     from hf_robust_distill.demo import demo_model
 
-    with config.main_process_first(desc="building the demo teacher"):
-        script_args.teacher_name_or_path = demo_model("vit", seed=config.seed)
+    script_args.teacher_name_or_path = demo_model("vit", seed=config.seed)  # every process builds it together
 
 
 def linear_probe_rows(student, preprocessor, train, test, columns, fraction, seed) -> dict:

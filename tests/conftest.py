@@ -72,6 +72,31 @@ def save_tiny_vit(path, seed=0, **overrides) -> str:
     return str(path)
 
 
+TINY_BLOCKS = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                   intermediate_size=64)
+
+
+def save_tiny_classifier(path, arch: str, seed: int = 0, **overrides) -> str:
+    """A 2-block ViT-family image classifier (``vit``, ``deit``, ``dinov2`` or ``clip``) of width
+    32 on 32 px digits, saved with the demo's image processor."""
+    from transformers import (CLIPConfig, CLIPForImageClassification, DeiTConfig, DeiTForImageClassification,
+                              Dinov2Config, Dinov2ForImageClassification, ViTConfig)
+
+    labels = dict(num_labels=10, id2label=dict(enumerate(DIGIT_NAMES)),
+                  label2id={n: i for i, n in enumerate(DIGIT_NAMES)})
+    blocks = {**TINY_BLOCKS, **overrides}
+    model_class, config = {
+        "vit": (ViTForImageClassification, lambda: ViTConfig(**blocks, **labels)),
+        "deit": (DeiTForImageClassification, lambda: DeiTConfig(**blocks, **labels)),
+        "dinov2": (Dinov2ForImageClassification, lambda: Dinov2Config(**blocks, **labels)),
+        "clip": (CLIPForImageClassification, lambda: CLIPConfig(vision_config=blocks, **labels)),
+    }[arch]
+    torch.manual_seed(seed)
+    model_class(config()).save_pretrained(path)
+    demo_image_processor().save_pretrained(path)
+    return str(path)
+
+
 @pytest.fixture(scope="session")
 def tiny_vit(tmp_path_factory) -> str:
     return save_tiny_vit(tmp_path_factory.mktemp("tiny-vit"))

@@ -15,7 +15,8 @@ from transformers import (AutoImageProcessor, CLIPConfig, CLIPForImageClassifica
 from hf_robust_distill import RobustDistillationTrainer
 from hf_robust_distill.attention_maps import SELECTIVE_ATTENTION, attention_rows, read_attention_maps
 from hf_robust_distill.distributed import check_one_device_per_process, unreached_parameters
-from hf_robust_distill.frozen import inference_dtype, layer_classes
+from hf_robust_distill.frozen import inference_dtype
+from hf_robust_distill.launchers import fsdp_blocks
 from hf_robust_distill.models import FeatureTaps, load_vision_model
 
 from .test_trainer import make_config
@@ -200,16 +201,17 @@ ARCHITECTURES = {
 
 
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
-def test_fsdp_wraps_the_students_own_layer_classes(arch):
-    """fsdp.yaml names no class; the trainer hands accelerate the model's own (a vision-only CLIP
-    lacks the text embeddings its _no_split_modules names, which accelerate would reject)."""
+def test_fsdp_wraps_the_students_blocks_only(arch):
+    """fsdp.yaml names no class; the trainer hands accelerate the model's blocks (not its
+    embeddings, whose patch embeddings accelerate shards on their own; not the text embeddings a
+    vision-only CLIP's _no_split_modules names). The launched preparation is in test_launchers.py."""
     config = load_config_from_file("recipes/configs/fsdp.yaml")
     assert config.distributed_type == "FSDP" and config.fsdp_config["fsdp_version"] == 2
     assert "fsdp_transformer_layer_cls_to_wrap" not in config.fsdp_config
     model_class, model_config, blocks = ARCHITECTURES[arch]
     model = model_class(model_config)
-    names = {cls.__name__ for cls in layer_classes(model)}
-    assert blocks <= names
+    names = {cls.__name__ for cls in fsdp_blocks(model)}
+    assert names == blocks
     plugin = FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap")
     plugin.transformer_cls_names_to_wrap = sorted(names)
     policy = fsdp2_prepare_auto_wrap_policy(plugin, model)

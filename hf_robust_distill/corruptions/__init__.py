@@ -44,13 +44,14 @@ def check_images(images: torch.Tensor) -> None:
 
 def corrupt(images: torch.Tensor, name: str, severity: int,
             generator: torch.Generator | None = None) -> torch.Tensor:
-    """Applies ImageNet-C corruption ``name`` at ``severity`` (1-5) to a (B, 3, H, W) batch in [0,1]."""
+    """Applies ImageNet-C corruption ``name`` at ``severity`` (1-5) to a (B, 3, H, W) batch in [0,1],
+    computed in float32 whatever the batch's dtype (returned in it)."""
     if name not in IMAGENET_C:
         raise ValueError(f"unknown corruption {name!r}; choose one of {', '.join(CORRUPTIONS)}")
     if not isinstance(severity, (int, np.integer)) or not 1 <= severity <= 5:
         raise ValueError(f"severity must be an integer from 1 to 5, got {severity!r}")
     check_images(images)
-    return IMAGENET_C[name](images, int(severity), generator)
+    return IMAGENET_C[name](images.float(), int(severity), generator).to(images.dtype)
 
 
 __all__ = ["CORRUPTIONS", "IMAGENET_C", "check_images", "corrupt", *IMAGENET_C]

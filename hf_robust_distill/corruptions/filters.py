@@ -14,8 +14,32 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+
+def host_generator(generator: torch.Generator | None) -> torch.Generator | None:
+    """The CPU generator of a view's per-batch and per-sample decisions (which distortion, its
+    level, a mixing weight): drawn on the host, they group samples and size kernels without
+    reading anything back from the device, and only the small tensors carrying them travel there,
+    asynchronously. A CPU generator (or ``None``, torch's global one) serves as it is; a device
+    generator lends a seed from its own stream (its seed and offset live on the host) and moves
+    past it, so successive calls draw differently and generators seeded alike draw alike."""
+    if generator is None or generator.device.type == "cpu":
+        return generator
+    try:
+        offset = generator.get_offset()
+        generator.set_offset(offset + 4)
+    except RuntimeError:  # a device generator without a Philox offset: its seed alone
+        offset = 0
+    seed = np.random.SeedSequence([generator.initial_seed(), offset]).generate_state(1, dtype=np.uint64)[0] >> 1
+    return torch.Generator().manual_seed(int(seed))
+
+
+def to_device(tensor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A small host tensor on ``like``'s device without making the host wait for it."""
+    return tensor.to(like.device, non_blocking=True)
 
 
 def rand(shape, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -74,15 +98,17 @@ def pad(images: torch.Tensor, pad_h: int, pad_w: int, mode: str, after_h: int | 
     return images
 
 
-def gaussian_kernels(sigma: torch.Tensor, truncate: float = 4.0) -> torch.Tensor:
-    """(N, 2*radius+1) normalised float64 Gaussian kernels, one per sigma.
+def gaussian_kernels(sigma: torch.Tensor, truncate: float = 4.0, max_sigma: float | None = None) -> torch.Tensor:
+    """(N, 2*radius+1) normalised float64 Gaussian kernels, one per sigma, on sigma's device.
 
     Each kernel is cut at its own radius ``int(truncate * sigma + 0.5)`` as scipy's
-    ``gaussian_filter`` does, so one filter serves a batch of different sigmas exactly.
+    ``gaussian_filter`` does, so one filter serves a batch of different sigmas exactly; the width
+    is that of ``max_sigma`` (a bound on the sigmas, which spares reading them back from a device)
+    or of the largest sigma.
     """
-    sigma = sigma.detach().to("cpu", torch.float64).reshape(-1, 1)
-    radius = int(truncate * float(sigma.max()) + 0.5)
-    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    sigma = sigma.detach().to(torch.float64).reshape(-1, 1)
+    radius = int(truncate * (float(sigma.max()) if max_sigma is None else max_sigma) + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64, device=sigma.device)
     kernel = torch.exp(-0.5 * (x / sigma.clamp(min=1e-12)) ** 2) * (x.abs() <= (truncate * sigma + 0.5).floor())
     return kernel / kernel.sum(dim=1, keepdim=True)
 
@@ -91,16 +117,18 @@ def band_matrices(size: int, kernels: torch.Tensor, mode: str) -> torch.Tensor:
     """(N, size, size) matrices ``M`` with ``M @ x`` the correlation of each column of ``x``,
     padded by ``mode``, with each of the N 1-D kernels (N, k) (k odd)."""
     n, k = kernels.shape
-    src = pad_index(size, k // 2, mode)
-    cols = src[torch.arange(size).unsqueeze(1) + torch.arange(k)]
-    matrices = torch.zeros(n, size, size, dtype=kernels.dtype)
+    device = kernels.device
+    src = pad_index(size, k // 2, mode, device)
+    cols = src[torch.arange(size, device=device).unsqueeze(1) + torch.arange(k, device=device)]
+    matrices = torch.zeros(n, size, size, dtype=kernels.dtype, device=device)
     matrices.scatter_add_(2, cols.expand(n, size, k), kernels.unsqueeze(1).expand(n, size, k).contiguous())
     return matrices
 
 
 @lru_cache(maxsize=128)
-def _gaussian_band(size: int, sigma: float, mode: str, truncate: float) -> torch.Tensor:
-    return band_matrices(size, gaussian_kernels(torch.tensor([sigma]), truncate), mode)[0]
+def _gaussian_band(size: int, sigma: float, mode: str, truncate: float, device: torch.device) -> torch.Tensor:
+    """A scalar sigma's band matrix, built once per device (no copy from the host at every call)."""
+    return band_matrices(size, gaussian_kernels(torch.tensor([sigma], device=device), truncate), mode)[0]
 
 
 def separable_filter(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -111,14 +139,16 @@ def separable_filter(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tenso
     return torch.matmul(torch.matmul(rows, images), cols.transpose(-1, -2))
 
 
-def gaussian_filter(images: torch.Tensor, sigma, mode: str = "replicate", truncate: float = 4.0) -> torch.Tensor:
-    """scipy/skimage ``gaussian`` with a scalar sigma or one per sample, cut at ``truncate`` sigma."""
+def gaussian_filter(images: torch.Tensor, sigma, mode: str = "replicate", truncate: float = 4.0,
+                    max_sigma: float | None = None) -> torch.Tensor:
+    """scipy/skimage ``gaussian`` with a scalar sigma or one per sample, cut at ``truncate`` sigma;
+    per-sample kernels are built on the images' device, ``max_sigma`` bounding their width."""
     h, w = images.shape[-2:]
     if isinstance(sigma, (int, float)):
-        return separable_filter(images, _gaussian_band(h, float(sigma), mode, truncate),
-                                _gaussian_band(w, float(sigma), mode, truncate))
-    sigma = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1)
-    kernels = gaussian_kernels(sigma, truncate)
+        return separable_filter(images, _gaussian_band(h, float(sigma), mode, truncate, images.device),
+                                _gaussian_band(w, float(sigma), mode, truncate, images.device))
+    sigma = to_device(torch.as_tensor(sigma, dtype=torch.float64).reshape(-1), images)
+    kernels = gaussian_kernels(sigma, truncate, max_sigma)
     return separable_filter(images, band_matrices(h, kernels, mode), band_matrices(w, kernels, mode))
 
 
@@ -126,8 +156,8 @@ def gaussian_filter_axes(images: torch.Tensor, sigma_h: float, sigma_w: float, m
                          truncate: float = 4.0) -> torch.Tensor:
     """A Gaussian with its own sigma along H and along W (scipy's per-axis sigma)."""
     h, w = images.shape[-2:]
-    return separable_filter(images, _gaussian_band(h, sigma_h, mode, truncate),
-                            _gaussian_band(w, sigma_w, mode, truncate))
+    return separable_filter(images, _gaussian_band(h, sigma_h, mode, truncate, images.device),
+                            _gaussian_band(w, sigma_w, mode, truncate, images.device))
 
 
 def _fast_length(n: int) -> int:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .corruptions.filters import host_generator
+from .corruptions.filters import host_seed
 
 _RAND_AUGMENT = re.compile(r"^rand(-(m\d+(\.\d+)?|n\d+|mstd\d+(\.\d+)?|inc[01]|w\d+|mmax\d+))*$")
 
@@ -119,7 +119,7 @@ class Augmenter:
         images = [x.float() for x in images]
         device = images[0].device
         gen_device = generator.device if generator is not None else device
-        seed = int(torch.randint(2**62, (1,), generator=host_generator(generator)))  # on the host: no device sync
+        seed = host_seed(generator)  # on the host: no device sync
         out = list(images)
         if self.pipeline is not None:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):

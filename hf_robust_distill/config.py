@@ -240,9 +240,6 @@ class DistillationConfig(TrainingArguments):
         if self.cache_teacher and self.dad_mode == "online":
             raise ValueError("cache_teacher stores the teacher's outputs on clean images, and online DAD attacks the "
                              "teacher every step: use dad_mode='offline' (its dataset stores the teacher's logits)")
-        if self.cache_teacher and self.teacher_sharding:
-            raise ValueError("cache_teacher builds its cache on the main process; a sharded teacher needs every "
-                             "process: drop one of teacher_sharding and cache_teacher")
         if self.projection not in PROJECTIONS:
             raise ValueError(f"projection must be one of {PROJECTIONS}, got {self.projection!r}")
         if self.teacher_dtype not in TEACHER_DTYPES:

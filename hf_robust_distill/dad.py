@@ -119,8 +119,9 @@ class DADGenerator:
                  image_column: str | None = None, label_column: str | None = None,
                  attack: AttackSettings | None = None, batch_size: int = 64, shard_size: int = 1024,
                  teacher_logits: bool = False, seed: int = 0, num_workers: int = 0, state=None,
-                 progress: bool = True):
+                 progress: bool = True, autocast: torch.dtype | None = None):
         self.teacher, self.discretizer = teacher, discretizer
+        self.autocast = autocast  # the teacher and the VQ model run under it (the code search stays float32)
         self.output_dir = output_dir
         self.image_column, self.label_column = find_columns(dataset, image_column, label_column)
         self.resizer = image_size if isinstance(image_size, ImageResizer) else ImageResizer(image_size)
@@ -194,7 +195,9 @@ class DADGenerator:
             logger.info("resuming: %d of this process's shards are already written", len(shards) - len(todo))
         total = sum(len(self._rows(s)) for s in shards)
         with tqdm(total=total, initial=done_rows, desc="DAD images", unit="img",
-                  disable=not (self.progress and self.state.is_local_main_process)) as bar:
+                  disable=not (self.progress and self.state.is_local_main_process)) as bar, \
+                torch.autocast(self.discretizer.device.type, dtype=self.autocast or torch.float32,
+                               enabled=self.autocast is not None):
             for shard in todo:
                 self._write_shard(shard, bar)
         self.state.wait_for_everyone()
@@ -298,7 +301,7 @@ def generate_dad_dataset(teacher, discretizer, dataset: Dataset, output_dir: str
                          attack: AttackSettings | None = None, batch_size: int = 64, shard_size: int = 1024,
                          teacher_logits: bool = False, seed: int = 0, num_workers: int = 0,
                          push_to_hub: str | None = None, token: str | None = None, state=None,
-                         progress: bool = True) -> Dataset:
+                         progress: bool = True, autocast: torch.dtype | None = None) -> Dataset:
     """DAD images of every row of ``dataset``, written to ``output_dir`` and returned as a
     ``datasets.Dataset`` with columns ``image`` (8-bit PNG), ``index`` (the source row),
     ``label`` (copied from the source, same ``ClassLabel``) and, with ``teacher_logits=True``,
@@ -313,10 +316,12 @@ def generate_dad_dataset(teacher, discretizer, dataset: Dataset, output_dir: str
     none twice. Each shard's randomness depends only on ``seed`` and its position, so the rows
     are the same however the work was split. Under ``accelerate launch`` each process writes
     every ``num_processes``-th shard. ``load_dataset(output_dir)`` reads the result; with
-    ``push_to_hub`` the main process also pushes it as a Hub dataset.
+    ``push_to_hub`` the main process also pushes it as a Hub dataset. ``autocast``: the dtype the
+    teacher and VQ model compute in (bf16 on a GPU under mixed precision; ``None``: their own).
     """
     generator = DADGenerator(teacher, discretizer, dataset, output_dir, image_size, image_column, label_column,
-                             attack, batch_size, shard_size, teacher_logits, seed, num_workers, state, progress)
+                             attack, batch_size, shard_size, teacher_logits, seed, num_workers, state, progress,
+                             autocast=autocast)
     result = generator.run()
     if push_to_hub and generator.state.is_main_process:
         result.push_to_hub(push_to_hub, token=token)

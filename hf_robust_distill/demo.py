@@ -27,7 +27,8 @@ from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, PreTrainedT
 from .config import DistillationConfig
 from .data import class_names, collate_images, demo_digits, prepare_dataset
 from .discretize import VQDiscretizer
-from .launchers import follow_launcher_precision, prepare_fsdp, save_whole_model
+from .frozen import whole_weights
+from .launchers import follow_launcher_precision, prepare_fsdp, save_whole_model, vector_scalars
 from .models import PixelPreprocessor
 from .prompts import OPENAI_IMAGENET_TEMPLATES
 from .trainer import RobustDistillationTrainer
@@ -80,7 +81,8 @@ def build_demo_vit(output_dir: str, epochs: int = 10, seed: int = 0, learning_ra
     processor = demo_image_processor()
     args = demo_vit_arguments(output_dir, epochs, seed, learning_rate, **overrides)
     set_seed(seed)
-    model = ViTForImageClassification(demo_vit_config(names))
+    with whole_weights():  # built whole; DeepSpeed partitions it at its start
+        model = ViTForImageClassification(demo_vit_config(names))
     model.set_attn_implementation("eager")  # on CPUs, eager beats sdpa at this size
     size = (DEMO_IMAGE_SIZE, DEMO_IMAGE_SIZE)
     trainer = RobustDistillationTrainer(model=model, teacher=None, args=args, processing_class=processor,
@@ -174,15 +176,17 @@ def build_demo_clip(output_dir: str, epochs: int = 6, seed: int = 0, learning_ra
     image_processor = demo_clip_image_processor()
     args = demo_clip_arguments(output_dir, epochs, seed, learning_rate, **overrides)
     set_seed(seed)
-    model = CLIPModel(demo_clip_config(tokenizer))
+    with whole_weights():  # built whole (not half-partitioned by zero.Init); DeepSpeed partitions it at its start
+        model = CLIPModel(demo_clip_config(tokenizer))
     model.set_attn_implementation("eager")
+    scalars = vector_scalars(model)  # logit_scale, which ZeRO-3 could not partition
     train = prepare_dataset(digits["train"], (DEMO_IMAGE_SIZE, DEMO_IMAGE_SIZE))
     trainer = Trainer(model=model, args=args, train_dataset=train,
                       data_collator=CaptionedImages(tokenizer, image_processor, names, seed=seed))
     if trainer.is_fsdp_enabled:
         prepare_fsdp(trainer.accelerator, model, args)
     trainer.train()
-    save_whole_model(trainer, output_dir)  # ZeRO-3 and FSDP weights gathered; written by the main process
+    save_whole_model(trainer, output_dir, scalars)  # ZeRO-3 and FSDP weights gathered; written by the main process
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(output_dir)
         image_processor.save_pretrained(output_dir)

@@ -89,14 +89,30 @@ class VQDiscretizer:
         y = (y + 1) / 2 if self.input_range == "[-1,1]" else y
         return y.clamp(0.0, 1.0)
 
+    def nearest_codes(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) indices of the codes nearest the (B, c, h, w) latents, searched in float32
+        whatever the model's dtype or autocast: in bf16 the rounded distances pick another code for
+        about one latent in nine of a 16384-code book."""
+        quantizer = self.vq.quantize
+        if getattr(quantizer, "remap", None) is not None:
+            raise ValueError("the VQ model remaps its codes (VectorQuantizer.remap), which the discretizer does not "
+                             "read; convert it without remapping")
+        b, c, h, w = latents.shape
+        flat = latents.permute(0, 2, 3, 1).reshape(-1, c)
+        with torch.autocast(latents.device.type, enabled=False):
+            distances = torch.cdist(flat.float(), quantizer.embedding.weight.float())
+        return distances.argmin(dim=1).reshape(b, h, w)
+
     def _discretize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         latents = self.vq.encode(self._to_model(x)).latents
-        quantized, _, (_, _, indices) = self.vq.quantize(latents)
-        if self.vq.config.lookup_from_codebook:  # decode() would read `quantized` as code indices
-            decoded = self.vq.decode(latents).sample
+        indices = self.nearest_codes(latents)
+        b, c, h, w = latents.shape
+        quantized = self.vq.quantize.embedding(indices).permute(0, 3, 1, 2).to(latents.dtype)
+        if self.vq.config.lookup_from_codebook:  # decode() reads code indices
+            decoded = self.vq.decode(indices.reshape(b, -1), force_not_quantize=True, shape=(b, h, w, c)).sample
         else:
             decoded = self.vq.decode(quantized, force_not_quantize=True).sample
-        return self._from_model(decoded), indices.reshape(len(x), *quantized.shape[-2:])
+        return self._from_model(decoded), indices
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, return_indices: bool = False):

@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 from .corruptions import CORRUPTIONS, IMAGENET_C, check_images, corrupt
@@ -168,23 +169,25 @@ class Distorter:
         check_images(images)
         b = images.shape[0]
         host = host_generator(generator)
-        choice = torch.randint(len(self.entries), (b,), generator=host)
-        u = torch.rand((b,), generator=host, dtype=torch.float64)
+        # Which distortion and level each sample gets: drawn and grouped on the host (NumPy), so
+        # nothing is read back from the device.
+        choice = torch.randint(len(self.entries), (b,), generator=host).numpy()
+        u = torch.rand((b,), generator=host, dtype=torch.float64).numpy()
         pixels = images.float()
         out = pixels.clone()
         for k, entry in enumerate(self.entries):
-            idx = (choice == k).nonzero().flatten()  # on the host: no device sync
-            if idx.numel() == 0 or entry.name == "clean":
+            idx = np.flatnonzero(choice == k)
+            if idx.size == 0 or entry.name == "clean":
                 continue
             if entry.is_severity:
                 # Integer severities uniformly in [low, high] (rounding would halve the ends).
                 span = entry.high - entry.low + 1
-                severity = (entry.low + (u[idx] * span).floor().clamp(max=span - 1)).long()
-                for s in severity.unique().tolist():
+                severity = (entry.low + np.minimum(np.floor(u[idx] * span), span - 1)).astype(np.int64)
+                for s in np.unique(severity):
                     sub = to_device(idx[severity == s], pixels)
-                    out[sub] = IMAGENET_C[entry.name](pixels[sub], s, generator)
+                    out[sub] = IMAGENET_C[entry.name](pixels[sub], int(s), generator)
             else:
-                level = to_device((entry.low + u[idx] * (entry.high - entry.low)).float(), pixels)
+                level = to_device(entry.low + u[idx] * (entry.high - entry.low), pixels, torch.float32)
                 kwargs = {"patch_size": self.patch_size} if entry.name == "patch_mask" else {}
                 if entry.name == "blur":
                     kwargs["max_sigma"] = entry.high

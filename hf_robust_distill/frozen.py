@@ -40,6 +40,13 @@ def inference_dtype(choice: str, *, mixed_precision: bool, device: torch.device)
     return torch.bfloat16
 
 
+def frozen_autocast(config) -> torch.dtype | None:
+    """The autocast frozen models run under outside the Trainer (offline DAD generation): the
+    inference dtype of a run's ``DistillationConfig`` when it is 16-bit, else ``None``."""
+    dtype = inference_dtype(config.teacher_dtype, mixed_precision=config.mixed_precision != "no", device=config.device)
+    return None if dtype == torch.float32 else dtype
+
+
 @contextlib.contextmanager
 def whole_weights():
     """Models loaded within the block get whole weights on every process, whatever the launcher:

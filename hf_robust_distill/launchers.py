@@ -149,6 +149,29 @@ def gathered(module: torch.nn.Module):
         yield module
 
 
+def whole_tensors(module: torch.nn.Module):
+    """``(name, whole tensor)`` of each of ``module``'s parameters and buffers, one at a time (a
+    sharded one gathered just for it). A collective: every process iterates it to the end."""
+    from torch.distributed.tensor import DTensor
+
+    module = getattr(module, "module", module)  # a DeepSpeed engine's model
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        with gathered_tensor(tensor):
+            yield name, (tensor.full_tensor() if isinstance(tensor, DTensor) else tensor).detach()
+
+
+@contextlib.contextmanager
+def gathered_tensor(tensor: torch.Tensor):
+    """Within the block, a ZeRO-3 partitioned parameter is whole on every process."""
+    if not _is_zero3_partitioned(tensor):
+        yield tensor
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters([tensor], modifier_rank=None):
+        yield tensor
+
+
 def whole_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """``module``'s state dict as whole CPU tensors, whatever shards it: FSDP2 DTensors are
     gathered, ZeRO-3 partitions too. A collective: every process calls it."""
@@ -168,13 +191,27 @@ def sharded_checkpoints(accelerator) -> bool:
     return plugin is not None and "FULL_STATE_DICT" not in str(plugin.state_dict_type)
 
 
-def save_whole_model(trainer, folder: str) -> None:
+def save_whole_model(trainer, folder: str, scalars: tuple[str, ...] = ()) -> None:
     """``trainer``'s model in ``folder`` with whole weights, loadable with plain ``from_pretrained``,
-    under every launcher (FSDP shards gathered; ZeRO-3 through ``Trainer.save_model``'s 16-bit
-    gather). Every process calls it; the main process writes."""
-    if not sharded_checkpoints(trainer.accelerator):
-        trainer.save_model(folder)
-        return
-    state_dict = trainer.accelerator.get_state_dict(trainer.model)  # every process joins the gather
+    under every launcher (FSDP shards and ZeRO-3 partitions gathered: ``save_pretrained`` of a
+    partitioned module writes empty tensors). ``scalars``: parameters trained as one-element
+    vectors (``vector_scalars``), saved as the scalars the model's config makes. Every process
+    calls it; the main process writes."""
+    model = trainer.deepspeed if trainer.is_deepspeed_enabled else trainer.model
+    state_dict = trainer.accelerator.get_state_dict(model)  # every process joins the gather
     if trainer.args.should_save:
+        for name in scalars:
+            state_dict[name] = state_dict[name].reshape(())
         trainer.accelerator.unwrap_model(trainer.model).save_pretrained(folder, state_dict=state_dict)
+
+
+def vector_scalars(model: torch.nn.Module) -> tuple[str, ...]:
+    """``model``'s 0-dim parameters (CLIP's ``logit_scale``) as one-element vectors, which compute
+    the same: DeepSpeed 0.19.8's ZeRO-3 cannot partition a 0-dim parameter (it views each one as
+    bytes to broadcast it). Returns their names, for ``save_whole_model``."""
+    names = tuple(name for name, p in model.named_parameters() if p.dim() == 0)
+    for name in names:
+        owner, _, attribute = name.rpartition(".")
+        module = model.get_submodule(owner)
+        setattr(module, attribute, torch.nn.Parameter(getattr(module, attribute).detach().reshape(1)))
+    return names

@@ -2,18 +2,21 @@
 full, and a merged, plain ``transformers`` model as the student a run ends with.
 
 Checkpoints hold the adapter (``PeftModel.save_pretrained``), so resuming restores it; the final
-folder holds ``merge_and_unload()`` of a copy, which loads with
-``AutoModelForImageClassification.from_pretrained`` and no ``peft``.
+folder holds the merged model, which loads with ``AutoModelForImageClassification.from_pretrained``
+and no ``peft``. It is merged from whole weights gathered by the launcher (FSDP2 shards, ZeRO-3
+partitions), into the student's architecture rebuilt without weights: a sharded module cannot be
+copied, and a copy of a partitioned one holds empty tensors.
 """
 
 from __future__ import annotations
 
 import copy
 
+import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
-from .heads import head_modules
+from .heads import head_modules, unwrap_adapters
 
 DEFAULT_TARGETS = "q_proj,v_proj"
 
@@ -35,21 +38,49 @@ def lora_student(model: PreTrainedModel, r: int, alpha: float, target_modules: s
                          f"its attention projections are e.g. {sorted(n for n in found if n.endswith('_proj'))[:6]}")
     config = LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, lora_dropout=dropout,
                         modules_to_save=head_names(model) if train_head else None)
-    return get_peft_model(model, config)
+    return _in_the_partitioned_dtype(get_peft_model(model, config))
+
+
+def _in_the_partitioned_dtype(model: PeftModel) -> PeftModel:
+    """Under ZeRO-3 the base model is loaded partitioned in the launch's dtype (bf16) and the
+    adapters are created beside it in float32; DeepSpeed partitions every trained parameter of
+    one dtype alike (its optimizer keeps their float32 master copies), so the adapters take it."""
+    partitioned = {p.dtype for p in model.parameters() if hasattr(p, "ds_id") and not p.requires_grad}
+    if len(partitioned) == 1:
+        dtype = partitioned.pop()
+        for p in model.parameters():
+            if p.requires_grad and p.dtype != dtype:
+                p.data = p.data.to(dtype)
+    return model
 
 
 def is_lora(model) -> bool:
     return isinstance(model, PeftModel)
 
 
-def merged_copy(model: PeftModel) -> PreTrainedModel:
-    """A plain model with the adapters folded into its weights; ``model`` itself is untouched."""
-    return copy.deepcopy(model).merge_and_unload()
+def merged_model(model: PeftModel, state_dict: dict[str, torch.Tensor]) -> PreTrainedModel:
+    """A plain model with the adapters folded into its weights, from ``state_dict``: the whole
+    weights of ``model`` (``accelerator.get_state_dict``), whatever shards it. Its architecture and
+    adapters are rebuilt on the meta device, then take these tensors; ``model`` is untouched."""
+    from .frozen import whole_weights
+
+    base = unwrap_adapters(model)
+    with whole_weights(), torch.device("meta"):
+        rebuilt = get_peft_model(type(base)._from_config(copy.deepcopy(base.config)),
+                                 copy.deepcopy(model.peft_config[model.active_adapter]))
+    own = rebuilt.state_dict()
+    # copies: merging writes into the tensors, which may be the live student's own (unsharded runs)
+    weights = {k: v.detach().clone() for k, v in state_dict.items() if k in own}
+    rebuilt.load_state_dict(weights, strict=True, assign=True)
+    return rebuilt.merge_and_unload()
 
 
 def trained_share(model: PeftModel) -> tuple[int, int]:
-    """(trainable parameters, parameters of the merged model)."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for name, p in model.named_parameters()
-                if "lora_" not in name and "modules_to_save" not in name)
+    """(trainable parameters, parameters of the merged model), whole sizes also where ZeRO-3
+    partitions them."""
+    def size(p):
+        return getattr(p, "ds_numel", p.numel())
+
+    trainable = sum(size(p) for p in model.parameters() if p.requires_grad)
+    total = sum(size(p) for name, p in model.named_parameters() if "lora_" not in name and "modules_to_save" not in name)
     return trainable, total

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .corruptions.filters import host_generator
+from .corruptions.filters import host_seed
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ def smoothed_targets(labels: torch.Tensor, num_classes: int, smoothing: float = 
     a row of zeros for a sample without a label (-100), which the loss leaves out."""
     known = labels != -100
     targets = torch.full((len(labels), num_classes), smoothing / num_classes, device=labels.device)
-    targets[known] = targets[known].scatter_(1, labels[known].unsqueeze(1), 1 - smoothing + smoothing / num_classes)
+    targets.scatter_(1, labels.clamp(min=0).unsqueeze(1), 1 - smoothing + smoothing / num_classes)
     return targets * known.unsqueeze(1)
 
 
@@ -66,7 +66,7 @@ def mix_batch(images: list[torch.Tensor], labels: torch.Tensor, num_classes: int
         return images, targets
     dtypes = [x.dtype for x in images]
     images = [x.float() for x in images]  # mixed in float32 whatever the batch's dtype
-    rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=host_generator(generator))))
+    rng = np.random.default_rng(host_seed(generator))
     if rng.random() >= settings.prob:
         return images, targets
     cutmix = settings.cutmix_alpha > 0 and (settings.mixup_alpha == 0 or rng.random() < settings.switch_prob)

@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import logging as hf_logging
-from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel, CLIPVisionModelWithProjection
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
+from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPVisionModelWithProjection
 
 from .imagenet_classes import zero_shot_names
 from .models import PixelPreprocessor, PixelSpaceClassifier, load_vision_model
@@ -64,7 +66,8 @@ class CLIPZeroShotClassifier(nn.Module):
         if head.shape[0] != len(class_names):
             raise ValueError(f"the head has {head.shape[0]} rows for {len(class_names)} class names")
         self.vision_model = vision_model.eval().requires_grad_(False)  # a teacher: frozen
-        self.register_buffer("head", head.to(next(vision_model.parameters()).dtype), persistent=False)
+        weight = next(vision_model.parameters())
+        self.register_buffer("head", head.to(weight.device, weight.dtype), persistent=False)
         self.logit_scale = float(logit_scale)
         self.class_names = list(class_names)
         self.prompt_names = list(prompt_names) if prompt_names is not None else list(class_names)
@@ -76,8 +79,14 @@ class CLIPZeroShotClassifier(nn.Module):
     @classmethod
     def from_clip(cls, name_or_path: str, class_names: list[str] | None, templates="openai",
                   batch_size: int = 256, device=None, prompt_names: list[str] | None = None,
+                  head: torch.Tensor | None = None, logit_scale: float | None = None,
                   **kwargs) -> CLIPZeroShotClassifier:
         """Builds the head from a ``CLIPModel`` checkpoint (Hub id or path) and class names.
+
+        The head's prompts (80 templates per class: 80,000 for ImageNet-1k) go through the text
+        tower once, on ``device`` (default: this process's accelerator), on the main process of a
+        launch; the others receive the head and never load the text tower. Given ``head`` and
+        ``logit_scale`` (a head built before), no text tower runs and no process waits for another.
 
         The text tower reads ``prompt_names`` (default: OpenAI's curated names when
         ``class_names`` are ImageNet-1k's, ``class_names`` otherwise); the classifier keeps
@@ -90,23 +99,29 @@ class CLIPZeroShotClassifier(nn.Module):
         if len(prompt_names) != len(class_names):
             raise ValueError(f"{len(prompt_names)} prompt names for {len(class_names)} classes")
         templates = resolve_templates(templates)
-        clip = CLIPModel.from_pretrained(name_or_path, **kwargs)
-        if device is not None:
-            clip.to(device)
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        head = zero_shot_head(clip, tokenizer, prompt_names, templates, batch_size)
-        logit_scale = float(clip.logit_scale.detach().float().exp())
-        vision_config = clip.config.vision_config
-        vision_config.projection_dim = clip.config.projection_dim  # kept at the top level of CLIPConfig
-        del clip
+        state = PartialState()
+        device = device if device is not None else state.device
+        given = head is not None
+        if given and logit_scale is None:
+            raise ValueError("a given head needs its logit_scale")
+        if not given and state.is_main_process:  # the text tower runs once, on the accelerator; the others receive the head
+            clip = CLIPModel.from_pretrained(name_or_path, **kwargs).to(device)
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+            head = zero_shot_head(clip, tokenizer, prompt_names, templates, batch_size).cpu()
+            logit_scale = float(clip.logit_scale.detach().float().exp())
+            del clip
+        if not given and state.num_processes > 1:
+            head, logit_scale = broadcast_object_list([head, logit_scale])
+        config = CLIPConfig.from_pretrained(name_or_path)
+        vision_config = config.vision_config
+        vision_config.projection_dim = config.projection_dim  # kept at the top level of CLIPConfig
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # the text tower's weights are left out on purpose: no load report
         try:
             vision_model = CLIPVisionModelWithProjection.from_pretrained(name_or_path, config=vision_config, **kwargs)
         finally:
             hf_logging.set_verbosity(verbosity)
-        if device is not None:
-            vision_model.to(device)
+        vision_model.to(device)
         image_processor = CLIPImageProcessor.from_pretrained(name_or_path)
         return cls(vision_model.eval(), head, logit_scale, class_names,
                    PixelPreprocessor.from_image_processor(image_processor), templates, image_processor, prompt_names)

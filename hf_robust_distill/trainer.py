@@ -418,9 +418,6 @@ class RobustDistillationTrainer(Trainer):
     def _cached_features(self, inputs) -> Features | None:
         """The teacher's features read from the batch (``--cache_teacher``), or ``None``."""
         prefix = teacher_cache.PREFIX
-        rows = inputs.pop(teacher_cache.ROW, None)
-        if rows is not None:
-            inputs = {**inputs, **teacher_cache.read_rows(self._cached_teacher, rows, rows.device)}
         if not any(key.startswith(prefix) and key not in STORED_TEACHER_LOGITS for key in inputs):
             return None
 
@@ -514,19 +511,21 @@ class RobustDistillationTrainer(Trainer):
             return super().evaluate(*args, **kwargs)
 
     def _use_teacher_cache(self) -> None:
-        """Builds (or finds) the teacher's outputs on the training set and puts them beside each row."""
+        """Builds (or finds) the teacher's outputs on the training set, every process its share, and
+        has the collator put them beside each batch."""
         taps = self.teacher_taps
         tokens, attentions = (self.teacher_token_layers, self.teacher_attention_layers) if taps else ([], [])
         fingerprint = getattr(self.train_dataset, "_fingerprint", None) or f"{len(self.train_dataset)} rows"
         key = teacher_cache.cache_key(self.teacher, fingerprint, tokens, attentions, self.args.attn_rows,
                                       self.teacher_pixels.size, self.teacher_dtype)
         folder = os.path.join(self.args.teacher_cache_dir or os.path.join(self.args.output_dir, "teacher-cache"), key)
-        with self.args.main_process_first(desc="caching the teacher's outputs"):
-            cache = teacher_cache.build_teacher_cache(
-                self._run_teacher, self.train_dataset, folder, tokens, attentions,
-                batch_size=self.args.per_device_eval_batch_size, device=self.args.device)
+        cache = teacher_cache.build_teacher_cache(
+            self._run_teacher, self.train_dataset, folder, tokens, attentions,
+            batch_size=self.args.per_device_eval_batch_size, device=self.args.device,
+            lockstep=self.teacher_is_sharded)
         self._cached_teacher = cache
         self.train_dataset = teacher_cache.CachedTeacherDataset(self.train_dataset, cache)
+        self.data_collator = teacher_cache.TeacherCacheCollator(self.data_collator, cache)
 
     def _check_every_parameter_reached(self) -> None:
         """Under DDP without ``find_unused_parameters``, a parameter that gets no gradient stalls the
@@ -557,10 +556,12 @@ class RobustDistillationTrainer(Trainer):
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 
     def _save_merged(self, folder: str) -> None:
-        """A LoRA student's folder: the adapters merged into a plain model, which loads without peft."""
+        """A LoRA student's folder: the adapters merged into a plain model, which loads without peft,
+        from the whole weights every process helps gather (FSDP2 shards, ZeRO-3 partitions)."""
+        state_dict = self.accelerator.get_state_dict(self.deepspeed if self.is_deepspeed_enabled else self.model)
         if not self.args.should_save:
             return
-        merged = lora.merged_copy(self.accelerator.unwrap_model(self.model))
+        merged = lora.merged_model(self.accelerator.unwrap_model(self.model), state_dict)
         bad = non_finite_tensors(merged.state_dict())
         if bad:
             raise weights_error(bad, folder, self.args.output_dir)

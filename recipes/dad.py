@@ -38,7 +38,7 @@ from hf_robust_distill.dad import load_dad_source, pair_with_dad
 from hf_robust_distill.data import prepare_dataset
 from hf_robust_distill.distortions import parse_distortions
 from hf_robust_distill.evaluation import distortion_table, report_table
-from hf_robust_distill.frozen import is_sharded, whole_weights
+from hf_robust_distill.frozen import frozen_autocast, is_sharded, whole_weights
 from hf_robust_distill.heads import DIFFERENT, describe_difference, fit_to_classes, load_with_head, match_classes
 from hf_robust_distill.images import ImageResizer
 from hf_robust_distill.models import PixelPreprocessor, PixelSpaceClassifier, student_load_kwargs
@@ -169,11 +169,13 @@ def check_dad_dataset(name_or_path: str) -> None:
     check_dataset_reachable(name_or_path)
 
 
-def load_teacher(path: str, names: list[str], templates: str):
+def load_teacher(path: str, names: list[str], templates: str, built=None):
     """(teacher, its [0,1]-pixel classifier): a CLIP zero-shot classifier or an image classifier,
-    its outputs in the dataset's class order."""
+    its outputs in the dataset's class order. ``built``: a CLIP classifier built before, whose head
+    is reused (a whole copy of a sharded teacher, made by one process)."""
     if not os.path.isfile(os.path.join(path, HEAD_WEIGHTS)) and AutoConfig.from_pretrained(path).model_type == "clip":
-        teacher = CLIPZeroShotClassifier.from_clip(path, names, templates=templates)
+        head = {} if built is None else dict(head=built.head, logit_scale=built.logit_scale)
+        teacher = CLIPZeroShotClassifier.from_clip(path, names, templates=templates, **head)
         return teacher, teacher
     classifier = load_pixel_classifier(path)
     fit_to_classes(classifier, names, "the teacher")
@@ -191,7 +193,7 @@ def offline_training_set(script_args, data, config, teacher_classifier, discreti
             teacher_classifier, discretizer, data.train, os.path.join(config.output_dir, "dad-dataset"), resizer,
             data.image_column, data.label_column, attack=config.attack_settings(offline=True),
             batch_size=script_args.generation_batch_size, teacher_logits=script_args.dad_teacher_logits,
-            seed=config.seed)
+            seed=config.seed, autocast=frozen_autocast(config))
     stored = [c for c in ("teacher_logits_clean", "teacher_logits_dad") if c in dad.column_names]
     return prepare_dataset(pair_with_dad(data.train, dad, config.max_bad_image_fraction), resizer, data.image_column,
                            data.label_column, extra_images={"dad_image": "dad_pixel_values"},
@@ -305,7 +307,8 @@ def main(argv=None) -> dict:
     students = {name: (t.saved_student(folder), folder, method, c) for name, (t, folder, method, c) in students.items()}
     if is_sharded(teacher_classifier):  # its forward needs every process: this one evaluates a whole copy
         with whole_weights():
-            _, teacher_classifier = load_teacher(script_args.teacher_name_or_path, names, script_args.prompt_templates)
+            _, teacher_classifier = load_teacher(script_args.teacher_name_or_path, names, script_args.prompt_templates,
+                                                 built=teacher_classifier)
     teacher_classifier = teacher_classifier.to(config.device).eval()
     models = {"teacher": teacher_classifier, **{k: m.eval() for k, (m, *_) in students.items()}}
     preprocessors = {name: student_pixels for name in students}  # the teacher takes [0,1] pixels itself

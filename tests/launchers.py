@@ -65,10 +65,13 @@ def free_port() -> int:
 
 
 def _gloo_for_the_gpu(self, cpu: bool = False, sagemaker_dp=False, backend: str | None = None):
-    """``PartialState._prepare_backend`` as on a GPU machine, with gloo for the GPU's backend."""
+    """``PartialState._prepare_backend`` of a launched process, on gloo: a GPU's distributed type
+    where the launch needs one (FSDP), multi-CPU elsewhere (DDP, which accelerate runs on CPUs as
+    they are; DeepSpeed, whose state takes over from either)."""
     from accelerate.state import DistributedType
 
-    return "gloo", DistributedType.MULTI_GPU
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    return "gloo", DistributedType.MULTI_GPU if fsdp else DistributedType.MULTI_CPU
 
 
 def stand_in_for_a_gpu() -> None:
@@ -101,20 +104,31 @@ def _launched_process(index: int, function, environment: dict[str, str], world: 
         raise
 
 
-def run_launched(config: str, function, *args, num_processes: int = 2) -> None:
+def run_launched(config: str, function, *args, num_processes: int = 2, timeout: float = 600) -> None:
     """``function(*args)`` in ``num_processes`` forked CPU processes launched as ``config`` (a
-    shipped YAML's name or a path) launches them; a failure in any is raised here with its traceback."""
+    shipped YAML's name or a path) launches them. A failure in any is raised here with its
+    traceback; processes still running after ``timeout`` seconds (a hang: collectives that never
+    meet) are ended and reported as such."""
     import tempfile
+    import time
 
     from torch.multiprocessing import start_processes
 
     environment = launcher_environment(config, num_processes)
     with tempfile.TemporaryDirectory() as folder:
         record = os.path.join(folder, "failure")
+        context = start_processes(partial(_launched_process), args=(function, environment, num_processes, free_port(),
+                                                                    record, *args),
+                                  nprocs=num_processes, start_method="fork", join=False)
+        deadline = time.monotonic() + timeout
         try:
-            start_processes(partial(_launched_process), args=(function, environment, num_processes, free_port(),
-                                                              record, *args),
-                            nprocs=num_processes, start_method="fork")
+            while not context.join(timeout=max(1.0, deadline - time.monotonic())):
+                if time.monotonic() >= deadline:
+                    for process in context.processes:
+                        process.kill()
+                    raise AssertionError(f"the launched processes did not finish in {timeout:.0f} s (a hang)")
         except Exception as error:
+            if isinstance(error, AssertionError) and "did not finish" in str(error):
+                raise
             failures = [open(os.path.join(folder, name)).read() for name in sorted(os.listdir(folder))]
             raise AssertionError("\n".join(failures) or str(error)) from None

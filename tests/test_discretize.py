@@ -50,3 +50,20 @@ def test_lower_precision_and_chunks_agree():
     torch.testing.assert_close(VQDiscretizer(vq, chunk_size=1)(images), whole)
     half = VQDiscretizer(demo_vq_model(num_codes=64), dtype=torch.bfloat16)(images)
     assert half.dtype == torch.float32 and half.shape == images.shape
+
+
+def test_the_code_search_runs_in_float32_whatever_the_models_dtype(tiny_vq):
+    """A 16384-code book of dim 4 (DAD's VQ-f8): in bf16, diffusers' own search (cdist, argmin) picks
+    another code for a share of the latents; the discretizer's search equals the float32 one."""
+    discretizer = VQDiscretizer.from_pretrained(tiny_vq)
+    generator = torch.Generator().manual_seed(0)
+    discretizer.vq.quantize.embedding = torch.nn.Embedding(16384, 4)
+    discretizer.vq.quantize.embedding.weight.data = torch.randn(16384, 4, generator=generator)
+    discretizer.to(torch.bfloat16)
+    latents = torch.randn(4, 4, 16, 16, generator=generator).bfloat16()
+    book = discretizer.vq.quantize.embedding.weight.float()
+    exact = torch.cdist(latents.float().permute(0, 2, 3, 1).reshape(-1, 4), book).argmin(1).reshape(4, 16, 16)
+    assert torch.equal(discretizer.nearest_codes(latents), exact)
+    with torch.no_grad():
+        _, _, (_, _, in_bf16) = discretizer.vq.quantize(latents)
+    assert (in_bf16.reshape(-1) != exact.reshape(-1)).float().mean() > 0.02

@@ -55,6 +55,54 @@ def fsdp_run(teacher_path, student_path, output_dir, max_steps, resume=None):
     }
 
 
+def lora_merge_error(trainer, folder) -> float:
+    """How far the merged folder's attention projections lie from base + (alpha / r) B A of the
+    trained adapters (gathered from every process), largest over the projections."""
+    from transformers import AutoModelForImageClassification
+
+    state = trainer.accelerator.get_state_dict(trainer.deepspeed if trainer.is_deepspeed_enabled else trainer.model)
+    if not trainer.args.should_save:
+        return 0.0
+    from hf_robust_distill.frozen import whole_weights
+
+    with whole_weights():  # this process alone: no zero.Init under ZeRO-3
+        merged = AutoModelForImageClassification.from_pretrained(folder).state_dict()  # plain: no peft
+    scale = trainer.args.lora_alpha / trainer.args.lora_r
+    errors = []
+    for key in [k for k in state if k.endswith("lora_A.default.weight")]:
+        prefix = key.removesuffix("lora_A.default.weight")
+        base, a, b = (state[prefix + part].float() for part in
+                      ("base_layer.weight", "lora_A.default.weight", "lora_B.default.weight"))
+        name = prefix.removeprefix("base_model.model.") + "weight"
+        errors.append(float((merged[name].float() - (base + scale * b @ a)).abs().max()))
+    assert errors and any(float(state[k].abs().max()) > 0 for k in state if "lora_B" in k)  # trained adapters
+    return max(errors)
+
+
+def lora_run(student_path, output_dir):
+    """A LoRA student (adapters on q and v) distilled from its own checkpoint, saved merged."""
+    from transformers import AutoImageProcessor
+
+    from hf_robust_distill import DistillationConfig, RobustDistillationTrainer
+    from hf_robust_distill.data import demo_digits, prepare_dataset
+    from hf_robust_distill.frozen import whole_weights
+    from hf_robust_distill.models import load_vision_model
+
+    args = DistillationConfig(output_dir=output_dir, per_device_train_batch_size=4, max_steps=2, save_strategy="no",
+                              report_to="none", disable_tqdm=True, learning_rate=1e-2, lora_r=4, lora_alpha=8,
+                              distortions="noise:0.1-0.3")
+    with whole_weights():
+        teacher = load_vision_model(student_path)
+    trainer = RobustDistillationTrainer(
+        model=load_vision_model(student_path), teacher=teacher, args=args,
+        train_dataset=prepare_dataset(demo_digits()["train"].select(range(32)), (32, 32)),
+        processing_class=AutoImageProcessor.from_pretrained(student_path))
+    trainer.train()
+    folder = os.path.join(output_dir, "merged")
+    trainer.save_model(folder)
+    return trainer, lora_merge_error(trainer, folder)
+
+
 def distil_each_student_under_fsdp(teacher_path, students, out, record_dir):
     """In one launch, as a recipe with a baseline does: each student trains two steps and saves a
     sharded checkpoint, a second run resumes it for two more, and the final folder is whole."""
@@ -72,6 +120,12 @@ def distil_each_student_under_fsdp(teacher_path, students, out, record_dir):
                   "saved_projections": sorted(saved)}
         with open(os.path.join(record_dir, f"{arch}.rank{rank}.json"), "w") as f:
             json.dump(record, f)
+    from torch.distributed.tensor import DTensor
+
+    trainer, error = lora_run(students["vit"], os.path.join(out, "lora"))
+    record = {"sharded": all(isinstance(p, DTensor) for p in trainer.model.parameters()), "merge_error": error}
+    with open(os.path.join(record_dir, f"lora.rank{rank}.json"), "w") as f:
+        json.dump(record, f)
 
 
 BLOCKS = {"vit": "ViTLayer", "deit": "DeiTLayer", "dinov2": "Dinov2Layer", "clip": "CLIPEncoderLayer"}
@@ -81,7 +135,8 @@ def test_fsdp2_prepares_trains_checkpoints_and_resumes_every_student(tmp_path):
     """accelerate's fsdp2_prepare_model, as fsdp.yaml launches it: the blocks are the sharded units
     (their embeddings are not: accelerate shards the input embeddings on their own), CLIP's
     classifier prepares although transformers gives it no input embeddings, and the four model
-    classes follow one another in one process. Checkpoints are sharded and carry the projections."""
+    classes follow one another in one process. Checkpoints are sharded and carry the projections.
+    A LoRA student's final folder is merged from the gathered shards."""
     from transformers import AutoModelForImageClassification
 
     teacher = save_tiny_vit(tmp_path / "teacher", hidden_size=64, num_attention_heads=4, intermediate_size=128)
@@ -106,6 +161,8 @@ def test_fsdp2_prepares_trains_checkpoints_and_resumes_every_student(tmp_path):
         assert not any("projections" in name for name in student.state_dict())
         assert any(not torch.equal(a, b) for a, b in zip(student.state_dict().values(),
                                                         initial.state_dict().values()))
+    lora = records(tmp_path, "lora")
+    assert lora[0]["sharded"] and lora[0]["merge_error"] < 1e-6
 
 
 # ---- DeepSpeed: the config transformers finalises, for every argument set a run builds -----------
@@ -234,9 +291,11 @@ def averages_and_views_under_zero2(teacher_path, clip_path, vq_path, out, record
     resumed = zero2_run(teacher_path, os.path.join(out, "resumed"), 4,
                         resume=os.path.join(out, "resumed", "checkpoint-2"))
     whole = zero2_run(teacher_path, os.path.join(out, "whole"), 4)
+    whole.save_model(os.path.join(out, "whole"))  # the average, whole, as the student
     average, reference = resumed.weight_average.average, whole.weight_average.average
     record = {
         "deepspeed": first.is_deepspeed_enabled and type(first.model_wrapped).__name__ == "DeepSpeedEngine",
+        "teacher": type(first.teacher).__name__,
         "module_dtypes": sorted({str(p.dtype) for p in first.model.parameters()}),
         "average_dtypes": sorted({str(t.dtype) for t in first.weight_average.average.values()}),
         "saved_average": sorted(saved) == sorted(first.weight_average.average),
@@ -264,5 +323,111 @@ def test_zero2_averages_a_bf16_student_resumes_it_and_keeps_views_in_fp32(tmp_pa
         assert record["module_dtypes"] == ["torch.bfloat16"] and record["average_dtypes"] == ["torch.float32"]
         assert record["saved_average"] and record["moved"] > 0
         assert record["weights_resumed_vs_whole"] == 0 and record["resumed_vs_whole"] < 1e-6
+        assert record["teacher"] == "ViTForImageClassification"  # a whole module (ZeRO-2 shards no weights)
         assert record["batch_dtype"] == "torch.bfloat16" and record["trainer_batch_dtype"] == "torch.float32"
         assert {name for name, d in record["differences"].items() if d > 0} == set(), record["differences"]
+    from transformers import ViTForImageClassification
+
+    student = ViTForImageClassification.from_pretrained(tmp_path / "out" / "whole")  # plain, outside DeepSpeed
+    assert all(torch.isfinite(p).all() for p in student.parameters())
+
+
+# ---- DeepSpeed ZeRO-3: partitioned students, the sharded teacher's cache, merges, the demo zoo -----
+
+def zero3_distil(teacher_path, output_dir, **overrides):
+    from transformers import AutoImageProcessor
+
+    from hf_robust_distill import DistillationConfig, RobustDistillationTrainer
+    from hf_robust_distill.data import demo_digits, prepare_dataset
+    from hf_robust_distill.frozen import whole_weights
+    from hf_robust_distill.models import load_vision_model
+
+    values = dict(output_dir=output_dir, per_device_train_batch_size=4, max_steps=3, logging_steps=1,
+                  save_strategy="no", report_to="none", disable_tqdm=True, distortions="noise:0.1-0.3")
+    args = DistillationConfig(**{**values, **overrides})
+    student = load_vision_model(teacher_path)  # after the config: partitioned by zero.Init
+    with whole_weights():
+        teacher = load_vision_model(teacher_path)
+    trainer = RobustDistillationTrainer(
+        model=student, teacher=teacher, args=args,
+        train_dataset=prepare_dataset(demo_digits()["train"].select(range(32)), (32, 32)),
+        processing_class=AutoImageProcessor.from_pretrained(teacher_path))
+    trainer.train()
+    trainer.save_model(output_dir)
+    return trainer
+
+
+def partitioned_runs_under_zero3(teacher_path, out, record_dir):
+    from hf_robust_distill.demo import build_demo_clip
+    from hf_robust_distill.frozen import is_sharded
+
+    rank = int(os.environ["RANK"])
+    plain = zero3_distil(teacher_path, os.path.join(out, "plain"))
+    cached = zero3_distil(teacher_path, os.path.join(out, "cached"), cache_teacher=True, kd_weight=0.5)
+    lora, merge_error = lora_run(teacher_path, os.path.join(out, "lora"))
+    clip = build_demo_clip(os.path.join(out, "clip"), epochs=1)
+    record = {
+        "zero3": plain.is_deepspeed_enabled and plain.accelerator.state.deepspeed_plugin.zero_stage == 3,
+        "student_partitioned": is_sharded(plain.model), "teacher": type(plain.teacher).__name__,
+        "teacher_partitioned": is_sharded(plain.teacher), "steps": plain.state.global_step,
+        "cache_teacher_sharded": cached.teacher_is_sharded, "cache_rows": len(cached._cached_teacher),
+        "cached_steps": cached.state.global_step,
+        "cached_losses": [e["loss_kd"] for e in cached.state.log_history if "loss_kd" in e],
+        "lora_partitioned": is_sharded(lora.model), "merge_error": merge_error, "clip": clip,
+    }
+    with open(os.path.join(record_dir, f"zero3.rank{rank}.json"), "w") as f:
+        json.dump(record, f)
+
+
+def test_zero3_partitions_caches_with_the_sharded_teacher_merges_and_saves_whole_models(tmp_path):
+    """deepspeed_zero3.yaml: the student partitioned, the teacher its own partitioned inference
+    engine (the default); --cache_teacher builds with that sharded teacher on every process in step
+    (it used to run on rank 0 alone and hang); a LoRA student merges from gathered weights; the
+    demo zoo's CLIP saves whole weights (save_pretrained after partitioning wrote empty tensors)."""
+    from transformers import CLIPModel, ViTForImageClassification
+
+    teacher = save_tiny_vit(tmp_path / "vit")
+    run_launched("deepspeed_zero3", partitioned_runs_under_zero3, teacher, str(tmp_path / "out"), str(tmp_path),
+                 timeout=300)
+    for record in records(tmp_path, "zero3"):
+        assert record["zero3"] and record["student_partitioned"] and record["steps"] == 3
+        assert record["teacher"] == "DeepSpeedEngine" and record["teacher_partitioned"]
+        assert record["cache_teacher_sharded"] and record["cache_rows"] == 32 and record["cached_steps"] == 3
+        assert len(record["cached_losses"]) == 3 and all(v > 0 for v in record["cached_losses"])
+        assert record["lora_partitioned"]
+    assert records(tmp_path, "zero3")[0]["merge_error"] < 1e-2  # 16-bit weights, gathered
+    student = ViTForImageClassification.from_pretrained(tmp_path / "out" / "plain")  # plain, whole
+    initial = ViTForImageClassification.from_pretrained(teacher)
+    assert all(torch.isfinite(p).all() for p in student.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(student.parameters(), initial.parameters()))
+    clip = CLIPModel.from_pretrained(tmp_path / "out" / "clip")
+    assert all(p.numel() > 0 and torch.isfinite(p).all() for p in clip.parameters())
+
+
+# ---- DDP: the demo zoo, built by every process of a launch ------------------------------------------
+
+def build_the_demo_teacher(cwd, record_dir):
+    """recipes/multilevel.py's demo path under the launch: the zoo's ViT trained by both processes."""
+    from accelerate import PartialState
+
+    from .conftest import load_recipe
+
+    os.chdir(cwd)  # the zoo lies in ./demo_output/zoo
+    multilevel = load_recipe("multilevel")
+    script_args, _, _, config = multilevel.parse_args(["--output_dir", "out"])
+    multilevel.build_teacher_if_demo(script_args, config)
+    record = {"teacher": script_args.teacher_name_or_path, "processes": PartialState().num_processes}
+    with open(os.path.join(record_dir, f"zoo.rank{os.environ['RANK']}.json"), "w") as f:
+        json.dump(record, f)
+
+
+def test_the_demo_zoo_trains_under_a_launcher_on_every_process(tmp_path):
+    """ddp.yaml with no teacher given: the demo zoo's Trainer runs on both processes together (it
+    trained on rank 0 inside main_process_first while rank 1 waited at its barrier: a deadlock)."""
+    from transformers import ViTForImageClassification
+
+    run_launched("ddp", build_the_demo_teacher, str(tmp_path), str(tmp_path), timeout=240)
+    ranks = records(tmp_path, "zoo")
+    assert ranks[0]["processes"] == 2 and ranks[0]["teacher"] == ranks[1]["teacher"]
+    teacher = ViTForImageClassification.from_pretrained(ranks[0]["teacher"])
+    assert all(torch.isfinite(p).all() for p in teacher.parameters())

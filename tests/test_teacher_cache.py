@@ -54,7 +54,8 @@ def test_a_cached_teacher_gives_the_live_losses_and_runs_no_forward_in_training(
     steps = len(train) // 8 * 2
     assert live.state.global_step == cached.state.global_step == steps
     assert live_calls.calls == steps  # the live teacher runs every step
-    assert start.at_start == len(train) // 16 and cached_calls.calls == start.at_start  # only the build
+    # only the build: its batches and one image that sizes the cache (for the disk check)
+    assert start.at_start == len(train) // 16 + 1 and cached_calls.calls == start.at_start
     live_logs = [e for e in live.state.log_history if "loss" in e]
     cached_logs = [e for e in cached.state.log_history if "loss" in e]
     for a, b in zip(live_logs, cached_logs):
@@ -68,7 +69,7 @@ def test_a_cached_teacher_gives_the_live_losses_and_runs_no_forward_in_training(
         cached._eval_batch = 0
         from_cache = float(cached.compute_loss(cached.model, dict(batch)))
         cached._eval_batch = 0
-        live_inputs = {k: v for k, v in batch.items() if k != "teacher_cache_row"}
+        live_inputs = {k: v for k, v in batch.items() if not k.startswith("teacher_")}  # what the cache added
         from_teacher = float(cached.compute_loss(cached.model, live_inputs))
     assert from_cache == pytest.approx(from_teacher, rel=1e-6, abs=1e-6)
 
@@ -80,10 +81,10 @@ def test_a_stopped_cache_build_resumes_and_other_layers_get_another_cache(tiny_v
     kwargs = dict(token_layers=trainer.teacher_token_layers, attention_layers=trainer.teacher_attention_layers,
                   batch_size=8, shard_size=16)
     whole = build_teacher_cache(trainer._run_teacher, train, str(folder), **kwargs)
-    assert calls.calls == len(train) // 8 and len(whole) == len(train)
+    assert calls.calls == len(train) // 8 + 1 and len(whole) == len(train)  # + the image that sizes it
     shutil.rmtree(folder / "shard-00003")  # as if stopped before the last shard was written
     resumed = build_teacher_cache(trainer._run_teacher, train, str(folder), **kwargs)
-    assert calls.calls == len(train) // 8 + 2  # only the missing shard's two batches
+    assert calls.calls == len(train) // 8 + 1 + 3  # only the missing shard's two batches, and the sizing image
     for name in whole.column_names:
         torch.testing.assert_close(resumed[name], whole[name])
 

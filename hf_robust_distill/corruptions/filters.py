@@ -37,9 +37,16 @@ def host_generator(generator: torch.Generator | None) -> torch.Generator | None:
     return torch.Generator().manual_seed(int(seed))
 
 
-def to_device(tensor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A small host tensor on ``like``'s device without making the host wait for it."""
-    return tensor.to(like.device, non_blocking=True)
+def host_seed(generator: torch.Generator | None) -> int:
+    """A seed for a view's NumPy generator, drawn from ``host_generator(generator)`` on the host."""
+    return int(torch.randint(2**62, (1,), generator=host_generator(generator)).numpy()[0])
+
+
+def to_device(values, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Small host values (a NumPy array or a CPU tensor) on ``like``'s device, without making the
+    host wait for the copy."""
+    tensor = torch.from_numpy(values) if isinstance(values, np.ndarray) else values
+    return tensor.to(like.device, dtype=dtype, non_blocking=True)
 
 
 def rand(shape, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -128,7 +135,7 @@ def band_matrices(size: int, kernels: torch.Tensor, mode: str) -> torch.Tensor:
 @lru_cache(maxsize=128)
 def _gaussian_band(size: int, sigma: float, mode: str, truncate: float, device: torch.device) -> torch.Tensor:
     """A scalar sigma's band matrix, built once per device (no copy from the host at every call)."""
-    return band_matrices(size, gaussian_kernels(torch.tensor([sigma], device=device), truncate), mode)[0]
+    return band_matrices(size, gaussian_kernels(torch.tensor([sigma], device=device), truncate, sigma), mode)[0]
 
 
 def separable_filter(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:

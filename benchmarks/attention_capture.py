@@ -73,15 +73,17 @@ def one_run(opts) -> dict:
             model.set_attn_implementation("eager")
     if opts.checkpointing:
         student.activation_checkpointing_enable()
-    student.to(device).train()
+    # As Trainer.train prepares it: under --bf16 accelerate autocasts the student's forward, and only
+    # it (the teacher runs in its own dtype, the views and losses in float32).
+    model = trainer.accelerator.prepare_model(student)
+    model.train()
     batch = {"pixel_values": torch.rand(opts.batch_size, 3, opts.image_size, opts.image_size, device=device)}
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=opts.bf16)
 
     def step(saved=None):
-        with autocast, (saved.hooks() if saved is not None else contextlib.nullcontext()):
-            loss = trainer.compute_loss(student, dict(batch))
+        with saved.hooks() if saved is not None else contextlib.nullcontext():
+            loss = trainer.compute_loss(model, dict(batch))
         loss.backward()
-        student.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize()
 

@@ -145,7 +145,7 @@ def main():
                               "images_per_s": round(grid_rate, 1), "per_corruption_images_per_s": per_corruption,
                               "vit_b16_bf16_images_per_s": round(vit_rate, 1),
                               "corruption_over_inference": round(grid_rate / vit_rate, 2)}
-    print(json.dumps(result, indent=1))
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

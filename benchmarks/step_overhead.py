@@ -33,6 +33,7 @@ from hf_robust_distill import DistillationConfig, Distorter, RobustDistillationT
 from hf_robust_distill.attention_maps import read_attention_maps
 from hf_robust_distill.data import collate_images
 from hf_robust_distill.demo import demo_image_processor
+from hf_robust_distill.frozen import inference_dtype
 from hf_robust_distill.losses import attention_loss, cls_loss, patch_loss
 from hf_robust_distill.models import FeatureTaps, PixelPreprocessor
 
@@ -98,7 +99,9 @@ class BareLoop:
     def __init__(self, opts, device, optimizer_cls, optimizer_kwargs, max_grad_norm):
         self.student, self.teacher = make_models(opts)
         self.student.to(device).train()
-        self.teacher.to(device).eval().requires_grad_(False)
+        # the trainer's frozen teacher: its inference dtype (bf16 on a GPU under --bf16), no autocast
+        teacher_dtype = inference_dtype("auto", mixed_precision=opts.bf16, device=device)
+        self.teacher.to(device, dtype=teacher_dtype).eval().requires_grad_(False)
         self.pre = PixelPreprocessor.from_image_processor(demo_image_processor(opts.image_size))
         self.distorter = Distorter(opts.distortions, patch_size=opts.patch_size)
         self.s_taps = FeatureTaps(self.student, token_layers=[-1], attention_layers=[-1])
@@ -112,14 +115,14 @@ class BareLoop:
         self.device = device
 
     def loss(self, pixels, step):
-        with self.autocast:
-            with torch.no_grad():
-                view = self.distorter(pixels, self.generator.manual_seed(view_seed(step)))
-                t = self.t_taps(self.teacher, self.pre(pixels))
+        with torch.no_grad():
+            view = self.distorter(pixels, self.generator.manual_seed(view_seed(step)))
+            t = self.t_taps(self.teacher, self.pre(pixels))
+        with self.autocast:  # what accelerate wraps around the prepared student's forward, and nothing else
             s = self.s_taps(self.student, self.pre(view))
-            last = self.s_taps.depth - 1
-            return (cls_loss(s.cls, t.cls) + patch_loss([s.patch_tokens(last)], [t.patch_tokens(last)])
-                    + 0.1 * attention_loss([s.attentions[last]], [t.attentions[last]]))
+        last = self.s_taps.depth - 1
+        return (cls_loss(s.cls, t.cls) + patch_loss([s.patch_tokens(last)], [t.patch_tokens(last)])
+                + 0.1 * attention_loss([s.attentions[last]], [t.attentions[last]]))
 
     def run(self, opts, data):
         loader = DataLoader(data, batch_size=opts.batch_size, shuffle=True, collate_fn=collate_images,
@@ -156,10 +159,11 @@ def check_same_computation(opts, data, device) -> dict:
             raise AssertionError("the bare loop assumes no weight decay, accumulation or dropped last batch")
         batch = collate_images([data[i] for i in range(opts.batch_size)])
         pixels = batch["pixel_values"].to(device)
-        trainer.model.to(device).train()
+        model = trainer.accelerator.prepare_model(trainer.model)  # as Trainer.train prepares it (autocast under --bf16)
+        model.train()
         trainer._view_key = (-1, -1)
         with trainer.compute_loss_context_manager():
-            expected = float(trainer.compute_loss(trainer.model, {"pixel_values": pixels}).detach())
+            expected = float(trainer.compute_loss(model, {"pixel_values": pixels}).detach())
         got = float(bare.loss(pixels, 0).detach())
         if not math.isclose(got, expected, rel_tol=1e-4, abs_tol=1e-5):
             raise AssertionError(f"the bare loop's loss {got} differs from the trainer's {expected}")

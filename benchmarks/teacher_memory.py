@@ -18,16 +18,22 @@ import attention_capture as bench
 
 
 def main():
-    opts = bench.parser_of(__doc__.splitlines()[0]).parse_args()
+    parser = bench.parser_of(__doc__.splitlines()[0])
+    parser.add_argument("--levers", default="teacher_dtype,checkpointing", help="Comma-separated levers to measure.")
+    opts = parser.parse_args()
     if opts.child:
         print(json.dumps(bench.one_run(opts)))
         return
-    dtypes = bench.run_variants({"bf16_teacher": ["--teacher_dtype", "bfloat16"],
-                                 "fp32_teacher": ["--teacher_dtype", "float32"]}, opts.repeats, __file__)
-    teacher_mib = {name: round(runs[0]["teacher_bytes"] / 2**20, 1) for name, runs in dtypes.items()}
-    print(json.dumps({"lever": "teacher_dtype", "batch_size": opts.batch_size,
-                      "device": dtypes["fp32_teacher"][0]["device"],
-                      "teacher_weights_mib": teacher_mib, **bench.compare(dtypes, "bf16_teacher", "fp32_teacher")}))
+    levers = opts.levers.split(",")
+    if "teacher_dtype" in levers:
+        dtypes = bench.run_variants({"bf16_teacher": ["--teacher_dtype", "bfloat16"],
+                                     "fp32_teacher": ["--teacher_dtype", "float32"]}, opts.repeats, __file__)
+        teacher_mib = {name: round(runs[0]["teacher_bytes"] / 2**20, 1) for name, runs in dtypes.items()}
+        print(json.dumps({"lever": "teacher_dtype", "batch_size": opts.batch_size,
+                          "device": dtypes["fp32_teacher"][0]["device"], "teacher_weights_mib": teacher_mib,
+                          **bench.compare(dtypes, "bf16_teacher", "fp32_teacher")}))
+    if "checkpointing" not in levers:
+        return
     checkpointing = bench.run_variants({"checkpointing": ["--checkpointing"], "plain": []}, opts.repeats, __file__)
     print(json.dumps({"lever": "gradient_checkpointing", "batch_size": opts.batch_size,
                       "device": checkpointing["plain"][0]["device"],

@@ -127,6 +127,7 @@ class RecipeData:
     label_column: str | None
     names: list[str] | None
     named: bool = True  # False: names made up from integer labels ("0", "1", ...)
+    unlabelled_because: str | None = None  # why the dataset has no labels
 
     @property
     def scored(self) -> bool:
@@ -175,8 +176,9 @@ def load_recipe_data(data_args: DataArguments, problems: Problems, seed: int = 0
                            "matched by these numbers; give --class_names_file for their names", len(names) - 1)
     data = RecipeData(train, evaluation, image_column, label_column, names, named)
     if label_column is None:
-        logger.warning("the dataset has no labels: no accuracy table, robustness report or model card will be "
-                       "written")
+        data.unlabelled_because = no_labels_reason(data_args)
+        logger.warning("%s: no accuracy table, robustness report or model card will be written",
+                       data.unlabelled_because)
         return data
     num_classes = len(names) if names else None
     for split, rows, role in (("training split", train, dict(for_accuracy=False, for_training=labels_train)),
@@ -189,6 +191,28 @@ def load_recipe_data(data_args: DataArguments, problems: Problems, seed: int = 0
         logger.warning("the dataset has a single class: accuracy means nothing here, so no accuracy table, robustness "
                        "report or model card will be written")
     return data
+
+
+def no_labels_reason(data_args: DataArguments) -> str:
+    """Why a dataset has no label column, as a user would want to hear it."""
+    folder = single_class_folder(data_args.dataset_name, data_args.train_split)
+    if folder is not None:
+        return (f"every image lies in one class folder ({folder}), and an imagefolder takes its labels from two or "
+                "more, so the dataset has none; add a folder for each other class")
+    return "the dataset has no labels"
+
+
+def single_class_folder(name_or_path: str | None, split: str) -> str | None:
+    """The one class folder of a local imagefolder whose images all lie in one (``datasets`` then
+    gives it no label column), or ``None``."""
+    if not name_or_path or not os.path.isdir(name_or_path):
+        return None
+    for root in (os.path.join(name_or_path, split), name_or_path):
+        if os.path.isdir(root):
+            folders = [d for d in os.listdir(root) if not d.startswith(".") and os.path.isdir(os.path.join(root, d))]
+            if len(folders) == 1 and folders[0] not in ("train", "test", "validation"):
+                return os.path.join(root, folders[0])
+    return None
 
 
 def decode_evaluation_split(data: RecipeData, resizer, robustness: RobustnessArguments, max_fraction: float,
@@ -290,8 +314,12 @@ def check_recipe_flags(problems: Problems, script_args, robustness: RobustnessAr
 
     from .preflight import check_distortions
 
+    from .preflight import check_output_dir, check_trains_something
+
     if config is not None:
         set_seed(config.seed)
+        problems.check("--output_dir", check_output_dir, config.output_dir)
+        problems.check("--num_train_epochs / --max_steps", check_trains_something, config)
     repo_id = take_push_request(config, problems)
     check_training_flags(config, problems, script)
     if script_args is not None:
@@ -439,9 +467,27 @@ def dataset_label(name: str | None) -> str:
     return name if not os.path.exists(name) else os.path.basename(os.path.abspath(name))
 
 
+_WATCHED: list[tuple[str, bool]] = []
+
+
+def watch_output_dir(path: str) -> None:
+    """The folder a run writes into: if the run then stops on an error, the folder is removed when
+    this run made it and left nothing in it (a diverged or bad-image run leaves no empty folder)."""
+    _WATCHED.append((path, os.path.exists(path)))
+
+
+def _remove_if_empty(path: str) -> None:
+    for folder, _, _ in sorted(os.walk(path), key=lambda entry: -len(entry[0])):  # the deepest first
+        try:
+            os.rmdir(folder)  # only an empty folder goes
+        except OSError:
+            pass
+
+
 def run_recipe(main) -> None:
     """A recipe's ``__main__``: its problems found before training end the process with their list
-    (exit status 2, on the main process only, like a flag argparse rejects), not a traceback."""
+    (exit status 2, on the main process only, like a flag argparse rejects), not a traceback; a run
+    that stops on an error leaves no empty output folder behind."""
     from .preflight import PreflightError
 
     try:
@@ -450,3 +496,8 @@ def run_recipe(main) -> None:
         if PartialState().is_main_process:
             print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except BaseException:
+        for path, existed in _WATCHED:
+            if not existed and os.path.isdir(path):
+                _remove_if_empty(path)
+        raise

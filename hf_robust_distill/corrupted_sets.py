@@ -187,9 +187,10 @@ def source_key(dataset: Dataset, image_column: str, label_column: str, resizer: 
 
 def decode_evaluation_set(dataset: Dataset, resizer: ImageResizer, cache: CorruptedSetCache, image_column: str,
                           label_column: str, batch_size: int = 64, num_workers: int = 0
-                          ) -> tuple[Dataset, list[BadImage]]:
+                          ) -> tuple[Dataset | None, list[BadImage]]:
     """The evaluation set decoded once into ``cache`` (uint8, at the model's input), and the
-    images that did not decode (left out of it). A second call, from any process, reads both back."""
+    images that did not decode (left out of it; ``None`` when none did). A second call, from any
+    process, reads both back."""
     entry = CorruptedSet.clean(source_key(dataset, image_column, label_column, resizer))
     stored = cache.load(entry)
     if stored is None:
@@ -198,6 +199,8 @@ def decode_evaluation_set(dataset: Dataset, resizer: ImageResizer, cache: Corrup
                             shuffle=False, collate_fn=collate_images, num_workers=num_workers)
         stored = cache.fill(entry, decoded_batches(loader, bad),
                             metadata=lambda: {"bad_images": [[b.source, b.error] for b in bad]} if bad else {})
+        if stored is None:  # no image decoded: nothing was stored, the list is all there is
+            return None, bad
     return stored, [BadImage(source, error) for source, error in cache.metadata(entry).get("bad_images", [])]
 
 

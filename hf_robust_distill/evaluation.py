@@ -17,7 +17,7 @@ from .corrupted_sets import (CorruptedSet, CorruptedSetCache, cached_batches, de
                              reference_corrupted_batches, resolve_backend, source_key, torch_corrupted_batches)
 from .data import class_names, collate_images, find_columns, load_image_dataset, prepare_dataset
 from .distortions import Distorter
-from .images import ImageResizer
+from .images import ImageResizer, too_many_message
 from .metrics.corruption_robustness.corruption_robustness import IMAGENET_C_CORRUPTIONS, SEVERITIES
 from .models import FeatureTaps, PixelPreprocessor, as_pixel_classifier, model_dtype
 from .natural_shifts import NaturalShift, subset_predictions
@@ -104,6 +104,8 @@ def evaluate_robustness(
     cache = CorruptedSetCache(cache_dir)
     clean_set, bad_images = decode_evaluation_set(dataset, resizer, cache, image_column, label_column, batch_size,
                                                   num_workers)
+    if clean_set is None:
+        raise ValueError(too_many_message(bad_images, len(dataset), 0.0, "evaluation set"))
     name = model_name or _model_name(model)
 
     was_training = classifier.training

@@ -1,9 +1,12 @@
 """Images from a dataset cell to a model's input, as ``pipeline("image-classification")`` gets
 them, and the files that fail to decode.
 
-A cell decodes to upright RGB as ``transformers.image_utils.load_image`` does it (EXIF
-orientation applied, then ``convert("RGB")``), except that high-bit-depth greyscale is scaled
-by its bit depth (PIL would clip it at 255). ``ImageResizer`` then applies the model's own image
+A cell decodes to upright RGB exactly as ``transformers.image_utils.load_image`` does it (EXIF
+orientation applied, then ``convert("RGB")``), so the accuracy a card reports is the one a user of
+``pipeline("image-classification")`` gets. Greyscale of more than 8 bits, or float greyscale, that
+this conversion would clip or truncate (16-bit values above 255 turn white) does not decode: a
+model trained on it could not be used through the pipeline, and the cell names the fix (convert
+the images to 8-bit). ``ImageResizer`` then applies the model's own image
 processor without its normalisation, so the [0, 1] pixels a model is trained and evaluated on
 are the ones its saved processor makes; normalisation happens later, at the model's door.
 
@@ -28,7 +31,8 @@ logger = logging.getLogger(__name__)
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 """What PIL raises for truncated, corrupt, unknown or oversized files (UnidentifiedImageError is an OSError)."""
 
-_HIGH_BIT_DEPTH = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0}
+_WIDE_GREYSCALE = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N")
+"""Greyscale modes whose values ``convert("RGB")`` clips to 0-255 (and truncates, for floats)."""
 
 
 @dataclass(frozen=True)
@@ -43,11 +47,10 @@ class BadImage:
 
 
 def to_rgb(image) -> Image.Image:
-    """A decoded image (PIL or array) as 8-bit upright RGB, as ``load_image`` makes it.
+    """A decoded image (PIL or array) as 8-bit upright RGB, exactly as ``load_image`` makes it.
 
-    16-bit greyscale is divided by 257 and 32-bit integer greyscale by 65535/255 (PNG keeps 16-bit
-    samples there); float greyscale is read as [0, 1] when it lies there, as 0-255 otherwise.
-    """
+    Raises ``ValueError`` for greyscale that conversion would change (16-bit or 32-bit values
+    outside 0-255, float values that are not whole numbers in 0-255)."""
     if isinstance(image, np.ndarray):
         array = image
         if array.ndim == 3 and array.shape[-1] not in (1, 3, 4):
@@ -57,14 +60,25 @@ def to_rgb(image) -> Image.Image:
     if not isinstance(image, Image.Image):
         raise ValueError(f"expected a decoded image, got {type(image).__name__}")
     image = ImageOps.exif_transpose(image)
-    if image.mode in _HIGH_BIT_DEPTH or image.mode in ("I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        if image.mode in _HIGH_BIT_DEPTH or image.mode == "I":
-            scale = 255.0 / _HIGH_BIT_DEPTH.get(image.mode, 65535.0)
-        else:
-            scale = 255.0 if array.size and array.max() <= 1.0 else 1.0
-        image = Image.fromarray(np.clip(np.round(array * scale), 0, 255).astype(np.uint8), mode="L")
+    if image.mode in _WIDE_GREYSCALE:
+        check_pipeline_keeps(image)
     return image.convert("RGB")
+
+
+def check_pipeline_keeps(image: Image.Image) -> None:
+    """Fails when ``convert("RGB")`` (the pipeline's decoding) would clip or truncate this greyscale."""
+    values = np.asarray(image)
+    if not values.size:
+        return
+    low, high = float(values.min()), float(values.max())
+    whole = image.mode != "F" or bool(np.all(values == np.floor(values)))
+    if low >= 0 and high <= 255 and whole:
+        return
+    what = "float" if image.mode == "F" else "16-bit" if image.mode.startswith("I;16") else "32-bit"
+    raise ValueError(f"{what} greyscale with values from {low:g} to {high:g}, which transformers' pipeline "
+                     "(load_image, convert('RGB')) clips to 0-255" + (" and truncates" if not whole else "")
+                     + ": a model trained on them could not be used through it. Convert the images to 8-bit first, "
+                     "e.g. Image.fromarray((np.asarray(image) / 257).astype(np.uint8)) for 16-bit")
 
 
 def image_source(cell) -> str:

@@ -162,6 +162,26 @@ def _offline() -> bool:
     return any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
+def check_output_dir(path: str) -> None:
+    """A folder the run can create or write into (not a file, nor under one, nor read-only)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{path!r} is a file: give a folder (it is made when missing)")
+    parent = os.path.abspath(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"{path!r} cannot be made: {parent!r} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{path!r} cannot be {'written' if parent == os.path.abspath(path) else 'made'}: "
+                         f"{parent!r} is not writable by this user; give a folder you can write")
+
+
+def check_trains_something(config) -> None:
+    if config.max_steps <= 0 and config.num_train_epochs <= 0:
+        raise ValueError(f"--num_train_epochs {config.num_train_epochs:g} trains nothing, and the card would present "
+                         "the untouched start as a distilled student: give --num_train_epochs > 0 or --max_steps > 0")
+
+
 # ---- checkpoints -------------------------------------------------------------------------------
 
 def checkpoint_exists(name_or_path: str, what: str, subfolder: str | None = None) -> None:
@@ -213,7 +233,7 @@ def read_vq_config(name_or_path: str, subfolder: str | None, input_range: str | 
     """The ``diffusers.VQModel`` config of a VQ checkpoint (no weights), with its input range known."""
     from diffusers import VQModel
 
-    from .discretize import INPUT_RANGES, _read_saved_range
+    from .discretize import DISCRETIZER_CONFIG, INPUT_RANGES, _read_saved_range
 
     checkpoint_exists(name_or_path, "the VQ model", subfolder)
     try:
@@ -225,10 +245,40 @@ def read_vq_config(name_or_path: str, subfolder: str | None, input_range: str | 
                          + (", with --vq_subfolder if it is nested" if not subfolder else "")) from None
     if input_range is not None and input_range not in INPUT_RANGES:
         raise ValueError(f"--vq_input_range is one of {', '.join(INPUT_RANGES)}, got {input_range!r}")
-    if (input_range or _read_saved_range(name_or_path, subfolder)) is None:
+    saved = _read_saved_range(name_or_path, subfolder)
+    if input_range is not None and saved is not None and input_range != saved:
+        raise ValueError(f"--vq_input_range {input_range} contradicts the {saved} saved with the VQ model "
+                         f"({DISCRETIZER_CONFIG}): drop the flag, or fix the saved file if it is wrong")
+    if (input_range or saved) is None:
         raise ValueError(f"the input range of the VQ model {name_or_path!r} is unknown: pass --vq_input_range "
                          "'[-1,1]' (LDM, Kandinsky and DAD's OpenImages VQGANs) or '[0,1]' (aMUSEd)")
     return config
+
+
+_SHAPE = ("model_type", "hidden_size", "hidden_sizes", "num_hidden_layers", "depths", "num_attention_heads",
+          "patch_size", "image_size")
+
+
+def check_resume_matches(checkpoint: str, student_config, num_classes: int | None = None) -> None:
+    """The checkpoint to resume from holds this run's student: its architecture's shape, and as many
+    classes as the run's head (a LoRA or DeepSpeed checkpoint without config.json is not read)."""
+    from transformers import AutoConfig
+
+    if not os.path.isfile(os.path.join(checkpoint, "config.json")):
+        return
+    saved = AutoConfig.from_pretrained(checkpoint)
+
+    def shape(config):
+        vision = getattr(config, "vision_config", None) or config
+        return {field: getattr(vision, field, getattr(config, field, None)) for field in _SHAPE}
+
+    there, here = shape(saved), shape(student_config)
+    differences = [f"{field} {there[field]} there, {here[field]} here" for field in _SHAPE if there[field] != here[field]]
+    if num_classes is not None and saved.num_labels != num_classes:
+        differences.append(f"{saved.num_labels} classes there, {num_classes} here")
+    if differences:
+        raise ValueError(f"{checkpoint} holds another model than this run's student ({'; '.join(differences)}): "
+                         "resume from a checkpoint of this run (<output_dir>/checkpoint-<step>), or drop the flag")
 
 
 def config_classes(config) -> list[str] | None:

@@ -33,7 +33,7 @@ from hf_robust_distill import (CLIPZeroShotClassifier, DistillationConfig, Robus
                                generate_dad_dataset)
 from hf_robust_distill.cli import (DataArguments, RobustnessArguments, check_card_possible, check_recipe_flags,
                                    decode_evaluation_split, load_recipe_data, parse_recipe_args, push_if_requested,
-                                   raise_before_the_demo_zoo, report_and_card, run_recipe)
+                                   raise_before_the_demo_zoo, report_and_card, run_recipe, watch_output_dir)
 from hf_robust_distill.dad import load_dad_source, pair_with_dad
 from hf_robust_distill.data import prepare_dataset
 from hf_robust_distill.distortions import parse_distortions
@@ -43,8 +43,8 @@ from hf_robust_distill.heads import DIFFERENT, describe_difference, fit_to_class
 from hf_robust_distill.images import ImageResizer
 from hf_robust_distill.models import PixelPreprocessor, PixelSpaceClassifier, student_load_kwargs
 from hf_robust_distill.preflight import (Problems, check_dataset_reachable, check_drop_path, check_feature_terms,
-                                         config_classes, read_image_processor, read_model_config, read_vq_config,
-                                         saved_head_classes)
+                                         check_resume_matches, config_classes, read_image_processor,
+                                         read_model_config, read_vq_config, saved_head_classes)
 from hf_robust_distill.prompts import resolve_templates
 from hf_robust_distill.teachers import HEAD_WEIGHTS, load_pixel_classifier
 
@@ -200,6 +200,13 @@ def offline_training_set(script_args, data, config, teacher_classifier, discreti
                            extra_columns=tuple(stored))
 
 
+def plain_kd_config(config: DistillationConfig) -> DistillationConfig:
+    """The baseline's arguments: the same run without DAD images (their objective's CE and KD terms
+    on the clean batch alone), in <output_dir>/plain-kd."""
+    return replace(config, output_dir=os.path.join(config.output_dir, "plain-kd"), dad_mode="none",
+                   dad_objective="separate", dad_kd_weight=0.0, dad_ce_weight=0.0)
+
+
 def train_student(student_path, names, config, teacher, discretizer, train_set, processor):
     student, head = load_with_head(student_path, names, **student_load_kwargs(config))
     if head == "new":
@@ -226,6 +233,8 @@ def preflight(argv):
         problems.add("--dad_mode", "recipes/dad.py trains with DAD: --dad_mode online or offline")
     if script_args is not None:
         problems.check("--prompt_templates", resolve_templates, script_args.prompt_templates)
+    if script_args is not None and config is not None and script_args.plain_kd_baseline:
+        problems.check("--plain_kd_baseline", plain_kd_config, config)
     raise_before_the_demo_zoo(problems, parsed, script_args and script_args.teacher_name_or_path)
     use_demo_zoo(script_args, config)
     if not script_args.vq_name_or_path:
@@ -246,8 +255,12 @@ def preflight(argv):
     if student_config is not None:
         problems.check("--drop_path_rate", check_drop_path, student_config, config.drop_path_rate)
     if data is not None and not data.scored:
-        problems.add("--dataset_name", "DAD distils a classifier: the dataset needs labels of at least two classes")
+        problems.add("--dataset_name", "DAD distils a classifier: the dataset needs labels of at least two classes"
+                     + (f" ({data.unlabelled_because})" if data.unlabelled_because else ""))
     problems.check("--teacher_name_or_path", check_teacher, script_args.teacher_name_or_path, data)
+    if config.resume_from_checkpoint and student_config is not None and data is not None and data.names:
+        problems.check("--resume_from_checkpoint", check_resume_matches, config.resume_from_checkpoint,
+                       student_config, len(data.names))
     if student_config is not None and any(w > 0 for w in (config.cls_weight, config.patch_weight, config.attn_weight)):
         problems.check("--cls_weight / --patch_weight / --attn_weight", check_feature_teacher,
                        script_args.teacher_name_or_path, student_config, config)
@@ -265,6 +278,7 @@ def main(argv=None) -> dict:
     if not torch.cuda.is_available():
         torch.set_flush_denormal(True)  # tiny attention probabilities are denormal; slow on CPUs
     script_args, data_args, robustness, config, data, repo_id, processor = preflight(argv)
+    watch_output_dir(config.output_dir)
     student_path = script_args.student_name_or_path
     names = data.names
     with whole_weights():  # every process runs the frozen teacher and VQ model
@@ -294,8 +308,7 @@ def main(argv=None) -> dict:
 
     students = {"DAD student": (trainer, config.output_dir, "dad", config)}
     if script_args.plain_kd_baseline:
-        kd_config = replace(config, output_dir=os.path.join(config.output_dir, "plain-kd"), dad_mode="none",
-                            dad_kd_weight=0.0, dad_ce_weight=0.0)
+        kd_config = plain_kd_config(config)
         kd_train = prepare_dataset(data.train, resizer, data.image_column, data.label_column)
         baseline = train_student(student_path, names, kd_config, teacher, None, kd_train, processor)
         students = {"plain-KD student": (baseline, kd_config.output_dir, "kd", kd_config), **students}

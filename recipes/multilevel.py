@@ -22,7 +22,7 @@ import torch
 from hf_robust_distill import DistillationConfig, RobustDistillationTrainer
 from hf_robust_distill.cli import (DataArguments, RobustnessArguments, check_card_possible, check_recipe_flags,
                                    decode_evaluation_split, load_recipe_data, parse_recipe_args, push_if_requested,
-                                   raise_before_the_demo_zoo, report_and_card, run_recipe)
+                                   raise_before_the_demo_zoo, report_and_card, run_recipe, watch_output_dir)
 from hf_robust_distill.data import prepare_dataset
 from hf_robust_distill.distortions import parse_distortions
 from hf_robust_distill.frozen import whole_weights
@@ -30,8 +30,9 @@ from hf_robust_distill.evaluation import cls_features, distortion_table, fit_lin
 from hf_robust_distill.heads import DIFFERENT, fit_to_classes, load_with_head, match_classes
 from hf_robust_distill.images import ImageResizer
 from hf_robust_distill.models import PixelPreprocessor, PixelSpaceClassifier, load_vision_model, student_load_kwargs
-from hf_robust_distill.preflight import (Problems, check_drop_path, check_feature_terms, check_fraction, config_classes,
-                                         read_image_processor, read_model_config)
+from hf_robust_distill.preflight import (Problems, check_drop_path, check_feature_terms, check_fraction,
+                                         check_resume_matches, config_classes, read_image_processor,
+                                         read_model_config)
 
 logger = logging.getLogger("multilevel")
 
@@ -121,6 +122,9 @@ def preflight(argv):
     if student_config is not None:
         problems.check("--drop_path_rate", check_drop_path, student_config, config.drop_path_rate)
     student_scored = data is not None and data.scored and student_config is not None
+    if config.resume_from_checkpoint and student_config is not None and data is not None and data.names:
+        problems.check("--resume_from_checkpoint", check_resume_matches, config.resume_from_checkpoint,
+                       student_config, len(data.names))
     if teacher_config is not None and data is not None and config.kd_weight > 0:
         if match_classes(config_classes(teacher_config), names) == DIFFERENT:
             problems.add("--kd_weight", "logit distillation needs a teacher of the dataset's classes, and the teacher "
@@ -137,6 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not torch.cuda.is_available():
         torch.set_flush_denormal(True)  # tiny attention probabilities are denormal; slow on CPUs
     script_args, data_args, robustness, config, data, repo_id, processor, teacher_processor = preflight(argv)
+    watch_output_dir(config.output_dir)
     teacher_path = script_args.teacher_name_or_path
     student_path = script_args.student_name_or_path or teacher_path
 

@@ -83,15 +83,22 @@ def test_too_many_bad_training_images_stop_the_run_with_their_list():
         log.record([second])
 
 
-def test_16_bit_greyscale_is_scaled_by_its_bit_depth_not_its_maximum(tmp_path):
-    """Today a dim 16-bit image is stretched to full white by its own maximum."""
-    dim = np.full((4, 4), 1000, dtype=np.uint16)
-    path = tmp_path / "dim.png"
-    Image.fromarray(dim).save(path)
-    image = to_rgb(Image.open(path))
-    assert image.mode == "RGB" and np.asarray(image).max() == round(1000 / 257)
-    float_image = Image.fromarray(np.full((2, 2), 0.5, dtype=np.float32), mode="F")
-    assert np.asarray(to_rgb(float_image))[0, 0, 0] == 128
+def test_greyscale_decodes_as_the_pipeline_decodes_it_or_names_why_it_cannot(tmp_path):
+    """16-bit greyscale within 0-255 decodes as load_image decodes it; values the pipeline would clip
+    (white) or truncate make the image a bad one, whose reason names the fix."""
+    from transformers.image_utils import load_image
+
+    dim = np.full((4, 4), 200, dtype=np.uint16)
+    Image.fromarray(dim).save(tmp_path / "dim.png")
+    ours = to_rgb(Image.open(tmp_path / "dim.png"))
+    assert np.array_equal(np.asarray(ours), np.asarray(load_image(str(tmp_path / "dim.png"))))
+    bright = np.full((4, 4), 4000, dtype=np.uint16)
+    Image.fromarray(bright).save(tmp_path / "bright.png")
+    image, bad = decode_rgb({"bytes": None, "path": str(tmp_path / "bright.png")})
+    assert image is None and "16-bit greyscale with values from 4000 to 4000" in bad.error
+    assert "clips to 0-255" in bad.error and "Convert the images to 8-bit" in bad.error
+    with pytest.raises(ValueError, match="float greyscale .* and truncates"):
+        to_rgb(Image.fromarray(np.full((2, 2), 0.5, dtype=np.float32), mode="F"))
 
 
 def test_exif_orientation_is_applied_as_the_pipeline_applies_it(tmp_path):

@@ -152,3 +152,31 @@ def test_distorter_draws_every_severity_uniformly():
     counts = [((scale - c).abs() < 0.01).sum().item() for c in (0.3, 0.2, 0.1)]
     assert sum(counts) == 1000
     assert all(280 < n < 390 for n in counts), counts
+
+
+def test_the_training_views_never_make_the_host_wait(tiny_clip, tiny_vq):
+    """The views a step runs by default (the paper's distortions, the blur at per-sample sigmas),
+    mixing and the DAD view make no operation that reads a value back from the device or sizes an
+    output by the data (counted at torch's dispatcher; the host-side draws are NumPy's)."""
+    from hf_robust_distill import CLIPZeroShotClassifier, VQDiscretizer
+    from hf_robust_distill.dad import dad_images
+    from hf_robust_distill.mixing import MixingSettings, mix_batch
+    from hf_robust_distill.syncs import SyncCounter
+
+    from .conftest import DIGIT_NAMES
+
+    images, labels = torch.rand(16, 3, 32, 32), torch.randint(10, (16,))
+    teacher = CLIPZeroShotClassifier.from_clip(tiny_clip, DIGIT_NAMES, templates="plain")
+    discretizer = VQDiscretizer.from_pretrained(tiny_vq)
+    views = {spec: Distorter(spec, patch_size=8) for spec in (
+        "clean,pixel_mask:0.5-0.9,noise:0.1-0.5,blur:1-4", "blur:1-9", "patch_mask:0.3-0.7", "gaussian_blur:1-5",
+        "contrast:1-5,brightness:1-5,gaussian_noise:1-5")}
+    views["mixing"] = lambda x, g: mix_batch([x], labels, 10, MixingSettings(0.8, 1.0, label_smoothing=0.1), g)[0][0]
+    views["dad"] = lambda x, g: dad_images(teacher, discretizer, x, labels, generator=g)
+    for name, view in views.items():
+        with SyncCounter() as counter:
+            view(images, torch.Generator().manual_seed(0))
+        assert counter.total == 0, (name, dict(counter.counts))
+    with SyncCounter() as counter:  # the counter sees what would wait
+        bool((images > 0.5).any()), images[images > 0.5]
+    assert counter.total == 2

@@ -113,3 +113,44 @@ def test_offline_dad_reads_the_clean_view_from_the_cache_and_runs_the_teacher_on
     assert trainer._cached_teacher is not None and "teacher_logits" in trainer._cached_teacher.column_names
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert logs and all(entry["loss_kd"] > 0 and entry["loss_kd_dad"] > 0 for entry in logs)
+
+
+def test_the_cache_stores_the_teachers_dtype_and_the_rows_the_loss_reads(tiny_vit, digits, tmp_path):
+    """A bf16 teacher's outputs are stored as its bf16 bits (2 bytes a value), equal to what it
+    computed; with --attn_rows cls the attention maps are the [CLS] rows alone."""
+    import numpy as np
+
+    from hf_robust_distill.teacher_cache import row_bytes
+
+    train, _ = digits
+    trainer, _ = make(tiny_vit, train, tmp_path / "out", cache_teacher=True, teacher_dtype="bfloat16",
+                      attn_rows="cls", attn_layers=[-1])
+    trainer._use_teacher_cache()
+    cache = trainer._cached_teacher
+    attention = cache.layout["teacher_attention_1"]
+    assert attention["dtype"] == "bfloat16" and attention["shape"] == [2, 1, 17]  # heads, the [CLS] row, tokens
+    stored = np.load(os.path.join(cache.folder, "shard-00000", "teacher_attention_1.npy"), mmap_mode="r")
+    assert stored.dtype == np.uint16
+    rows = cache.rows(np.array([3, 0, 40]))
+    assert rows["teacher_attention_1"].dtype == torch.bfloat16
+    pixels = torch.stack([train[i]["pixel_values"] for i in (3, 0, 40)])
+    with torch.no_grad():
+        live = trainer._run_teacher(pixels)
+    torch.testing.assert_close(rows["teacher_attention_1"], live.attentions[1], rtol=0, atol=0)
+    torch.testing.assert_close(rows["teacher_cls"], live.cls, rtol=0, atol=0)
+    assert row_bytes(cache.layout) == 2 * (10 + 32 + 2 * 17 * 32 + 2 * 1 * 17)  # logits, [CLS], two token layers, rows
+
+
+def test_a_cache_the_disk_cannot_hold_is_refused_before_it_is_built(tiny_vit, digits, tmp_path, monkeypatch):
+    import shutil as real_shutil
+    from collections import namedtuple
+
+    train, _ = digits
+    trainer, calls = make(tiny_vit, train, tmp_path / "out", cache_teacher=True)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(real_shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
+    with pytest.raises(ValueError, match=r"--cache_teacher needs .* GB for 64 images .* --teacher_cache_dir"):
+        trainer._use_teacher_cache()
+    assert calls.calls == 1  # the one image that sizes it, nothing written
+    folder = tmp_path / "out" / "teacher-cache"
+    assert not any(name.startswith("shard-") for sub in folder.iterdir() for name in os.listdir(sub))

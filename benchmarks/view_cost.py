@@ -22,6 +22,7 @@ import time
 import warnings
 
 import torch
+from step_overhead import add_vit_arguments  # this folder's sibling script
 
 
 def clock(fn, device, repeats: int) -> float:
@@ -124,12 +125,7 @@ def student_step(opts, device, pixels):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hidden_size", type=int, default=96)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--image_size", type=int, default=32)
-    parser.add_argument("--patch_size", type=int, default=4)
-    parser.add_argument("--batch_size", type=int, default=32)
+    add_vit_arguments(parser)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--bf16", action="store_true")

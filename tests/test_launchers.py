@@ -19,10 +19,9 @@ def records(folder, name):
     return [json.loads((folder / f"{name}.rank{r}.json").read_text()) for r in (0, 1)]
 
 
-def fsdp_run(teacher_path, student_path, output_dir, max_steps, resume=None):
-    """A narrower student (projections to the teacher's width) distilled under the launched FSDP."""
-    from torch.distributed.fsdp import FSDPModule
-    from torch.distributed.tensor import DTensor
+def launched_trainer(teacher_path, student_path, output_dir, callbacks=(), **overrides):
+    """A trainer on 32 digits as a recipe builds one in a launched process: the student loaded after
+    the arguments (partitioned under ZeRO-3), the teacher with whole weights."""
     from transformers import AutoImageProcessor
 
     from hf_robust_distill import DistillationConfig, RobustDistillationTrainer
@@ -30,15 +29,24 @@ def fsdp_run(teacher_path, student_path, output_dir, max_steps, resume=None):
     from hf_robust_distill.frozen import whole_weights
     from hf_robust_distill.models import load_vision_model
 
-    args = DistillationConfig(output_dir=output_dir, per_device_train_batch_size=4, max_steps=max_steps,
-                              save_strategy="steps", save_steps=2, logging_steps=1, report_to="none",
-                              disable_tqdm=True, learning_rate=1e-3, distortions="noise:0.1-0.3")
+    values = dict(output_dir=output_dir, per_device_train_batch_size=4, logging_steps=1, report_to="none",
+                  disable_tqdm=True, learning_rate=1e-3, distortions="noise:0.1-0.3", save_strategy="no")
+    args = DistillationConfig(**{**values, **overrides})
     with whole_weights():
         teacher = load_vision_model(teacher_path)
-    trainer = RobustDistillationTrainer(
+    return RobustDistillationTrainer(
         model=load_vision_model(student_path), teacher=teacher, args=args,
         train_dataset=prepare_dataset(demo_digits()["train"].select(range(32)), (32, 32)),
-        processing_class=AutoImageProcessor.from_pretrained(student_path))
+        processing_class=AutoImageProcessor.from_pretrained(student_path), callbacks=list(callbacks))
+
+
+def fsdp_run(teacher_path, student_path, output_dir, max_steps, resume=None):
+    """A narrower student (projections to the teacher's width) distilled under the launched FSDP."""
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor
+
+    trainer = launched_trainer(teacher_path, student_path, output_dir, max_steps=max_steps, save_strategy="steps",
+                               save_steps=2)
     trainer.train(resume_from_checkpoint=resume)
     model = trainer.model
     units = {}
@@ -81,22 +89,8 @@ def lora_merge_error(trainer, folder) -> float:
 
 def lora_run(student_path, output_dir):
     """A LoRA student (adapters on q and v) distilled from its own checkpoint, saved merged."""
-    from transformers import AutoImageProcessor
-
-    from hf_robust_distill import DistillationConfig, RobustDistillationTrainer
-    from hf_robust_distill.data import demo_digits, prepare_dataset
-    from hf_robust_distill.frozen import whole_weights
-    from hf_robust_distill.models import load_vision_model
-
-    args = DistillationConfig(output_dir=output_dir, per_device_train_batch_size=4, max_steps=2, save_strategy="no",
-                              report_to="none", disable_tqdm=True, learning_rate=1e-2, lora_r=4, lora_alpha=8,
-                              distortions="noise:0.1-0.3")
-    with whole_weights():
-        teacher = load_vision_model(student_path)
-    trainer = RobustDistillationTrainer(
-        model=load_vision_model(student_path), teacher=teacher, args=args,
-        train_dataset=prepare_dataset(demo_digits()["train"].select(range(32)), (32, 32)),
-        processing_class=AutoImageProcessor.from_pretrained(student_path))
+    trainer = launched_trainer(student_path, student_path, output_dir, max_steps=2, learning_rate=1e-2, lora_r=4,
+                               lora_alpha=8)
     trainer.train()
     folder = os.path.join(output_dir, "merged")
     trainer.save_model(folder)
@@ -225,24 +219,10 @@ def test_deepspeed_finalises_every_runs_config(launcher, tmp_path, monkeypatch):
 
 def zero2_run(teacher_path, output_dir, stop_at, resume=None):
     """Four steps planned (the schedule of every run alike), stopped after ``stop_at``."""
-    from transformers import AutoImageProcessor
-
-    from hf_robust_distill import DistillationConfig, RobustDistillationTrainer
-    from hf_robust_distill.data import demo_digits, prepare_dataset
-    from hf_robust_distill.frozen import whole_weights
-    from hf_robust_distill.models import load_vision_model
-
     from .test_trainer import StopAt
 
-    args = DistillationConfig(output_dir=output_dir, per_device_train_batch_size=4, max_steps=4,
-                              save_strategy="steps", save_steps=2, logging_steps=1, report_to="none",
-                              disable_tqdm=True, learning_rate=1e-3, ema_decay=0.9, distortions="noise:0.1-0.3")
-    with whole_weights():
-        teacher = load_vision_model(teacher_path)
-    trainer = RobustDistillationTrainer(
-        model=load_vision_model(teacher_path), teacher=teacher, args=args,
-        train_dataset=prepare_dataset(demo_digits()["train"].select(range(32)), (32, 32)),
-        processing_class=AutoImageProcessor.from_pretrained(teacher_path), callbacks=[StopAt(stop_at)])
+    trainer = launched_trainer(teacher_path, teacher_path, output_dir, callbacks=[StopAt(stop_at)], max_steps=4,
+                               save_strategy="steps", save_steps=2, ema_decay=0.9)
     trainer.train(resume_from_checkpoint=resume)
     return trainer
 
@@ -335,23 +315,7 @@ def test_zero2_averages_a_bf16_student_resumes_it_and_keeps_views_in_fp32(tmp_pa
 # ---- DeepSpeed ZeRO-3: partitioned students, the sharded teacher's cache, merges, the demo zoo -----
 
 def zero3_distil(teacher_path, output_dir, **overrides):
-    from transformers import AutoImageProcessor
-
-    from hf_robust_distill import DistillationConfig, RobustDistillationTrainer
-    from hf_robust_distill.data import demo_digits, prepare_dataset
-    from hf_robust_distill.frozen import whole_weights
-    from hf_robust_distill.models import load_vision_model
-
-    values = dict(output_dir=output_dir, per_device_train_batch_size=4, max_steps=3, logging_steps=1,
-                  save_strategy="no", report_to="none", disable_tqdm=True, distortions="noise:0.1-0.3")
-    args = DistillationConfig(**{**values, **overrides})
-    student = load_vision_model(teacher_path)  # after the config: partitioned by zero.Init
-    with whole_weights():
-        teacher = load_vision_model(teacher_path)
-    trainer = RobustDistillationTrainer(
-        model=student, teacher=teacher, args=args,
-        train_dataset=prepare_dataset(demo_digits()["train"].select(range(32)), (32, 32)),
-        processing_class=AutoImageProcessor.from_pretrained(teacher_path))
+    trainer = launched_trainer(teacher_path, teacher_path, output_dir, max_steps=3, **overrides)
     trainer.train()
     trainer.save_model(output_dir)
     return trainer

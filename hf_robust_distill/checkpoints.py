@@ -6,8 +6,8 @@ them in a form a resume can use: the learned projections to the teacher's width 
 out of the student's saved weights) and the weight average. ``CheckpointCompanions`` writes them
 beside the model files (``projections.safetensors``, ``ema.safetensors``) once the checkpoint
 is saved (``on_save``: every process, every launcher; sharded projections are gathered), and reads
-them back before a resumed run starts, whatever launcher saved it (transformers' FSDP and DeepSpeed resume paths never call
-``Trainer._load_from_checkpoint``).
+them back before a resumed run starts, whatever launcher saved it (transformers' FSDP and
+DeepSpeed resume paths never call ``Trainer._load_from_checkpoint``).
 """
 
 from __future__ import annotations

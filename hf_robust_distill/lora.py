@@ -82,5 +82,6 @@ def trained_share(model: PeftModel) -> tuple[int, int]:
         return getattr(p, "ds_numel", p.numel())
 
     trainable = sum(size(p) for p in model.parameters() if p.requires_grad)
-    total = sum(size(p) for name, p in model.named_parameters() if "lora_" not in name and "modules_to_save" not in name)
+    total = sum(size(p) for name, p in model.named_parameters()
+                if "lora_" not in name and "modules_to_save" not in name)
     return trainable, total

@@ -273,7 +273,8 @@ def check_resume_matches(checkpoint: str, student_config, num_classes: int | Non
         return {field: getattr(vision, field, getattr(config, field, None)) for field in _SHAPE}
 
     there, here = shape(saved), shape(student_config)
-    differences = [f"{field} {there[field]} there, {here[field]} here" for field in _SHAPE if there[field] != here[field]]
+    differences = [f"{field} {there[field]} there, {here[field]} here"
+                   for field in _SHAPE if there[field] != here[field]]
     if num_classes is not None and saved.num_labels != num_classes:
         differences.append(f"{saved.num_labels} classes there, {num_classes} here")
     if differences:

@@ -104,7 +104,7 @@ class CLIPZeroShotClassifier(nn.Module):
         given = head is not None
         if given and logit_scale is None:
             raise ValueError("a given head needs its logit_scale")
-        if not given and state.is_main_process:  # the text tower runs once, on the accelerator; the others receive the head
+        if not given and state.is_main_process:  # the text tower runs once, on the accelerator; the others get the head
             clip = CLIPModel.from_pretrained(name_or_path, **kwargs).to(device)
             tokenizer = AutoTokenizer.from_pretrained(name_or_path)
             head = zero_shot_head(clip, tokenizer, prompt_names, templates, batch_size).cpu()

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 
 import torch
@@ -34,10 +33,9 @@ def never_used_parameters(model: torch.nn.Module) -> list[str]:
     the weights are whole, on meta (FSDP's CPU-RAM-efficient loading) or partitioned (ZeRO-3)."""
     if not hasattr(type(model), "_from_config") or getattr(model, "config", None) is None:
         return []
-    from .frozen import whole_weights
+    from .frozen import architecture_on_meta
 
-    with whole_weights(), torch.device("meta"):  # no zero.Init partitioning of the probe under ZeRO-3
-        probe = type(model)._from_config(copy.deepcopy(model.config)).eval()
+    probe = architecture_on_meta(model).eval()
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     params = {name: p for name, p in probe.named_parameters() if name in trainable}
     if not params:

@@ -68,6 +68,13 @@ def whole_weights():
             os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = saved_flag
 
 
+def architecture_on_meta(model: torch.nn.Module) -> torch.nn.Module:
+    """A transformers ``model``'s architecture built again from its config on the meta device: no
+    weight read or allocated, and never partitioned by ZeRO-3's ``zero.Init``."""
+    with whole_weights(), torch.device("meta"):
+        return type(model)._from_config(copy.deepcopy(model.config))
+
+
 def check_whole(model: torch.nn.Module, role: str) -> None:
     """Fails when ``model`` holds weights on ``meta`` (loaded under FSDP's CPU-RAM-efficient loading)."""
     meta = [name for name, p in model.named_parameters() if p.is_meta]

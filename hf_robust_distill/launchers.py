@@ -136,32 +136,7 @@ def _is_zero3_partitioned(tensor: torch.Tensor) -> bool:
 
 
 @contextlib.contextmanager
-def gathered(module: torch.nn.Module):
-    """Within the block, ``module``'s ZeRO-3 partitioned parameters are whole on every process
-    (every process must enter it); a module without such parameters is left as it is."""
-    partitioned = [p for p in module.parameters() if _is_zero3_partitioned(p)]
-    if not partitioned:
-        yield module
-        return
-    import deepspeed
-
-    with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None):
-        yield module
-
-
-def whole_tensors(module: torch.nn.Module):
-    """``(name, whole tensor)`` of each of ``module``'s parameters and buffers, one at a time (a
-    sharded one gathered just for it). A collective: every process iterates it to the end."""
-    from torch.distributed.tensor import DTensor
-
-    module = getattr(module, "module", module)  # a DeepSpeed engine's model
-    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
-        with gathered_tensor(tensor):
-            yield name, (tensor.full_tensor() if isinstance(tensor, DTensor) else tensor).detach()
-
-
-@contextlib.contextmanager
-def gathered_tensor(tensor: torch.Tensor):
+def _gathered(tensor: torch.Tensor):
     """Within the block, a ZeRO-3 partitioned parameter is whole on every process."""
     if not _is_zero3_partitioned(tensor):
         yield tensor
@@ -172,14 +147,23 @@ def gathered_tensor(tensor: torch.Tensor):
         yield tensor
 
 
-def whole_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """``module``'s state dict as whole CPU tensors, whatever shards it: FSDP2 DTensors are
-    gathered, ZeRO-3 partitions too. A collective: every process calls it."""
+def whole_tensors(module: torch.nn.Module):
+    """``(name, whole tensor)`` of each of ``module``'s parameters and buffers, one at a time (a
+    sharded one gathered just for it: FSDP2 DTensors, ZeRO-3 partitions). A collective: every
+    process iterates it to the end."""
     from torch.distributed.tensor import DTensor
 
-    with gathered(module):
-        return {name: (t.full_tensor() if isinstance(t, DTensor) else t).detach().cpu().clone()
-                for name, t in module.state_dict().items()}
+    module = getattr(module, "module", module)  # a DeepSpeed engine's model
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        with _gathered(tensor):
+            yield name, (tensor.full_tensor() if isinstance(tensor, DTensor) else tensor).detach()
+
+
+def whole_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``module``'s state dict as whole CPU tensors, whatever shards it. A collective: every
+    process calls it."""
+    keys = set(getattr(module, "module", module).state_dict())
+    return {name: tensor.cpu().clone() for name, tensor in whole_tensors(module) if name in keys}
 
 
 # ---- saving a whole model ------------------------------------------------------------------------

@@ -62,11 +62,10 @@ def merged_model(model: PeftModel, state_dict: dict[str, torch.Tensor]) -> PreTr
     """A plain model with the adapters folded into its weights, from ``state_dict``: the whole
     weights of ``model`` (``accelerator.get_state_dict``), whatever shards it. Its architecture and
     adapters are rebuilt on the meta device, then take these tensors; ``model`` is untouched."""
-    from .frozen import whole_weights
+    from .frozen import architecture_on_meta
 
-    base = unwrap_adapters(model)
-    with whole_weights(), torch.device("meta"):
-        rebuilt = get_peft_model(type(base)._from_config(copy.deepcopy(base.config)),
+    with torch.device("meta"):  # the adapters without weights too
+        rebuilt = get_peft_model(architecture_on_meta(unwrap_adapters(model)),
                                  copy.deepcopy(model.peft_config[model.active_adapter]))
     own = rebuilt.state_dict()
     # copies: merging writes into the tensors, which may be the live student's own (unsharded runs)

@@ -51,7 +51,7 @@ def one_run(opts) -> dict:
     from transformers import ViTConfig, ViTForImageClassification
 
     from hf_robust_distill import DistillationConfig, RobustDistillationTrainer
-    from hf_robust_distill.demo import demo_image_processor
+    from hf_robust_distill.cli import demo_image_processor
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu":
@@ -100,7 +100,7 @@ def one_run(opts) -> dict:
         step()
     seconds = time.perf_counter() - start
     return {"images_per_s": opts.steps * opts.batch_size / seconds, "saved_bytes": saved.bytes, "peak_bytes": peak,
-            "teacher_bytes": sum(p.numel() * p.element_size() for p in trainer.teacher.parameters()),
+            "teacher_bytes": sum(p.numel() * p.element_size() for p in trainer.teacher.model.parameters()),
             "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
 
 

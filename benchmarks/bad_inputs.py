@@ -70,9 +70,10 @@ def main() -> None:
     import multilevel
     from datasets import ClassLabel
 
+    from tests.conftest import (DIGIT_NAMES, save_image_dataset, save_tiny_clip, save_tiny_vit, save_tiny_vq, truncate,
+                                write_photo_folder)
+
     from hf_robust_distill.data import demo_digits
-    from tests.conftest import (DIGIT_NAMES, save_image_dataset, save_tiny_clip, save_tiny_vit, save_tiny_vq,
-                                truncate, write_photo_folder)
 
     work = tempfile.mkdtemp(prefix="bad-inputs-")
     vit = save_tiny_vit(os.path.join(work, "vit"))

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from datasets import Dataset
 
-from hf_robust_distill.corrupted_sets import CorruptedSet, ReferenceCorruptedImages, torch_corrupted_batches
-from hf_robust_distill.corruptions import CORRUPTIONS
+from hf_robust_distill.evaluation import CorruptedSet, ReferenceCorruptedImages, torch_corrupted_batches
+from hf_robust_distill.views.corruptions import CORRUPTIONS
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "retina")
 

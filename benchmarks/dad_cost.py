@@ -25,8 +25,8 @@ from step_overhead import RandomImages, StepClock
 from transformers import ViTConfig, ViTForImageClassification
 
 from hf_robust_distill import DistillationConfig, RobustDistillationTrainer, VQDiscretizer
-from hf_robust_distill.dad import AttackSettings, DADGenerator
-from hf_robust_distill.demo import demo_image_processor
+from hf_robust_distill.cli import demo_image_processor
+from hf_robust_distill.methods.dad import AttackSettings, DADGenerator
 from hf_robust_distill.models import PixelPreprocessor, PixelSpaceClassifier
 
 

@@ -60,7 +60,8 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     logging.disable(logging.WARNING)
     import multilevel
-    from hf_robust_distill.demo import demo_model
+
+    from hf_robust_distill.cli import demo_model
 
     teacher = demo_model("vit", zoo_dir=os.path.join(ROOT, "demo_output", "zoo"), seed=42)  # the demo's seed
     settings = [("defaults", {})] + [(f"{k}={v}", {k: v, **({"learning_rate": "1e-2"} if v == "sgd" else {})})

@@ -30,12 +30,11 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer, TrainerCallback, ViTConfig, ViTForImageClassification
 
 from hf_robust_distill import DistillationConfig, Distorter, RobustDistillationTrainer
-from hf_robust_distill.attention_maps import read_attention_maps
+from hf_robust_distill.cli import demo_image_processor
 from hf_robust_distill.data import collate_images
-from hf_robust_distill.demo import demo_image_processor
-from hf_robust_distill.frozen import inference_dtype
-from hf_robust_distill.losses import attention_loss, cls_loss, patch_loss
-from hf_robust_distill.models import FeatureTaps, PixelPreprocessor
+from hf_robust_distill.methods import attention_loss, cls_loss, patch_loss
+from hf_robust_distill.models import FeatureTaps, PixelPreprocessor, read_attention_maps
+from hf_robust_distill.training import inference_dtype
 
 
 class RandomImages(Dataset):
@@ -161,7 +160,7 @@ def check_same_computation(opts, data, device) -> dict:
         pixels = batch["pixel_values"].to(device)
         model = trainer.accelerator.prepare_model(trainer.model)  # as Trainer.train prepares it (autocast under --bf16)
         model.train()
-        trainer._view_key = (-1, -1)
+        trainer.views.seeds.restart()
         with trainer.compute_loss_context_manager():
             expected = float(trainer.compute_loss(model, {"pixel_values": pixels}).detach())
         got = float(bare.loss(pixels, 0).detach())

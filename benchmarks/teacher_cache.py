@@ -23,7 +23,7 @@ from step_overhead import RandomImages, add_vit_arguments, make_models  # this f
 from transformers import TrainerCallback
 
 from hf_robust_distill import DistillationConfig, RobustDistillationTrainer
-from hf_robust_distill.demo import demo_image_processor
+from hf_robust_distill.cli import demo_image_processor
 
 
 class EpochClock(TrainerCallback):

@@ -20,9 +20,8 @@ def main(out: str) -> dict:
     from transformers import CLIPModel, ViTForImageClassification
 
     from hf_robust_distill import VQDiscretizer
-    from hf_robust_distill.demo import (DEMO_CAPTIONS, build_word_tokenizer, demo_clip_config,
-                                        demo_clip_image_processor, demo_image_processor, demo_vit_config,
-                                        demo_vq_model)
+    from hf_robust_distill.cli import (DEMO_CAPTIONS, build_word_tokenizer, demo_clip_config, demo_clip_image_processor,
+                                       demo_image_processor, demo_vit_config, demo_vq_model)
 
     names = [str(i) for i in range(10)]
     paths = {kind: os.path.join(out, kind) for kind in ("vit", "clip", "vq")}

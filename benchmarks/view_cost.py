@@ -1,5 +1,5 @@
 """What each training view costs a step: the operations that would make the host wait for a GPU
-(counted at torch's dispatcher by ``hf_robust_distill.syncs.SyncCounter``, on a GPU also by
+(counted at torch's dispatcher by ``hf_robust_distill.utils.SyncCounter``, on a GPU also by
 ``torch.cuda.set_sync_debug_mode``), and its time against one training step of the student.
 
     python benchmarks/view_cost.py                               # small ViT, CPU
@@ -41,7 +41,7 @@ def clock(fn, device, repeats: int) -> float:
 
 
 def count_syncs(fn, device) -> dict:
-    from hf_robust_distill.syncs import SyncCounter
+    from hf_robust_distill.utils import SyncCounter
 
     with SyncCounter() as counter:
         fn()
@@ -63,12 +63,11 @@ def views(opts, device, labels):
     from transformers import ViTForImageClassification
 
     from hf_robust_distill import Distorter, VQDiscretizer
-    from hf_robust_distill.augmentation import Augmenter, AugmentationSettings
-    from hf_robust_distill.corruptions import CORRUPTIONS
-    from hf_robust_distill.dad import dad_images
-    from hf_robust_distill.demo import demo_image_processor, demo_vq_model
-    from hf_robust_distill.mixing import MixingSettings, mix_batch
+    from hf_robust_distill.cli import demo_image_processor, demo_vq_model
+    from hf_robust_distill.methods.dad import dad_images
     from hf_robust_distill.models import PixelPreprocessor, PixelSpaceClassifier
+    from hf_robust_distill.views import AugmentationSettings, Augmenter, MixingSettings, mix_batch
+    from hf_robust_distill.views.corruptions import CORRUPTIONS
 
     made = {spec: Distorter(spec, patch_size=opts.patch_size) for spec in (
         "clean,pixel_mask:0.5-0.9,noise:0.1-0.5,blur:1-4", "noise:0.1-0.5", "blur:1-4", "blur:1-9",
@@ -102,7 +101,7 @@ def student_step(opts, device, pixels):
     from transformers import ViTForImageClassification
 
     from hf_robust_distill import DistillationConfig, RobustDistillationTrainer
-    from hf_robust_distill.demo import demo_image_processor
+    from hf_robust_distill.cli import demo_image_processor
 
     torch.manual_seed(0)
     student = ViTForImageClassification(student_config(opts))

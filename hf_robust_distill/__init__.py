@@ -1,16 +1,16 @@
 """Distil image models that stay accurate on noisy, blurred, compressed or shifted inputs."""
 
-from .attacks import pgd_attack
-from .config import DistillationConfig
-from .dad import generate_dad_dataset
-from .discretize import VQDiscretizer
-from .distortions import CORRUPTIONS, Distorter, corrupt
-from .evaluation import evaluate_robustness
+from .data import ImageResizer, load_image_dataset, prepare_dataset
+from .evaluation import RobustnessReport, evaluate_robustness
 from .hub import push_robust_student
-from .report import RobustnessReport
-from .teachers import CLIPZeroShotClassifier
-from .trainer import RobustDistillationTrainer
+from .methods.dad import VQDiscretizer, generate_dad_dataset, pair_with_dad, pgd_attack
+from .models import (CLIPZeroShotClassifier, PixelPreprocessor, PixelSpaceClassifier, load_vision_model, load_with_head,
+                     whole_weights)
+from .training import DistillationConfig, RobustDistillationTrainer
+from .views import CORRUPTIONS, Distorter, corrupt
 
-__all__ = ["CLIPZeroShotClassifier", "CORRUPTIONS", "DistillationConfig", "Distorter", "RobustDistillationTrainer",
-           "RobustnessReport", "VQDiscretizer", "corrupt", "evaluate_robustness", "generate_dad_dataset",
-           "pgd_attack", "push_robust_student"]
+__all__ = ["CLIPZeroShotClassifier", "CORRUPTIONS", "DistillationConfig", "Distorter", "ImageResizer",
+           "PixelPreprocessor", "PixelSpaceClassifier", "RobustDistillationTrainer", "RobustnessReport",
+           "VQDiscretizer", "corrupt", "evaluate_robustness", "generate_dad_dataset", "load_image_dataset",
+           "load_vision_model", "load_with_head", "pair_with_dad", "pgd_attack", "prepare_dataset",
+           "push_robust_student", "whole_weights"]

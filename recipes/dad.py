@@ -34,19 +34,17 @@ from hf_robust_distill import (CLIPZeroShotClassifier, DistillationConfig, Robus
 from hf_robust_distill.cli import (DataArguments, RobustnessArguments, check_card_possible, check_recipe_flags,
                                    decode_evaluation_split, load_recipe_data, parse_recipe_args, push_if_requested,
                                    raise_before_the_demo_zoo, report_and_card, run_recipe, watch_output_dir)
-from hf_robust_distill.dad import load_dad_source, pair_with_dad
-from hf_robust_distill.data import prepare_dataset
-from hf_robust_distill.distortions import parse_distortions
+from hf_robust_distill.data import ImageResizer, check_dataset_reachable, prepare_dataset
 from hf_robust_distill.evaluation import distortion_table, report_table
-from hf_robust_distill.frozen import frozen_autocast, is_sharded, whole_weights
-from hf_robust_distill.heads import DIFFERENT, describe_difference, fit_to_classes, load_with_head, match_classes
-from hf_robust_distill.images import ImageResizer
-from hf_robust_distill.models import PixelPreprocessor, PixelSpaceClassifier, student_load_kwargs
-from hf_robust_distill.preflight import (Problems, check_dataset_reachable, check_drop_path, check_feature_terms,
-                                         check_resume_matches, config_classes, read_image_processor,
-                                         read_model_config, read_vq_config, saved_head_classes)
-from hf_robust_distill.prompts import resolve_templates
-from hf_robust_distill.teachers import HEAD_WEIGHTS, load_pixel_classifier
+from hf_robust_distill.methods.dad import load_dad_source, pair_with_dad, read_vq_config
+from hf_robust_distill.models import (DIFFERENT, HEAD_WEIGHTS, PixelPreprocessor, PixelSpaceClassifier, check_drop_path,
+                                      check_feature_terms, config_classes, describe_difference, fit_to_classes,
+                                      load_pixel_classifier, load_with_head, match_classes, read_image_processor,
+                                      read_model_config, resolve_templates, saved_head_classes, student_load_kwargs,
+                                      whole_weights)
+from hf_robust_distill.training import check_resume_matches, frozen_autocast, is_sharded
+from hf_robust_distill.utils import Problems
+from hf_robust_distill.views import parse_distortions
 
 logger = logging.getLogger("dad")
 
@@ -121,7 +119,7 @@ def use_demo_zoo(script_args: ScriptArguments, config: DistillationConfig) -> No
     """With no teacher given: the tiny CLIP, VQ model and ViT of the demo zoo."""
     if script_args.teacher_name_or_path:
         return
-    from hf_robust_distill.demo import demo_model
+    from hf_robust_distill.cli import demo_model
 
     script_args.teacher_name_or_path = demo_model("clip", seed=config.seed)  # every process builds it together
     script_args.vq_name_or_path = script_args.vq_name_or_path or demo_model("vq", seed=config.seed)

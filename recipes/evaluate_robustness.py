@@ -24,12 +24,12 @@ import torch
 from hf_robust_distill import RobustnessReport, evaluate_robustness
 from hf_robust_distill.cli import (DataArguments, RobustnessArguments, dataset_label, decode_evaluation_split,
                                    load_recipe_data, parse_recipe_args, run_recipe)
-from hf_robust_distill.heads import DIFFERENT, describe_difference, fit_to_classes, match_classes
+from hf_robust_distill.data import ImageResizer
 from hf_robust_distill.hub import plain_name
-from hf_robust_distill.images import ImageResizer
-from hf_robust_distill.preflight import (Problems, config_classes, read_image_processor, read_model_config,
-                                         saved_head_classes)
-from hf_robust_distill.teachers import load_pixel_classifier
+from hf_robust_distill.models import (DIFFERENT, config_classes, describe_difference, fit_to_classes,
+                                      load_pixel_classifier, match_classes, read_image_processor, read_model_config,
+                                      saved_head_classes)
+from hf_robust_distill.utils import Problems
 
 logger = logging.getLogger("evaluate_robustness")
 
@@ -72,7 +72,7 @@ def preflight(argv):
     if None in (args, data_args, robustness) or (not args.model_name_or_path and problems):
         problems.raise_if_any()
     if not args.model_name_or_path:
-        from hf_robust_distill.demo import demo_model
+        from hf_robust_distill.cli import demo_model
 
         args.model_name_or_path = demo_model("vit", seed=args.seed)
     classes = problems.check("--model_name_or_path", model_classes, args.model_name_or_path)

@@ -19,20 +19,20 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
+
 from hf_robust_distill import DistillationConfig, RobustDistillationTrainer
 from hf_robust_distill.cli import (DataArguments, RobustnessArguments, check_card_possible, check_recipe_flags,
                                    decode_evaluation_split, load_recipe_data, parse_recipe_args, push_if_requested,
                                    raise_before_the_demo_zoo, report_and_card, run_recipe, watch_output_dir)
-from hf_robust_distill.data import prepare_dataset
-from hf_robust_distill.distortions import parse_distortions
-from hf_robust_distill.frozen import whole_weights
+from hf_robust_distill.data import ImageResizer, prepare_dataset
 from hf_robust_distill.evaluation import cls_features, distortion_table, fit_linear_probe, report_table
-from hf_robust_distill.heads import DIFFERENT, fit_to_classes, load_with_head, match_classes
-from hf_robust_distill.images import ImageResizer
-from hf_robust_distill.models import PixelPreprocessor, PixelSpaceClassifier, load_vision_model, student_load_kwargs
-from hf_robust_distill.preflight import (Problems, check_drop_path, check_feature_terms, check_fraction,
-                                         check_resume_matches, config_classes, read_image_processor,
-                                         read_model_config)
+from hf_robust_distill.models import (DIFFERENT, PixelPreprocessor, PixelSpaceClassifier, check_drop_path,
+                                      check_feature_terms, config_classes, fit_to_classes, load_vision_model,
+                                      load_with_head, match_classes, read_image_processor, read_model_config,
+                                      student_load_kwargs, whole_weights)
+from hf_robust_distill.training import check_resume_matches
+from hf_robust_distill.utils import Problems, check_fraction
+from hf_robust_distill.views import parse_distortions
 
 logger = logging.getLogger("multilevel")
 
@@ -77,7 +77,7 @@ def parse_args(argv: list[str] | None = None, problems: Problems | None = None):
 def build_teacher_if_demo(script_args: ScriptArguments, config: DistillationConfig) -> None:
     if script_args.teacher_name_or_path:
         return
-    from hf_robust_distill.demo import demo_model
+    from hf_robust_distill.cli import demo_model
 
     script_args.teacher_name_or_path = demo_model("vit", seed=config.seed)  # every process builds it together
 
@@ -175,12 +175,12 @@ def main(argv: list[str] | None = None) -> dict:
     columns = [str(e) for e in parse_distortions(script_args.eval_distortions or config.distortions)
                if e.name != "clean"]  # the table's first column is clean already
     student = trainer.saved_student(config.output_dir).eval()
-    if trainer.teacher_is_sharded:  # its forward needs every process: this one evaluates a whole copy
+    if trainer.teacher.is_sharded:  # its forward needs every process: this one evaluates a whole copy
         with whole_weights():
             teacher = load_vision_model(teacher_path).to(config.device).eval()
         fit_to_classes(teacher, data.names, "the teacher")
     else:
-        teacher = trainer.teacher
+        teacher = trainer.teacher.model
     scored = data.scored and student_head != "none"
     models, preprocessors = {"student": student}, {"student": student_pixels}
     if teacher_scores:

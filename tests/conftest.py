@@ -13,14 +13,13 @@ import torch  # noqa: E402
 from accelerate import debug_launcher  # noqa: E402
 from accelerate.state import AcceleratorState, GradientState  # noqa: E402
 from accelerate.utils import patch_environment  # noqa: E402
+from transformers import CLIPModel  # noqa: E402
 from transformers import ViTForImageClassification  # noqa: E402
 
-from transformers import CLIPModel  # noqa: E402
-
-from hf_robust_distill.data import demo_digits, prepare_dataset  # noqa: E402
-from hf_robust_distill.demo import (DEMO_CAPTIONS, build_word_tokenizer, demo_clip_config,  # noqa: E402
-                                    demo_clip_image_processor, demo_image_processor, demo_vit_config, demo_vq_model)
-from hf_robust_distill.discretize import VQDiscretizer  # noqa: E402
+from hf_robust_distill.cli import (DEMO_CAPTIONS, build_word_tokenizer, demo_clip_config, demo_clip_image_processor,
+                                   demo_image_processor, demo_vit_config, demo_vq_model)
+from hf_robust_distill.data import demo_digits, prepare_dataset
+from hf_robust_distill.methods.dad import VQDiscretizer
 
 torch.set_flush_denormal(True)
 DIGIT_NAMES = [str(i) for i in range(10)]

@@ -1,0 +1,90 @@
+"""The recipes' shared arguments: the data (``DataArguments``) and the robustness report, card and
+push (``RobustnessArguments``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..data.datasets import DEMO_DATASET
+from ..evaluation.checks import check_corruptions, check_natural_shifts, parse_severities
+from ..utils.problems import Problems, check_choice
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(
+        default=None, metadata={"help": f"Hub id, local imagefolder or saved dataset; unset or "
+                                        f"'{DEMO_DATASET}': the embedded digits."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
+    train_split: str = field(default="train")
+    eval_split: str | None = field(
+        default=None, metadata={"help": "Defaults to the first labelled validation/test split, or 10% of train."})
+    image_column: str | None = field(default=None, metadata={"help": "Found by type unless given."})
+    label_column: str | None = field(default=None, metadata={"help": "Found by type unless given."})
+    class_names_file: str | None = field(
+        default=None, metadata={"help": "Class names in label order, one per line (or a JSON list), for labels that "
+                                        "are plain integers (a CLIP teacher's zero-shot head needs names)."})
+    max_train_samples: int | None = field(default=None)
+    max_eval_samples: int | None = field(default=None)
+
+
+BASELINES = ("teacher", "alexnet", "none")
+
+
+@dataclass
+class RobustnessArguments:
+    robustness_corruptions: str | None = field(
+        default=None, metadata={"help": "Comma-separated corruptions of the robustness report; default: the 15 of "
+                                        "ImageNet-C."})
+    robustness_severities: str = field(default="1,2,3,4,5", metadata={"help": "Comma-separated severities."})
+    robustness_backend: str = field(
+        default="torch", metadata={"help": "torch (batched ports of all 19, on device), reference (the ImageNet-C "
+                                           "code, per image; pip install 'hf-robust-distill[imagenet-c]') or auto "
+                                           "(ports where they exist: all).",
+                                   "choices": ["torch", "reference", "auto"]})
+    robustness_baseline: str = field(
+        default="teacher", metadata={"help": "What mCE is normalised by: teacher (relative to the teacher's report), "
+                                             "alexnet (ImageNet-scale runs) or none."})
+    natural_shifts: str | None = field(
+        default=None, metadata={"help": "Comma-separated name=dataset[:split], e.g. imagenet-r=axiong/imagenet-r:test "
+                                        "(imagenet-r and imagenet-a bring their 200-class subsets)."})
+    corruption_cache_dir: str | None = field(
+        default=None, metadata={"help": "Where corrupted evaluation sets are cached; default "
+                                        "$HF_HOME/hf_robust_distill/corrupted."})
+    robustness_batch_size: int = field(default=64, metadata={"help": "Batch size of the robustness evaluation."})
+    robustness_num_workers: int = field(default=0, metadata={"help": "Data-loader workers (the reference backend "
+                                                                     "corrupts in them)."})
+    card_license: str | None = field(default=None, metadata={"help": "License of the pushed student, e.g. apache-2.0."})
+    force_push: bool = field(
+        default=False, metadata={"help": "Push a student whose clean accuracy is at or below chance (weights with "
+                                         "NaN or Inf are never pushed)."})
+
+    @property
+    def corruption_names(self) -> list[str] | None:
+        if not self.robustness_corruptions:
+            return None
+        return [c.strip() for c in self.robustness_corruptions.split(",") if c.strip()]
+
+    @property
+    def shift_specs(self) -> list[str]:
+        return [s.strip() for s in self.natural_shifts.split(",") if s.strip()] if self.natural_shifts else []
+
+    def check(self, problems: Problems, baselines=BASELINES) -> None:
+        """Every flag of the report, before any work: names, severities, baseline, shifts."""
+        if self.corruption_names is not None:
+            problems.check("--robustness_corruptions", check_corruptions, self.corruption_names,
+                           self.robustness_backend)
+        problems.check("--robustness_severities", parse_severities, self.robustness_severities)
+        problems.check("--robustness_baseline", check_choice, self.robustness_baseline, baselines)
+        if self.shift_specs:
+            problems.check("--natural_shifts", check_natural_shifts, self.shift_specs)
+        if self.robustness_batch_size < 1:
+            problems.add("--robustness_batch_size", f"must be at least 1, got {self.robustness_batch_size}")
+
+    def evaluation_kwargs(self) -> dict:
+        """Keyword arguments of ``evaluate_robustness``."""
+        return dict(
+            corruptions=self.corruption_names, severities=parse_severities(self.robustness_severities),
+            backend=self.robustness_backend, natural_shifts=self.shift_specs, cache_dir=self.corruption_cache_dir,
+            batch_size=self.robustness_batch_size, num_workers=self.robustness_num_workers,
+        )

@@ -1,0 +1,115 @@
+"""A recipe's data: its splits, their columns and class names, every label checked, and the
+evaluation split decoded once before training."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from datasets import Dataset
+
+from ..data.datasets import (check_labels as _check_labels, class_names, encode_string_labels, find_columns,
+                             label_values, load_image_dataset, read_class_names_file, split_train_eval)
+from ..utils.problems import Problems
+from .arguments import DataArguments
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RecipeData:
+    """A recipe's splits, their columns and their class names (in label order)."""
+
+    train: Dataset
+    evaluation: Dataset
+    image_column: str
+    label_column: str | None
+    names: list[str] | None
+    named: bool = True  # False: names made up from integer labels ("0", "1", ...)
+    unlabelled_because: str | None = None  # why the dataset has no labels
+
+    @property
+    def scored(self) -> bool:
+        """Whether accuracy can be measured: labels and at least two classes."""
+        return self.label_column is not None and self.names is not None and len(self.names) > 1
+
+
+def load_recipe_data(data_args: DataArguments, problems: Problems, seed: int = 0,
+                     labels_train: bool = False) -> RecipeData | None:
+    """The splits of ``data_args``, with string labels encoded as classes and every label checked
+    (``labels_train``: a loss reads the training labels); problems are added, not raised."""
+    dataset = problems.check("--dataset_name", load_image_dataset, data_args.dataset_name, data_args.dataset_config,
+                             seed=seed)
+    if dataset is None:
+        return None
+    splits = problems.check("--train_split / --eval_split", split_train_eval, dataset, data_args.train_split,
+                            data_args.eval_split, seed=seed, label_column=data_args.label_column)
+    if splits is None:
+        return None
+    train, evaluation = splits
+    if data_args.max_train_samples:
+        train = train.select(range(min(data_args.max_train_samples, len(train))))
+    if data_args.max_eval_samples:
+        evaluation = evaluation.select(range(min(data_args.max_eval_samples, len(evaluation))))
+    columns = problems.check("--image_column / --label_column", find_columns, train, data_args.image_column,
+                             data_args.label_column)
+    if columns is None:
+        return None
+    image_column, label_column = columns
+    if label_column is not None and label_column not in evaluation.features:
+        problems.add("--eval_split", f"the evaluation split has no label column {label_column!r}")
+        return None
+    train, evaluation = encode_string_labels([train, evaluation], label_column)
+    names, named = class_names(train, label_column), True
+    if data_args.class_names_file:
+        listed = problems.check("--class_names_file", read_class_names_file, data_args.class_names_file)
+        if listed is not None and names is not None and listed != names:
+            problems.add("--class_names_file", f"{data_args.class_names_file} lists other classes than the dataset's "
+                                               f"ClassLabel ({len(listed)} vs {len(names)}); drop the flag")
+        names = names or listed
+    if names is None and label_column is not None:
+        labels = label_values(train, label_column)
+        if labels.dtype.kind in "iu" and labels.size and labels.max() >= 0:
+            names, named = [str(i) for i in range(int(labels.max()) + 1)], False
+            logger.warning("the labels are plain integers (no ClassLabel): the classes are named 0-%d, so heads are "
+                           "matched by these numbers; give --class_names_file for their names", len(names) - 1)
+    data = RecipeData(train, evaluation, image_column, label_column, names, named)
+    if label_column is None:
+        data.unlabelled_because = no_labels_reason(data_args)
+        logger.warning("%s: no accuracy table, robustness report or model card will be written",
+                       data.unlabelled_because)
+        return data
+    num_classes = len(names) if names else None
+    for split, rows, role in (("training split", train, dict(for_accuracy=False, for_training=labels_train)),
+                              ("evaluation split", evaluation, dict(for_accuracy=True))):
+        note = problems.check(f"--label_column ({split})", _check_labels, label_values(rows, label_column),
+                              num_classes, split, **role)
+        if note:
+            logger.warning(note)
+    if names is not None and len(names) < 2:
+        logger.warning("the dataset has a single class: accuracy means nothing here, so no accuracy table, robustness "
+                       "report or model card will be written")
+    return data
+
+
+def no_labels_reason(data_args: DataArguments) -> str:
+    """Why a dataset has no label column, as a user would want to hear it."""
+    folder = single_class_folder(data_args.dataset_name, data_args.train_split)
+    if folder is not None:
+        return (f"every image lies in one class folder ({folder}), and an imagefolder takes its labels from two or "
+                "more, so the dataset has none; add a folder for each other class")
+    return "the dataset has no labels"
+
+
+def single_class_folder(name_or_path: str | None, split: str) -> str | None:
+    """The one class folder of a local imagefolder whose images all lie in one (``datasets`` then
+    gives it no label column), or ``None``."""
+    if not name_or_path or not os.path.isdir(name_or_path):
+        return None
+    for root in (os.path.join(name_or_path, split), name_or_path):
+        if os.path.isdir(root):
+            folders = [d for d in os.listdir(root) if not d.startswith(".") and os.path.isdir(os.path.join(root, d))]
+            if len(folders) == 1 and folders[0] not in ("train", "test", "validation"):
+                return os.path.join(root, folders[0])
+    return None

@@ -1,0 +1,14 @@
+"""How robust a student is: accuracy on clean and distorted views, ImageNet-C sets and mCE,
+natural shifts, and the report that cards and tables read."""
+
+from .checks import check_corruptions, check_natural_shifts, parse_severities
+from .corrupted_sets import (CorruptedSet, CorruptedSetCache, ReferenceCorruptedImages, decode_evaluation_set, to_uint8,
+                             torch_corrupted_batches)
+from .natural_shifts import NaturalShift
+from .report import PLOT_FILE, REPORT_FILE, RobustnessReport
+from .robustness import accuracy, cls_features, distortion_table, evaluate_robustness, fit_linear_probe, report_table
+
+__all__ = ["accuracy", "check_corruptions", "check_natural_shifts", "cls_features", "CorruptedSet", "CorruptedSetCache",
+           "decode_evaluation_set", "distortion_table", "evaluate_robustness", "fit_linear_probe", "NaturalShift",
+           "parse_severities", "PLOT_FILE", "ReferenceCorruptedImages", "REPORT_FILE", "report_table",
+           "RobustnessReport", "to_uint8", "torch_corrupted_batches"]

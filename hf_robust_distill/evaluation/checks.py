@@ -1,0 +1,50 @@
+"""Checks of the robustness flags before any work: corruption names for a backend, severities,
+natural-shift specs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..data.datasets import check_dataset_reachable
+from ..utils.problems import CHECK_ERRORS, _message, did_you_mean
+
+
+def check_corruptions(names: Sequence[str], backend: str) -> None:
+    """Every name is an ImageNet-C corruption the backend makes."""
+    from ..views.corruptions import CORRUPTIONS
+    from .corrupted_sets import resolve_backend
+
+    problems = [f"unknown corruption {n!r}{did_you_mean(n, CORRUPTIONS)}" for n in names
+                if n not in CORRUPTIONS]
+    if problems:
+        problems[-1] += f" (the corruptions: {', '.join(CORRUPTIONS)})"
+    for name in (n for n in names if n in CORRUPTIONS):
+        try:
+            resolve_backend(name, backend)
+        except (ValueError, ImportError) as error:
+            problems.append(str(error))
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def parse_severities(text: str) -> list[int]:
+    values = [s.strip() for s in str(text).split(",") if s.strip()]
+    if not values or not all(v.isdigit() and 1 <= int(v) <= 5 for v in values):
+        raise ValueError(f"severities are integers from 1 to 5, comma-separated (e.g. 1,2,3,4,5), got {text!r}")
+    return [int(v) for v in values]
+
+
+def check_natural_shifts(specs: Sequence[str]) -> None:
+    """Each ``name=dataset[:split]`` parses and names a folder that exists or a dataset ``datasets``
+    can resolve (from its cache when offline), without downloading its images."""
+    from .natural_shifts import NaturalShift
+
+    problems = []
+    for spec in specs:
+        try:
+            shift = NaturalShift.parse(spec)
+            check_dataset_reachable(shift.dataset, shift.config)
+        except CHECK_ERRORS as error:
+            problems.append(_message(error))
+    if problems:
+        raise ValueError("; ".join(problems))

@@ -1,0 +1,327 @@
+"""Accuracy of a model under distortions, the robustness report (ImageNet-C style corruptions,
+mCE, natural shifts), and the linear-probe protocol of the paper."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import AutoImageProcessor
+
+from ..data.datasets import class_names, collate_images, find_columns, load_image_dataset, prepare_dataset
+from ..data.images import ImageResizer, too_many_message
+from ..metrics.corruption_robustness.corruption_robustness import IMAGENET_C_CORRUPTIONS, SEVERITIES
+from ..models.pixels import PixelPreprocessor, as_pixel_classifier, model_dtype
+from ..models.taps import FeatureTaps
+from ..views.distortions import Distorter
+from .corrupted_sets import (CorruptedSet, CorruptedSetCache, cached_batches, decode_evaluation_set, decoded_batches,
+                             reference_corrupted_batches, resolve_backend, source_key, torch_corrupted_batches)
+from .natural_shifts import NaturalShift, subset_predictions
+from .report import RobustnessReport
+
+View = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def _batches(dataset, batch_size: int, num_workers: int = 0):
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_images,
+                      num_workers=num_workers)
+
+
+def _view_generator(device, seed: int, batch_index: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed * 100_003 + batch_index)
+
+
+@torch.inference_mode()
+def accuracy(model, preprocessor: PixelPreprocessor | None, dataset, view: View | str | None = None,
+             batch_size: int = 128, seed: int = 0, device=None) -> float:
+    """Top-1 accuracy of ``model`` on ``dataset`` (``pixel_values`` in [0,1], ``labels``), each
+    batch first passed through ``view`` (a ``Distorter``, its spec string, or ``None`` for clean).
+    Views are drawn from generators seeded by ``seed`` and the batch index: reproducible.
+    With ``preprocessor=None`` the model takes [0, 1] pixels and returns logits
+    (``CLIPZeroShotClassifier``, ``PixelSpaceClassifier``)."""
+    if isinstance(view, str):
+        view = Distorter(view)
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    for i, batch in enumerate(_batches(dataset, batch_size)):
+        pixels = batch["pixel_values"].to(device)
+        if view is not None:
+            pixels = view(pixels, _view_generator(device, seed, i))
+        logits = _finite(model(pixels) if preprocessor is None
+                         else model(pixel_values=preprocessor(pixels, model_dtype(model))).logits)
+        correct += (logits.argmax(-1).cpu() == batch["labels"]).sum().item()
+        total += len(pixels)
+    model.train(was_training)
+    return correct / max(total, 1)
+
+
+def evaluate_robustness(
+    model, dataset, corruptions: Sequence[str] | None = None, severities: Sequence[int] = SEVERITIES, *,
+    image_processor=None, image_size: int | tuple[int, int] | None = None, decode_with=None, backend: str = "torch",
+    baseline: str | RobustnessReport | dict | None = None, natural_shifts: Sequence[NaturalShift | str] = (),
+    batch_size: int = 64, num_workers: int = 0, seed: int = 0, cache_dir: str | None = None, device=None,
+    model_name: str | None = None, dataset_name: str | None = None, split: str | None = None,
+    image_column: str | None = None, label_column: str | None = None, progress: bool = True,
+) -> RobustnessReport:
+    """Top-1 accuracy of ``model`` on ``dataset`` clean, under every corruption x severity, and on
+    each natural shift, with corruption errors and mCE against ``baseline``.
+
+    ``model``: an image classifier with its ``image_processor`` (read from the model's checkpoint
+    when omitted), or a module taking [0, 1] pixels (``CLIPZeroShotClassifier``). ``dataset``: a
+    ``datasets.Dataset`` with an image and a label column. Images are decoded once as
+    ``pipeline("image-classification")`` would with ``decode_with`` (an image processor or an
+    ``ImageResizer``; by default the model's own processor, or a plain resize to ``image_size``),
+    so the clean accuracy is the one a user of the saved model gets; images that do not decode are
+    left out and counted (``report.skipped_images``). ``corruptions`` defaults to the 15 of
+    ImageNet-C, made by ``backend`` ("torch": the batched ports, on the model's device;
+    "reference": the ImageNet-C code, per image, in ``num_workers`` data-loader workers, an
+    optional extra; "auto": the port where there is one, now always). Corrupted sets are
+    deterministic given ``seed`` (and, for the torch backend, ``batch_size`` and the device type)
+    and cached in ``cache_dir``: a second evaluation, of
+    this model or another, reads them back. ``baseline``: "alexnet" (ImageNet-scale runs), another
+    model's ``RobustnessReport`` on the same data (relative mCE), or ``None``.
+    ``natural_shifts``: ``NaturalShift``s or "name=dataset[:split]" specs (imagenet-r and
+    imagenet-a bring their 200-class subsets).
+    """
+    classifier = as_pixel_classifier(model, image_processor)
+    resizer = _resizer(model, image_processor, image_size, decode_with)
+    size = resizer.size
+    device = torch.device(device) if device is not None else next(classifier.parameters()).device
+    if corruptions is None:
+        corruptions = list(IMAGENET_C_CORRUPTIONS)
+    backends = {c: resolve_backend(c, backend) for c in corruptions}
+    shifts = [NaturalShift.parse(s) if isinstance(s, str) else s for s in natural_shifts]
+    image_column, label_column = find_columns(dataset, image_column, label_column)
+    if label_column is None:
+        raise ValueError("the evaluation set has no label column; pass label_column")
+    source = source_key(dataset, image_column, label_column, resizer)
+    cache = CorruptedSetCache(cache_dir)
+    clean_set, bad_images = decode_evaluation_set(dataset, resizer, cache, image_column, label_column, batch_size,
+                                                  num_workers)
+    if clean_set is None:
+        raise ValueError(too_many_message(bad_images, len(dataset), 0.0, "evaluation set"))
+    name = model_name or _model_name(model)
+
+    was_training = classifier.training
+    classifier.eval()
+    bar = tqdm(total=1 + len(corruptions) * len(severities) + len(shifts), desc=f"robustness of {name}",
+               disable=not progress)
+    try:
+        clean = _accuracy(classifier, cached_batches(clean_set, size, batch_size), device)
+        bar.update()
+        accuracy: dict[str, dict[int, float]] = {}
+        for corruption in corruptions:
+            for severity in severities:
+                bar.set_postfix_str(f"{corruption} {severity}")
+                on_device = backends[corruption] == "torch"
+                entry = CorruptedSet(source, corruption, int(severity), backends[corruption], seed,
+                                     batch_size if on_device else 0, device.type if on_device else "")
+                cached = cache.load(entry)
+                if cached is not None:
+                    batches = cached_batches(cached, size, batch_size)
+                elif entry.backend == "torch":
+                    clean_batches = cached_batches(clean_set, size, batch_size)
+                    batches = cache.write(entry, torch_corrupted_batches(clean_batches, entry, device))
+                else:
+                    batches = cache.write(entry, reference_corrupted_batches(clean_set, size, entry, batch_size,
+                                                                             num_workers))
+                accuracy.setdefault(corruption, {})[int(severity)] = _accuracy(classifier, batches, device)
+                bar.update()
+        shifted = {}
+        for shift in shifts:
+            bar.set_postfix_str(shift.name)
+            shifted[shift.name] = natural_shift_accuracy(classifier, shift, resizer, batch_size, num_workers, device)
+            bar.update()
+    finally:
+        bar.close()
+        classifier.train(was_training)
+    return RobustnessReport(
+        model_name=name, dataset_name=dataset_name or _dataset_name(dataset), split=split, num_examples=len(clean_set),
+        image_size=tuple(size), clean_accuracy=clean, accuracy=accuracy, backends=backends, seed=seed,
+        natural_shifts=shifted, baseline=_baseline(baseline), skipped_images=len(bad_images),
+        chance_accuracy=chance_accuracy(np.asarray(clean_set.with_format("numpy")["label"]),
+                                        num_outputs=_num_outputs(model)),
+    )
+
+
+def chance_accuracy(labels: np.ndarray, num_outputs: int | None = None) -> float:
+    """The accuracy of always answering the evaluation set's most frequent class (1/C when the
+    classes are balanced): what a model that learned nothing scores."""
+    if not len(labels):
+        return 0.0
+    counts = np.bincount(labels[labels >= 0], minlength=num_outputs or 0)
+    return float(counts.max() / len(labels)) if counts.size else 0.0
+
+
+def _num_outputs(model) -> int | None:
+    config = getattr(getattr(model, "model", model), "config", None)
+    return getattr(model, "num_labels", None) or getattr(config, "num_labels", None)
+
+
+def _resizer(model, image_processor, image_size, decode_with) -> ImageResizer:
+    """How evaluation images are decoded: ``decode_with``, else a size, else the model's own processor."""
+    if decode_with is not None:
+        return decode_with if isinstance(decode_with, ImageResizer) else ImageResizer(decode_with)
+    if image_size is not None:
+        return ImageResizer(_size(image_size))
+    processor = image_processor or getattr(model, "image_processor", None)
+    if processor is None or isinstance(processor, PixelPreprocessor):
+        inner = getattr(model, "model", model)
+        source = getattr(inner, "name_or_path", None) or getattr(getattr(inner, "config", None), "_name_or_path", None)
+        if not source:
+            raise ValueError("pass decode_with (the image processor the model is used with) or image_size: the "
+                             "model's processor cannot be read from its checkpoint")
+        processor = AutoImageProcessor.from_pretrained(source)
+    return ImageResizer(processor)
+
+
+def natural_shift_accuracy(classifier, shift: NaturalShift, resizer, batch_size: int = 64,
+                           num_workers: int = 0, device=None) -> float:
+    """Top-1 accuracy of a [0, 1]-pixel classifier on a shifted test set, logits restricted to
+    the shift's class subset; ``resizer`` decodes its images (an ``ImageResizer`` or a size)."""
+    data = load_image_dataset(shift.dataset, shift.config)
+    if shift.split not in data:
+        raise ValueError(f"no split {shift.split!r} in {shift.dataset}; it has {list(data)}")
+    data = data[shift.split]
+    image_column, label_column = find_columns(data)
+    subset = shift.subset()
+    names = class_names(data, label_column)
+    labels_in_subset = subset is not None and names is not None and len(names) == len(subset)
+    loader = DataLoader(prepare_dataset(data, resizer, image_column, label_column), batch_size=batch_size,
+                        collate_fn=collate_images, num_workers=num_workers)
+    return _accuracy(classifier, decoded_batches(loader), device, subset, labels_in_subset)
+
+
+@torch.inference_mode()
+def _accuracy(classifier, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device, subset=None,
+              labels_in_subset: bool = False) -> float:
+    correct = total = 0
+    for images, labels in batches:
+        logits = _finite(classifier(images.to(device).float().div_(255)))
+        predictions = subset_predictions(logits, subset, labels_in_subset).cpu()
+        correct += (predictions == labels).sum().item()
+        total += len(labels)
+    return correct / max(total, 1)
+
+
+def _finite(logits: torch.Tensor) -> torch.Tensor:
+    """Logits, unless a diverged model made NaN or Inf ones: their argmax would score as a class."""
+    if not bool(torch.isfinite(logits).all()):
+        raise FloatingPointError("the model outputs NaN or Inf logits: its weights diverged; retrain it from a good "
+                                 "checkpoint rather than evaluating it")
+    return logits
+
+
+def _size(image_size) -> tuple[int, int]:
+    return (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
+
+
+def _model_name(model) -> str:
+    inner = getattr(model, "model", model)
+    for candidate in (getattr(model, "name_or_path", None), getattr(inner, "name_or_path", None),
+                      getattr(getattr(inner, "config", None), "_name_or_path", None)):
+        if candidate:
+            return str(candidate)
+    return type(model).__name__
+
+
+def _dataset_name(dataset) -> str:
+    info = getattr(dataset, "info", None)
+    return (getattr(info, "dataset_name", None) or getattr(info, "builder_name", None) or "evaluation set")
+
+
+def _baseline(baseline) -> dict | None:
+    if baseline is None:
+        return None
+    if isinstance(baseline, RobustnessReport):
+        return baseline.as_baseline()
+    if isinstance(baseline, str):
+        if baseline.lower() != "alexnet":
+            raise ValueError(f"baseline must be 'alexnet', a RobustnessReport or None, got {baseline!r}")
+        return {"name": "AlexNet"}
+    return dict(baseline)
+
+
+@torch.inference_mode()
+def cls_features(model, preprocessor: PixelPreprocessor, dataset, view: View | str | None = None,
+                 batch_size: int = 128, seed: int = 0, device=None) -> tuple[np.ndarray, np.ndarray]:
+    """The final [CLS] embedding of every image (under ``view``) and its label."""
+    if isinstance(view, str):
+        view = Distorter(view)
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    features, labels = [], []
+    with FeatureTaps(model, need_cls=True) as taps:
+        for i, batch in enumerate(_batches(dataset, batch_size)):
+            pixels = batch["pixel_values"].to(device)
+            if view is not None:
+                pixels = view(pixels, _view_generator(device, seed, i))
+            features.append(taps(model, preprocessor(pixels)).cls.float().cpu().numpy())
+            labels.append(batch["labels"].numpy())
+    model.train(was_training)
+    return np.concatenate(features), np.concatenate(labels)
+
+
+def label_subset(labels: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
+    """Indices of a class-stratified ``fraction`` of the samples (at least one per class)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"the label fraction must lie in (0, 1], got {fraction}")
+    if fraction == 1:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        k = max(1, int(round(fraction * len(members))))
+        chosen.append(rng.choice(members, size=k, replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def fit_linear_probe(features: np.ndarray, labels: np.ndarray, fraction: float = 1.0, seed: int = 0):
+    """A logistic-regression probe on standardised frozen features, trained with ``fraction`` of
+    the labels (the paper's "same amount of human supervision" protocol)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    subset = label_subset(labels, fraction, seed)
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    return probe.fit(features[subset], labels[subset])
+
+
+def distortion_table(models: dict, preprocessors: dict, dataset, columns: list[str], seed: int = 0) -> dict:
+    """{model name: {"clean": accuracy, column: accuracy, ...}}: each model on ``dataset``, clean
+    and under each distortion spec in ``columns`` (the same draws for every model)."""
+    table = {}
+    for name, model in models.items():
+        row = {"clean": accuracy(model, preprocessors.get(name), dataset)}
+        for column in columns:
+            row[column] = accuracy(model, preprocessors.get(name), dataset, view=column, seed=seed)
+        table[name] = row
+    return table
+
+
+def report_table(table: dict, output_dir: str) -> None:
+    """Writes ``distortion_accuracy.json`` into ``output_dir`` and prints the table."""
+    with open(os.path.join(output_dir, "distortion_accuracy.json"), "w") as f:
+        json.dump(table, f, indent=2)
+    print("\nTop-1 accuracy (%) on the evaluation split, clean and under each distortion:\n")
+    print(format_table(table))
+    print(f"\nStudent, table and weights in {os.path.abspath(output_dir)}")
+
+
+def format_table(table: dict) -> str:
+    """A Markdown table of accuracies in %."""
+    columns = list(next(iter(table.values())))
+    lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, row in table.items():
+        lines.append(f"| {name} | " + " | ".join(f"{100 * row[c]:.1f}" for c in columns) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,291 @@
+"""``DistillationConfig``: ``TrainingArguments`` plus every hyper-parameter of the method."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from ..methods.dad.attacks import NORMS
+from ..methods.dad.online import OFFLINE_STEP_SIZE, ONLINE_STEP_SIZE, AttackSettings
+from ..methods.losses import ATTENTION_ROWS, CLS_LOSSES, PATCH_LOSSES
+from ..methods.projections import KINDS as PROJECTIONS
+from ..models.lora import DEFAULT_TARGETS as LORA_TARGETS
+from ..utils.problems import Problems
+from ..views.augmentation import AugmentationSettings, parse_rand_augment
+from ..views.distortions import parse_distortions
+from ..views.mixing import MixingSettings
+from .frozen import TEACHER_DTYPES
+from .launchers import follow_launcher_precision
+
+DAD_MODES = ("none", "online", "offline")
+DAD_OBJECTIVES = ("separate", "official")
+LOSS_WEIGHTS = ("cls_weight", "patch_weight", "attn_weight", "kd_weight", "ce_weight", "dad_kd_weight",
+                "dad_ce_weight")
+
+DEFAULT_DISTORTIONS = "pixel_mask:0.5-0.9,noise:0.1-0.5,blur:1-4"
+
+
+@dataclass
+class DistillationConfig(TrainingArguments):
+    """Training arguments of robust distillation: asymmetric multi-level distillation and DAD.
+
+    The teacher sees the clean image, the student a distorted one drawn from ``distortions``.
+    The loss is ``cls_weight * L_cls + patch_weight * L_patch + attn_weight * L_attn
+    + kd_weight * L_kd + ce_weight * L_ce``; every term with weight 0 is skipped entirely.
+    Defaults (1.0 / 1.0 / 0.1 on [CLS] cosine / last-layer patch cosine / last-layer attention
+    KL) are this package's choice where the paper's are unknown; see the README.
+
+    With ``dad_mode`` ``online`` or ``offline`` the student also sees the discrete adversarial
+    image x_dad of each sample, adding ``dad_kd_weight * L_kd(x_dad) + dad_ce_weight * L_ce(x_dad)``.
+    DAD's objective, CE + (T^2/2) KL(t(x)||s(x)) + (T^2/2) KL(t(x_dad)||s(x_dad)), is
+    ``ce_weight=1, kd_weight=0.5, dad_kd_weight=0.5`` with the other weights 0 (``L_kd``
+    carries the T^2).
+    """
+
+    distortions: str = field(
+        default=DEFAULT_DISTORTIONS,
+        metadata={"help": "The student's view: comma-separated name:level or name:low-high, e.g. "
+                          "'gaussian_noise:1-5,gaussian_blur:3,pixel_mask:0.5-0.9'. Paper distortions: noise "
+                          "(std), blur (sigma px), pixel_mask, patch_mask (ratio); ImageNet-C names take "
+                          "severities 1-5; 'clean' leaves a sample undistorted."},
+    )
+    distortion_patch_size: int | None = field(
+        default=None, metadata={"help": "Patch size of patch_mask; defaults to the student's patch size."})
+    cls_weight: float = field(default=1.0, metadata={"help": "Weight of the [CLS] embedding loss."})
+    cls_loss: str = field(default="cosine", metadata={"help": f"One of {CLS_LOSSES}.", "choices": list(CLS_LOSSES)})
+    infonce_temperature: float = field(default=0.1, metadata={"help": "Temperature of the InfoNCE [CLS] loss."})
+    patch_weight: float = field(default=1.0, metadata={"help": "Weight of the patch-token loss."})
+    patch_loss: str = field(default="cosine", metadata={"help": f"One of {PATCH_LOSSES}.", "choices": list(PATCH_LOSSES)})
+    patch_layers: list[int] = field(
+        default_factory=lambda: [-1],
+        metadata={"help": "Student blocks whose patch tokens are aligned (0-based, negative from the end)."})
+    projection: str = field(
+        default="linear", metadata={"help": "When the student is narrower or wider than the teacher: the learned map of "
+                                            "its [CLS] and patch tokens to the teacher's width, 'linear' or 'mlp'. "
+                                            "Saved beside checkpoints, never in the student's folder.",
+                                    "choices": list(PROJECTIONS)})
+    attn_weight: float = field(default=0.1, metadata={"help": "Weight of the attention-map loss."})
+    attn_rows: str = field(
+        default="all", metadata={"help": "Attention rows compared: 'all' queries or the 'cls' query only.",
+                                 "choices": list(ATTENTION_ROWS)})
+    attn_layers: list[int] = field(
+        default_factory=lambda: [-1],
+        metadata={"help": "Student blocks whose attention maps are aligned (0-based, negative from the end)."})
+    kd_weight: float = field(default=0.0, metadata={"help": "Weight of logit distillation (needs a teacher head)."})
+    temperature: float = field(default=4.0, metadata={"help": "Temperature of logit distillation."})
+    ce_weight: float = field(default=0.0, metadata={"help": "Weight of cross-entropy with the labels."})
+    head_ce_weight: float = field(
+        default=1.0, metadata={"help": "When no KD or CE term reads the student's logits: weight of the cross-entropy "
+                                       "that trains its classification head on detached features (the backbone "
+                                       "learns from the feature terms only), so no head is left untrained. 0 "
+                                       "freezes the head instead."})
+    max_bad_image_fraction: float = field(
+        default=0.01, metadata={"help": "Images that fail to decode are skipped and logged; more than this share of "
+                                        "a split stops the run with their list."})
+    dad_mode: str = field(
+        default="none", metadata={"help": "Discrete adversarial images for the student: 'none', 'online' "
+                                          "(made each step with the teacher and a VQ model) or 'offline' "
+                                          "(read from a dataset made by generate_dad_dataset).",
+                                  "choices": list(DAD_MODES)})
+    dad_objective: str = field(
+        default="separate", metadata={"help": "How DAD images enter the loss. 'separate': their own terms "
+                                              "(dad_kd_weight, dad_ce_weight) beside the clean batch's (the paper's "
+                                              "equation). 'official': the official training script as it runs: clean "
+                                              "and DAD images as one joint batch (mixup/cutmix across it), ce_weight "
+                                              "x SoftCE + kd_weight x T^2 KL over it (0.75 and 0.25 there).",
+                                      "choices": list(DAD_OBJECTIVES)})
+    dad_kd_weight: float = field(default=0.0, metadata={"help": "Weight of logit distillation on DAD images."})
+    dad_ce_weight: float = field(default=0.0, metadata={"help": "Weight of cross-entropy on DAD images."})
+    attack_norm: str = field(default="l2", metadata={"help": "Norm of the PGD ball.", "choices": list(NORMS)})
+    attack_eps: float = field(default=0.1, metadata={"help": "Radius of the PGD ball in [0,1] pixel units."})
+    attack_step_size: float | None = field(
+        default=None, metadata={"help": f"PGD step; defaults to {ONLINE_STEP_SIZE} online and "
+                                        f"{OFFLINE_STEP_SIZE} offline (the official DAD settings)."})
+    attack_steps: int = field(default=1, metadata={"help": "Number of PGD steps."})
+    attack_random_start: float = field(
+        default=0.8, metadata={"help": "Probability that a sample's attack starts at a random point of the ball."})
+    lora_r: int = field(default=0, metadata={"help": "Rank of LoRA adapters on the student (0: train it in full). The "
+                                                     "head trains in full; the final folder holds the merged model."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (the update is alpha / r)."})
+    lora_target_modules: str = field(
+        default=LORA_TARGETS, metadata={"help": "Comma-separated module names that get adapters (ViT family: "
+                                                "q_proj, k_proj, v_proj, o_proj, fc1, fc2)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch."})
+    random_resized_crop: bool = field(
+        default=False, metadata={"help": "RandomResizedCrop of each training image (scale 0.08-1, ratio 3/4-4/3) back "
+                                         "to its size, on the device after the collator; the teacher sees the same "
+                                         "crop as the student."})
+    crop_scale_min: float = field(default=0.08, metadata={"help": "Smallest area share RandomResizedCrop keeps."})
+    hflip: float = field(default=0.0, metadata={"help": "Probability of a horizontal flip (the official run: 0.5)."})
+    rand_augment: str | None = field(
+        default=None, metadata={"help": "RandAugment in timm's form, e.g. 'rand-m9-mstd0.5-inc1' (the official run); "
+                                        "kornia's operations."})
+    color_jitter: float = field(
+        default=0.0, metadata={"help": "Brightness, contrast and saturation jitter (the official run: 0.4); like "
+                                       "timm, applied only without --rand_augment."})
+    random_erasing: float = field(
+        default=0.0, metadata={"help": "Probability of erasing a random box with noise (the official run: 0.25)."})
+    mixup_alpha: float = field(default=0.0, metadata={"help": "Mixup's Beta(alpha, alpha) (the official DAD run: "
+                                                             "0.8); 0: off. Targets become soft."})
+    cutmix_alpha: float = field(default=0.0, metadata={"help": "CutMix's Beta(alpha, alpha) (the official DAD run: "
+                                                              "1.0); 0: off."})
+    mixup_prob: float = field(default=1.0, metadata={"help": "Probability that a batch is mixed."})
+    mixup_switch_prob: float = field(default=0.5, metadata={"help": "With both on, the probability of CutMix."})
+    ema_decay: float = field(
+        default=0.0, metadata={"help": "Keep an exponential moving average of the student's weights with this decay "
+                                       "(the official DAD run: 0.99992); it is the student evaluated during "
+                                       "training and saved at the end. 0: off."})
+    drop_path_rate: float | None = field(
+        default=None, metadata={"help": "Stochastic depth of the student (the official DAD run: 0.25), for students "
+                                        "whose config has drop_path_rate (BEiT, DINOv2, Swin, ConvNeXt, ...; not "
+                                        "ViT or DeiT in transformers). Unset: the checkpoint's own."})
+    cache_teacher: bool = field(
+        default=False, metadata={"help": "Compute what the losses read of the teacher (it sees the clean image) once, "
+                                         "before training, into a datasets cache, and read it in every epoch instead "
+                                         "of running the teacher. Not with online DAD, whose attack needs it."})
+    teacher_cache_dir: str | None = field(
+        default=None, metadata={"help": "Where --cache_teacher keeps its caches (one per teacher, data, layers and "
+                                        "size); default <output_dir>/teacher-cache."})
+    teacher_dtype: str = field(
+        default="auto", metadata={"help": "Dtype of the frozen teacher, CLIP and VQ model: 'auto' is bfloat16 on a GPU "
+                                          "under mixed precision (--bf16/--fp16 or the accelerate config's; float16 "
+                                          "where the GPU has no bf16), float32 otherwise.",
+                                  "choices": list(TEACHER_DTYPES)})
+    teacher_sharding: bool | None = field(
+        default=None, metadata={"help": "Shard the frozen teacher across processes for its forward passes (FSDP2 "
+                                        "fully_shard; under DeepSpeed ZeRO-3 its own inference engine). Unset: "
+                                        "sharded under ZeRO-3, a whole copy per process otherwise."})
+    ddp_find_unused_parameters: bool | None = field(
+        default=False, metadata={"help": "DDP's search for parameters without a gradient, a graph walk each step. Off: "
+                                         "the trainer checks before training that the chosen layers reach every "
+                                         "trainable parameter, and names those they leave out."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: the distillation collator needs every column."})
+
+    def __post_init__(self):
+        # Before TrainingArguments reads them: DeepSpeed's bf16/fp16 setting comes from the launcher.
+        self.bf16, self.fp16 = follow_launcher_precision(self.bf16, self.fp16)
+        super().__post_init__()
+        problems = Problems()  # every problem, each under its flag
+        add = problems.add
+        weights = {name: getattr(self, name) for name in LOSS_WEIGHTS}
+        negative = [name for name, value in weights.items() if value < 0]
+        if negative:
+            add(", ".join(f"--{n}" for n in negative), f"loss weights must be >= 0: {', '.join(negative)}")
+        if not any(weights.values()):
+            add("--cls_weight ... --dad_ce_weight", "every loss weight is 0: set at least one of " + ", ".join(weights))
+        if self.cls_loss not in CLS_LOSSES:
+            add("--cls_loss", f"cls_loss must be one of {CLS_LOSSES}, got {self.cls_loss!r}")
+        if self.patch_loss not in PATCH_LOSSES:
+            add("--patch_loss", f"patch_loss must be one of {PATCH_LOSSES}, got {self.patch_loss!r}")
+        if self.attn_rows not in ATTENTION_ROWS:
+            add("--attn_rows", f"attn_rows must be one of {ATTENTION_ROWS}, got {self.attn_rows!r}")
+        if self.temperature <= 0 or self.infonce_temperature <= 0:
+            add("--temperature / --infonce_temperature", "temperatures must be > 0")
+        if self.patch_weight > 0 and not self.patch_layers:
+            add("--patch_layers", "patch_weight > 0 needs at least one layer in patch_layers")
+        if self.attn_weight > 0 and not self.attn_layers:
+            add("--attn_layers", "attn_weight > 0 needs at least one layer in attn_layers")
+        problems.check("--distortions", parse_distortions, self.distortions)
+        if self.dad_mode not in DAD_MODES:
+            add("--dad_mode", f"dad_mode must be one of {DAD_MODES}, got {self.dad_mode!r}")
+        dad_terms = self.dad_kd_weight > 0 or self.dad_ce_weight > 0
+        if self.dad_objective not in DAD_OBJECTIVES:
+            add("--dad_objective", f"dad_objective must be one of {DAD_OBJECTIVES}, got {self.dad_objective!r}")
+        if self.dad_objective == "official":
+            if self.dad_mode == "none":
+                add("--dad_objective", "dad_objective='official' trains on clean and DAD images together: set "
+                                       "dad_mode 'offline' (as the official code) or 'online'")
+            if dad_terms:
+                add("--dad_kd_weight / --dad_ce_weight", "under dad_objective='official' ce_weight and kd_weight cover "
+                                                         "the joint batch of clean and DAD images: set dad_kd_weight "
+                                                         "and dad_ce_weight to 0")
+            if self.cache_teacher:
+                add("--cache_teacher", "cache_teacher stores the teacher's outputs on clean images only, and the "
+                                       "official objective's batch joins DAD images to them: drop one of them")
+        elif self.dad_mode != "none" and not dad_terms:
+            add("--dad_mode", f"dad_mode={self.dad_mode!r} needs dad_kd_weight > 0 or dad_ce_weight > 0")
+        if dad_terms and self.dad_mode == "none":
+            add("--dad_kd_weight / --dad_ce_weight", "dad_kd_weight and dad_ce_weight need dad_mode 'online' or "
+                                                     "'offline'")
+        if self.attack_norm not in NORMS:
+            add("--attack_norm", f"attack_norm must be one of {NORMS}, got {self.attack_norm!r}")
+        if self.attack_eps < 0 or self.attack_steps < 0 or (self.attack_step_size or 0) < 0:
+            add("--attack_eps / --attack_step_size / --attack_steps",
+                "attack_eps, attack_step_size and attack_steps must be >= 0")
+        if not 0 <= self.attack_random_start <= 1:
+            add("--attack_random_start", f"attack_random_start is a probability, got {self.attack_random_start}")
+        if self.remove_unused_columns:
+            add("--remove_unused_columns", "remove_unused_columns=True drops the columns distillation needs; leave "
+                                           "it False")
+        if self.lora_r < 0 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
+            add("--lora_r / --lora_alpha / --lora_dropout",
+                "lora_r must be >= 0 (0: no LoRA), lora_alpha > 0 and lora_dropout in [0, 1)")
+        if not 0 <= self.ema_decay < 1:
+            add("--ema_decay", f"ema_decay lies in [0, 1) (0: no EMA; the official DAD run: 0.99992), got "
+                               f"{self.ema_decay}")
+        if min(self.mixup_alpha, self.cutmix_alpha) < 0 or not (0 <= self.mixup_prob <= 1
+                                                                   and 0 <= self.mixup_switch_prob <= 1):
+            add("--mixup_alpha / --cutmix_alpha / --mixup_prob / --mixup_switch_prob",
+                "mixup_alpha and cutmix_alpha are >= 0 (0: off); mixup_prob and mixup_switch_prob lie in [0, 1]")
+        if not 0 < self.crop_scale_min <= 1 or not 0 <= self.hflip <= 1 or not 0 <= self.random_erasing <= 1 \
+                or self.color_jitter < 0:
+            add("--crop_scale_min / --hflip / --random_erasing / --color_jitter",
+                "crop_scale_min lies in (0, 1], hflip and random_erasing are probabilities, color_jitter is >= 0")
+        if self.rand_augment:
+            problems.check("--rand_augment", parse_rand_augment, self.rand_augment)
+        if self.cache_teacher and self.augmentation.active:
+            add("--cache_teacher", "cache_teacher stores the teacher's outputs on unaugmented images, and the "
+                                   "training augmentation changes every batch: drop one of them")
+        if self.cache_teacher and self.mixing.mixes:
+            add("--cache_teacher", "cache_teacher stores the teacher's outputs on unmixed images, and mixup/cutmix "
+                                   "change every batch: drop one of them")
+        if self.ema_decay and self.load_best_model_at_end:
+            add("--ema_decay", "with ema_decay the weight average is the final student, and load_best_model_at_end "
+                               "would replace it by a checkpoint's raw weights: drop one of them")
+        if self.drop_path_rate is not None and not 0 <= self.drop_path_rate < 1:
+            add("--drop_path_rate", f"drop_path_rate lies in [0, 1), got {self.drop_path_rate}")
+        if self.cache_teacher and self.dad_mode == "online":
+            add("--cache_teacher", "cache_teacher stores the teacher's outputs on clean images, and online DAD attacks "
+                                   "the teacher every step: use dad_mode='offline' (its dataset stores the teacher's "
+                                   "logits)")
+        if self.projection not in PROJECTIONS:
+            add("--projection", f"projection must be one of {PROJECTIONS}, got {self.projection!r}")
+        if self.teacher_dtype not in TEACHER_DTYPES:
+            add("--teacher_dtype", f"teacher_dtype must be one of {TEACHER_DTYPES}, got {self.teacher_dtype!r}")
+        if self.head_ce_weight < 0:
+            add("--head_ce_weight", f"head_ce_weight must be >= 0, got {self.head_ce_weight}")
+        if not 0 <= self.max_bad_image_fraction <= 1:
+            add("--max_bad_image_fraction", f"max_bad_image_fraction is a share of a split, in [0, 1], got "
+                                            f"{self.max_bad_image_fraction}")
+        problems.raise_if_any()
+
+    def __getstate__(self) -> dict:
+        """Pickled (``training_args.bin`` beside every checkpoint) without the Hub token."""
+        return {**self.__dict__, "hub_token": None}
+
+    @property
+    def augmentation(self) -> AugmentationSettings:
+        """The training augmentation (crop, flip, RandAugment or colour jitter, erasing)."""
+        return AugmentationSettings(self.random_resized_crop, (self.crop_scale_min, 1.0), self.hflip,
+                                    self.rand_augment, self.color_jitter, self.random_erasing)
+
+    @property
+    def mixing(self) -> MixingSettings:
+        """Mixup/CutMix and label smoothing (``label_smoothing_factor``) of the training batches."""
+        return MixingSettings(self.mixup_alpha, self.cutmix_alpha, self.mixup_prob, self.mixup_switch_prob,
+                              self.label_smoothing_factor)
+
+    @property
+    def logits_read(self) -> bool:
+        """Whether a KD or CE term reads the student's logits (and so trains its head)."""
+        return any(w > 0 for w in (self.kd_weight, self.ce_weight, self.dad_kd_weight, self.dad_ce_weight))
+
+    def attack_settings(self, offline: bool | None = None) -> AttackSettings:
+        """The PGD settings of DAD; the default step size follows ``dad_mode`` (or ``offline``)."""
+        offline = self.dad_mode == "offline" if offline is None else offline
+        default_step = OFFLINE_STEP_SIZE if offline else ONLINE_STEP_SIZE
+        return AttackSettings(norm=self.attack_norm, eps=self.attack_eps, steps=self.attack_steps,
+                              step_size=default_step if self.attack_step_size is None else self.attack_step_size,
+                              random_start_prob=self.attack_random_start)

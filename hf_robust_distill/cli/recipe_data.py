@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from datasets import Dataset
 
 from ..data.datasets import (check_labels as _check_labels, class_names, encode_string_labels, find_columns,
-                             label_values, load_image_dataset, read_class_names_file, split_train_eval)
+                             label_values, load_image_dataset, prepare_dataset, read_class_names_file, split_train_eval)
+from ..data.images import ImageResizer
 from ..utils.problems import Problems
 from .arguments import DataArguments
 
@@ -33,6 +34,28 @@ class RecipeData:
     def scored(self) -> bool:
         """Whether accuracy can be measured: labels and at least two classes."""
         return self.label_column is not None and self.names is not None and len(self.names) > 1
+
+
+@dataclass
+class RecipeRun:
+    """A recipe's run checked before any weight is read: its arguments, data, Hub repo and the
+    student's image processor."""
+
+    script_args: object
+    data_args: object
+    robustness: object
+    config: object
+    data: RecipeData
+    repo_id: str | None
+    processor: object
+
+    @property
+    def resizer(self) -> ImageResizer:
+        return ImageResizer(self.processor)
+
+    def prepared(self, split) -> Dataset:
+        """A split as the trainer reads it: decoded and resized by the student's processor."""
+        return prepare_dataset(split, self.resizer, self.data.image_column, self.data.label_column)
 
 
 def load_recipe_data(data_args: DataArguments, problems: Problems, seed: int = 0,

@@ -17,6 +17,7 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Image as ImageFeature, Value, load_dataset
 from PIL import Image
 
+from .columns import BAD_IMAGES, LABELS, PIXELS
 from .images import BadImage, ImageResizer, decode_rgb
 
 logger = logging.getLogger(__name__)
@@ -179,7 +180,7 @@ class ImageTransform:
     extra_columns: tuple[str, ...] = ()
 
     def __call__(self, batch: dict) -> dict:
-        columns = {self.image_column: "pixel_values", **(self.extra_images or {})}
+        columns = {self.image_column: PIXELS, **(self.extra_images or {})}
         rows = len(batch[self.image_column])
         bad: list[BadImage | None] = [None] * rows
         decoded = {}
@@ -199,7 +200,7 @@ class ImageTransform:
         for column in self.extra_columns:
             out[column] = [torch.as_tensor(v, dtype=torch.float32) for v in batch[column]]
         if self.label_column is not None:
-            out["labels"] = batch[self.label_column]
+            out[LABELS] = batch[self.label_column]
         return out
 
 
@@ -228,14 +229,14 @@ def collate_images(examples: list[dict]) -> dict:
     good = [e for e in examples if e.get("bad_image") is None]
     batch = {}
     for key, value in (good[0].items() if good else ()):
-        if key == "labels":  # datasets' unlabelled -1 becomes the -100 losses ignore
+        if key == LABELS:  # datasets' unlabelled -1 becomes the -100 losses ignore
             labels = torch.tensor([e[key] for e in good], dtype=torch.long)
             batch[key] = labels.masked_fill(labels == UNLABELLED, IGNORED_LABEL)
         elif isinstance(value, torch.Tensor):
             batch[key] = torch.stack([e[key] for e in good])
     bad = [e["bad_image"] for e in examples if e.get("bad_image") is not None]
     if bad:
-        batch["bad_images"] = bad
+        batch[BAD_IMAGES] = bad
     return batch
 
 

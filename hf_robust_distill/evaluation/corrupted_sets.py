@@ -31,6 +31,7 @@ import torch
 from datasets import Dataset
 from torch.utils.data import DataLoader
 
+from ..data.columns import BAD_IMAGES, LABELS, PIXELS
 from ..data.datasets import collate_images, prepare_dataset
 from ..data.images import BadImage, ImageResizer
 from ..views.corruptions import CORRUPTIONS, corrupt
@@ -161,6 +162,21 @@ class CorruptedSetCache:
             pass
         return self.load(entry)
 
+    def batches(self, clean: Dataset, source: str, corruption: str, severity: int, backend: str, *, seed: int,
+                size: tuple[int, int], batch_size: int, num_workers: int, device: torch.device):
+        """The (pixels, labels) batches of ``clean`` under one corruption and severity: read back when
+        this set was made before, else made (on ``device`` by the torch ports, per image by the
+        reference code) and written as they are read."""
+        on_device = backend == "torch"
+        entry = CorruptedSet(source, corruption, severity, backend, seed, batch_size if on_device else 0,
+                             device.type if on_device else "")
+        cached = self.load(entry)
+        if cached is not None:
+            return cached_batches(cached, size, batch_size)
+        if on_device:
+            return self.write(entry, torch_corrupted_batches(cached_batches(clean, size, batch_size), entry, device))
+        return self.write(entry, reference_corrupted_batches(clean, size, entry, batch_size, num_workers))
+
 
 def _write_json(path: str, data: dict) -> None:
     tmp = f"{path}.{os.getpid()}.tmp"
@@ -174,9 +190,9 @@ def decoded_batches(loader: DataLoader, bad_images: list | None = None) -> Itera
     the images that did not decode are left out and appended to ``bad_images``."""
     for batch in loader:
         if bad_images is not None:
-            bad_images.extend(batch.get("bad_images", ()))
-        if "pixel_values" in batch:
-            yield to_uint8(batch["pixel_values"]), batch["labels"]
+            bad_images.extend(batch.get(BAD_IMAGES, ()))
+        if PIXELS in batch:
+            yield to_uint8(batch[PIXELS]), batch[LABELS]
 
 
 def source_key(dataset: Dataset, image_column: str, label_column: str, resizer: ImageResizer) -> str:
@@ -201,7 +217,7 @@ def decode_evaluation_set(dataset: Dataset, resizer: ImageResizer, cache: Corrup
                             metadata=lambda: {"bad_images": [[b.source, b.error] for b in bad]} if bad else {})
         if stored is None:  # no image decoded: nothing was stored, the list is all there is
             return None, bad
-    return stored, [BadImage(source, error) for source, error in cache.metadata(entry).get("bad_images", [])]
+    return stored, [BadImage(source, error) for source, error in cache.metadata(entry).get(BAD_IMAGES, [])]
 
 
 def cached_batches(dataset: Dataset, size: tuple[int, int], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -264,7 +280,7 @@ class ReferenceCorruptedImages(torch.utils.data.Dataset):
         finally:
             np.random.set_state(state)
         out = np.clip(np.asarray(out, dtype=np.float64), 0, 255).round().astype(np.uint8)
-        return {"pixels": torch.from_numpy(out).permute(2, 0, 1).contiguous(), "labels": int(example["label"])}
+        return {"pixels": torch.from_numpy(out).permute(2, 0, 1).contiguous(), LABELS: int(example["label"])}
 
 
 def reference_corrupted_batches(clean: Dataset, size: tuple[int, int], entry: CorruptedSet, batch_size: int,
@@ -272,9 +288,9 @@ def reference_corrupted_batches(clean: Dataset, size: tuple[int, int], entry: Co
     loader = DataLoader(ReferenceCorruptedImages(clean, size, entry), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=_stack)
     for batch in loader:
-        yield batch["pixels"], batch["labels"]
+        yield batch["pixels"], batch[LABELS]
 
 
 def _stack(examples: list[dict]) -> dict:
     return {"pixels": torch.stack([e["pixels"] for e in examples]),
-            "labels": torch.tensor([e["labels"] for e in examples], dtype=torch.long)}
+            LABELS: torch.tensor([e[LABELS] for e in examples], dtype=torch.long)}

@@ -3,9 +3,12 @@ mCE, natural shifts), and the linear-probe protocol of the paper."""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 
 import numpy as np
 import torch
@@ -13,14 +16,15 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoImageProcessor
 
+from ..data.columns import LABELS, PIXELS
 from ..data.datasets import class_names, collate_images, find_columns, load_image_dataset, prepare_dataset
 from ..data.images import ImageResizer, too_many_message
 from ..metrics.corruption_robustness.corruption_robustness import IMAGENET_C_CORRUPTIONS, SEVERITIES
 from ..models.pixels import PixelPreprocessor, as_pixel_classifier, model_dtype
 from ..models.taps import FeatureTaps
 from ..views.distortions import Distorter
-from .corrupted_sets import (CorruptedSet, CorruptedSetCache, cached_batches, decode_evaluation_set, decoded_batches,
-                             reference_corrupted_batches, resolve_backend, source_key, torch_corrupted_batches)
+from .corrupted_sets import (CorruptedSetCache, cached_batches, decode_evaluation_set, decoded_batches, resolve_backend,
+                             source_key)
 from .natural_shifts import NaturalShift, subset_predictions
 from .report import RobustnessReport
 
@@ -51,12 +55,12 @@ def accuracy(model, preprocessor: PixelPreprocessor | None, dataset, view: View 
     model.eval()
     correct = total = 0
     for i, batch in enumerate(_batches(dataset, batch_size)):
-        pixels = batch["pixel_values"].to(device)
+        pixels = batch[PIXELS].to(device)
         if view is not None:
             pixels = view(pixels, _view_generator(device, seed, i))
         logits = _finite(model(pixels) if preprocessor is None
                          else model(pixel_values=preprocessor(pixels, model_dtype(model))).logits)
-        correct += (logits.argmax(-1).cpu() == batch["labels"]).sum().item()
+        correct += (logits.argmax(-1).cpu() == batch[LABELS]).sum().item()
         total += len(pixels)
     model.train(was_training)
     return correct / max(total, 1)
@@ -70,78 +74,50 @@ def evaluate_robustness(
     model_name: str | None = None, dataset_name: str | None = None, split: str | None = None,
     image_column: str | None = None, label_column: str | None = None, progress: bool = True,
 ) -> RobustnessReport:
-    """Top-1 accuracy of ``model`` on ``dataset`` clean, under every corruption x severity, and on
-    each natural shift, with corruption errors and mCE against ``baseline``.
+    """Top-1 accuracy of ``model`` on ``dataset`` clean, under every corruption x severity, and on each natural shift,
+    with corruption errors and mCE against ``baseline``.
 
-    ``model``: an image classifier with its ``image_processor`` (read from the model's checkpoint
-    when omitted), or a module taking [0, 1] pixels (``CLIPZeroShotClassifier``). ``dataset``: a
-    ``datasets.Dataset`` with an image and a label column. Images are decoded once as
-    ``pipeline("image-classification")`` would with ``decode_with`` (an image processor or an
-    ``ImageResizer``; by default the model's own processor, or a plain resize to ``image_size``),
-    so the clean accuracy is the one a user of the saved model gets; images that do not decode are
-    left out and counted (``report.skipped_images``). ``corruptions`` defaults to the 15 of
-    ImageNet-C, made by ``backend`` ("torch": the batched ports, on the model's device;
-    "reference": the ImageNet-C code, per image, in ``num_workers`` data-loader workers, an
-    optional extra; "auto": the port where there is one, now always). Corrupted sets are
-    deterministic given ``seed`` (and, for the torch backend, ``batch_size`` and the device type)
-    and cached in ``cache_dir``: a second evaluation, of
-    this model or another, reads them back. ``baseline``: "alexnet" (ImageNet-scale runs), another
-    model's ``RobustnessReport`` on the same data (relative mCE), or ``None``.
-    ``natural_shifts``: ``NaturalShift``s or "name=dataset[:split]" specs (imagenet-r and
-    imagenet-a bring their 200-class subsets).
+    ``model``: an image classifier with its ``image_processor`` (read from the model's checkpoint when omitted), or
+    a module taking [0, 1] pixels (``CLIPZeroShotClassifier``). ``dataset``: a ``datasets.Dataset`` with an image
+    and a label column. Images are decoded once as ``pipeline("image-classification")`` would with ``decode_with``
+    (an image processor or an ``ImageResizer``; by default the model's own processor, or a plain resize to
+    ``image_size``), so the clean accuracy is the one a user of the saved model gets; images that do not decode are
+    left out and counted (``report.skipped_images``). ``corruptions`` defaults to the 15 of ImageNet-C, made by
+    ``backend`` ("torch": the batched ports, on the model's device; "reference": the ImageNet-C code, per image, in
+    ``num_workers`` data-loader workers, an optional extra; "auto": the port where there is one, now always).
+    Corrupted sets are deterministic given ``seed`` (and, for the torch backend, ``batch_size`` and the device type)
+    and cached in ``cache_dir``: a second evaluation, of this model or another, reads them back. ``baseline``:
+    "alexnet" (ImageNet-scale runs), another model's ``RobustnessReport`` on the same data (relative mCE), or
+    ``None``. ``natural_shifts``: ``NaturalShift``s or "name=dataset[:split]" specs (imagenet-r and imagenet-a bring
+    their 200-class subsets).
     """
     classifier = as_pixel_classifier(model, image_processor)
     resizer = _resizer(model, image_processor, image_size, decode_with)
-    size = resizer.size
     device = torch.device(device) if device is not None else next(classifier.parameters()).device
-    if corruptions is None:
-        corruptions = list(IMAGENET_C_CORRUPTIONS)
+    corruptions = IMAGENET_C_CORRUPTIONS if corruptions is None else corruptions
     backends = {c: resolve_backend(c, backend) for c in corruptions}
     shifts = [NaturalShift.parse(s) if isinstance(s, str) else s for s in natural_shifts]
-    image_column, label_column = find_columns(dataset, image_column, label_column)
-    if label_column is None:
-        raise ValueError("the evaluation set has no label column; pass label_column")
-    source = source_key(dataset, image_column, label_column, resizer)
     cache = CorruptedSetCache(cache_dir)
-    clean_set, bad_images = decode_evaluation_set(dataset, resizer, cache, image_column, label_column, batch_size,
-                                                  num_workers)
-    if clean_set is None:
-        raise ValueError(too_many_message(bad_images, len(dataset), 0.0, "evaluation set"))
-    name = model_name or _model_name(model)
-
-    was_training = classifier.training
-    classifier.eval()
-    bar = tqdm(total=1 + len(corruptions) * len(severities) + len(shifts), desc=f"robustness of {name}",
-               disable=not progress)
-    try:
+    clean_set, bad_images, source = _decoded(dataset, resizer, cache, image_column, label_column, batch_size,
+                                             num_workers)
+    name, size = model_name or _model_name(model), resizer.size
+    corrupted = partial(cache.batches, clean_set, source, seed=seed, size=size, batch_size=batch_size,
+                        num_workers=num_workers, device=device)
+    with _evaluating(classifier), tqdm(total=1 + len(backends) * len(severities) + len(shifts),
+                                       desc=f"robustness of {name}", disable=not progress) as bar:
         clean = _accuracy(classifier, cached_batches(clean_set, size, batch_size), device)
         bar.update()
         accuracy: dict[str, dict[int, float]] = {}
-        for corruption in corruptions:
-            for severity in severities:
-                bar.set_postfix_str(f"{corruption} {severity}")
-                on_device = backends[corruption] == "torch"
-                entry = CorruptedSet(source, corruption, int(severity), backends[corruption], seed,
-                                     batch_size if on_device else 0, device.type if on_device else "")
-                cached = cache.load(entry)
-                if cached is not None:
-                    batches = cached_batches(cached, size, batch_size)
-                elif entry.backend == "torch":
-                    clean_batches = cached_batches(clean_set, size, batch_size)
-                    batches = cache.write(entry, torch_corrupted_batches(clean_batches, entry, device))
-                else:
-                    batches = cache.write(entry, reference_corrupted_batches(clean_set, size, entry, batch_size,
-                                                                             num_workers))
-                accuracy.setdefault(corruption, {})[int(severity)] = _accuracy(classifier, batches, device)
-                bar.update()
+        for (corruption, kind), severity in itertools.product(backends.items(), severities):
+            bar.set_postfix_str(f"{corruption} {severity}")
+            batches = corrupted(corruption, int(severity), kind)
+            accuracy.setdefault(corruption, {})[int(severity)] = _accuracy(classifier, batches, device)
+            bar.update()
         shifted = {}
         for shift in shifts:
             bar.set_postfix_str(shift.name)
             shifted[shift.name] = natural_shift_accuracy(classifier, shift, resizer, batch_size, num_workers, device)
             bar.update()
-    finally:
-        bar.close()
-        classifier.train(was_training)
     return RobustnessReport(
         model_name=name, dataset_name=dataset_name or _dataset_name(dataset), split=split, num_examples=len(clean_set),
         image_size=tuple(size), clean_accuracy=clean, accuracy=accuracy, backends=backends, seed=seed,
@@ -149,6 +125,31 @@ def evaluate_robustness(
         chance_accuracy=chance_accuracy(np.asarray(clean_set.with_format("numpy")["label"]),
                                         num_outputs=_num_outputs(model)),
     )
+
+
+@contextlib.contextmanager
+def _evaluating(model: torch.nn.Module):
+    """``model`` in eval mode within the block, in its own mode again after it."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def _decoded(dataset, resizer: ImageResizer, cache: CorruptedSetCache, image_column, label_column, batch_size: int,
+             num_workers: int):
+    """(the decoded clean set, its images that did not decode, its source key); refused without labels
+    or when no image decodes."""
+    image_column, label_column = find_columns(dataset, image_column, label_column)
+    if label_column is None:
+        raise ValueError("the evaluation set has no label column; pass label_column")
+    clean_set, bad_images = decode_evaluation_set(dataset, resizer, cache, image_column, label_column, batch_size,
+                                                  num_workers)
+    if clean_set is None:
+        raise ValueError(too_many_message(bad_images, len(dataset), 0.0, "evaluation set"))
+    return clean_set, bad_images, source_key(dataset, image_column, label_column, resizer)
 
 
 def chance_accuracy(labels: np.ndarray, num_outputs: int | None = None) -> float:
@@ -261,11 +262,11 @@ def cls_features(model, preprocessor: PixelPreprocessor, dataset, view: View | s
     features, labels = [], []
     with FeatureTaps(model, need_cls=True) as taps:
         for i, batch in enumerate(_batches(dataset, batch_size)):
-            pixels = batch["pixel_values"].to(device)
+            pixels = batch[PIXELS].to(device)
             if view is not None:
                 pixels = view(pixels, _view_generator(device, seed, i))
             features.append(taps(model, preprocessor(pixels)).cls.float().cpu().numpy())
-            labels.append(batch["labels"].numpy())
+            labels.append(batch[LABELS].numpy())
     model.train(was_training)
     return np.concatenate(features), np.concatenate(labels)
 

@@ -11,9 +11,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..models.attention_maps import ROWS as ATTENTION_ROWS
+
 CLS_LOSSES = ("cosine", "mse", "infonce")
 PATCH_LOSSES = ("cosine", "mse")
-ATTENTION_ROWS = ("all", "cls")
 
 
 def cls_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "cosine",

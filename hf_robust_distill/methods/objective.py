@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from ..models.taps import Features
 from ..models.token_grids import align_attention, resample_tokens
-from .losses import attention_loss, ce_loss, cls_loss, kd_loss, patch_loss
+from .losses import ATTENTION_ROWS, CLS_LOSSES, PATCH_LOSSES, attention_loss, ce_loss, cls_loss, kd_loss, patch_loss
 
 PART_WEIGHTS = {
     "loss_cls": "cls_weight", "loss_patch": "patch_weight", "loss_attn": "attn_weight", "loss_kd": "kd_weight",
@@ -124,3 +124,25 @@ class DistillationObjective:
         if self.args.dad_ce_weight > 0:
             parts["loss_ce_dad"] = ce_loss(student_logits, needs_labels(labels))
         return parts
+
+
+def check_objective_flags(args, problems) -> None:
+    """The loss fields of a ``DistillationConfig``: weights, kinds, temperatures and layers."""
+    add = problems.add
+    weights = {flag: getattr(args, flag) for flag in PART_WEIGHTS.values() if flag != "head_ce_weight"}
+    negative = [name for name, value in weights.items() if value < 0]
+    if negative:
+        add(", ".join(f"--{n}" for n in negative), f"loss weights must be >= 0: {', '.join(negative)}")
+    if not any(weights.values()):
+        add("--cls_weight ... --dad_ce_weight", "every loss weight is 0: set at least one of " + ", ".join(weights))
+    for flag, choices in (("cls_loss", CLS_LOSSES), ("patch_loss", PATCH_LOSSES), ("attn_rows", ATTENTION_ROWS)):
+        if getattr(args, flag) not in choices:
+            add(f"--{flag}", f"{flag} must be one of {choices}, got {getattr(args, flag)!r}")
+    if args.temperature <= 0 or args.infonce_temperature <= 0:
+        add("--temperature / --infonce_temperature", "temperatures must be > 0")
+    if args.patch_weight > 0 and not args.patch_layers:
+        add("--patch_layers", "patch_weight > 0 needs at least one layer in patch_layers")
+    if args.attn_weight > 0 and not args.attn_layers:
+        add("--attn_layers", "attn_weight > 0 needs at least one layer in attn_layers")
+    if args.head_ce_weight < 0:
+        add("--head_ce_weight", f"head_ce_weight must be >= 0, got {args.head_ce_weight}")

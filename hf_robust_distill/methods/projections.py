@@ -89,3 +89,8 @@ def for_pair(model: nn.Module, student_taps, teacher_taps, args) -> FeatureProje
                               cls=args.cls_weight > 0, kind=args.projection)
     first = next(model.parameters())
     return attach(model, made.to(first.device, first.dtype))
+
+
+def check_projection_flags(args, problems) -> None:
+    if args.projection not in KINDS:
+        problems.add("--projection", f"projection must be one of {KINDS}, got {args.projection!r}")

@@ -59,8 +59,6 @@ def load_with_head(name_or_path: str, names: list[str] | None, **load_kwargs) ->
     ``"kept"`` (it predicts them in order), ``"reordered"`` (rows reordered or cut to them),
     ``"new"`` (a freshly initialised head: the checkpoint predicts other classes), or
     ``"none"`` (no names, or a model with no classification head)."""
-    from .loading import load_vision_model
-
     model = load_vision_model(name_or_path, **load_kwargs)
     match = fit_to_classes(model, names, name_or_path)
     if match != DIFFERENT:

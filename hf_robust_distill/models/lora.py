@@ -84,3 +84,10 @@ def trained_share(model: PeftModel) -> tuple[int, int]:
     total = sum(size(p) for name, p in model.named_parameters()
                 if "lora_" not in name and "modules_to_save" not in name)
     return trainable, total
+
+
+def check_lora_flags(args, problems) -> None:
+    """LoRA's fields of a ``DistillationConfig``."""
+    if args.lora_r < 0 or args.lora_alpha <= 0 or not 0 <= args.lora_dropout < 1:
+        problems.add("--lora_r / --lora_alpha / --lora_dropout",
+                     "lora_r must be >= 0 (0: no LoRA), lora_alpha > 0 and lora_dropout in [0, 1)")

@@ -7,21 +7,20 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from ..methods.dad.attacks import NORMS
-from ..methods.dad.online import OFFLINE_STEP_SIZE, ONLINE_STEP_SIZE, AttackSettings
+from ..methods.dad.online import (DAD_MODES, DAD_OBJECTIVES, OFFLINE_STEP_SIZE, ONLINE_STEP_SIZE, AttackSettings,
+                                  check_dad_flags)
 from ..methods.losses import ATTENTION_ROWS, CLS_LOSSES, PATCH_LOSSES
-from ..methods.projections import KINDS as PROJECTIONS
-from ..models.lora import DEFAULT_TARGETS as LORA_TARGETS
+from ..methods.objective import check_objective_flags
+from ..methods.projections import KINDS as PROJECTIONS, check_projection_flags
+from ..models.lora import DEFAULT_TARGETS as LORA_TARGETS, check_lora_flags
 from ..utils.problems import Problems
-from ..views.augmentation import AugmentationSettings, parse_rand_augment
-from ..views.distortions import parse_distortions
-from ..views.mixing import MixingSettings
-from .frozen import TEACHER_DTYPES
+from ..views.augmentation import AugmentationSettings, check_augmentation_flags
+from ..views.distortions import check_distortion_flags
+from ..views.mixing import MixingSettings, check_mixing_flags
+from .ema import check_ema_flags
+from .frozen import TEACHER_DTYPES, check_frozen_flags
 from .launchers import follow_launcher_precision
-
-DAD_MODES = ("none", "online", "offline")
-DAD_OBJECTIVES = ("separate", "official")
-LOSS_WEIGHTS = ("cls_weight", "patch_weight", "attn_weight", "kd_weight", "ce_weight", "dad_kd_weight",
-                "dad_ce_weight")
+from .teacher_cache import check_cache_flags
 
 DEFAULT_DISTORTIONS = "pixel_mask:0.5-0.9,noise:0.1-0.5,blur:1-4"
 
@@ -167,98 +166,9 @@ class DistillationConfig(TrainingArguments):
         # Before TrainingArguments reads them: DeepSpeed's bf16/fp16 setting comes from the launcher.
         self.bf16, self.fp16 = follow_launcher_precision(self.bf16, self.fp16)
         super().__post_init__()
-        problems = Problems()  # every problem, each under its flag
-        add = problems.add
-        weights = {name: getattr(self, name) for name in LOSS_WEIGHTS}
-        negative = [name for name, value in weights.items() if value < 0]
-        if negative:
-            add(", ".join(f"--{n}" for n in negative), f"loss weights must be >= 0: {', '.join(negative)}")
-        if not any(weights.values()):
-            add("--cls_weight ... --dad_ce_weight", "every loss weight is 0: set at least one of " + ", ".join(weights))
-        if self.cls_loss not in CLS_LOSSES:
-            add("--cls_loss", f"cls_loss must be one of {CLS_LOSSES}, got {self.cls_loss!r}")
-        if self.patch_loss not in PATCH_LOSSES:
-            add("--patch_loss", f"patch_loss must be one of {PATCH_LOSSES}, got {self.patch_loss!r}")
-        if self.attn_rows not in ATTENTION_ROWS:
-            add("--attn_rows", f"attn_rows must be one of {ATTENTION_ROWS}, got {self.attn_rows!r}")
-        if self.temperature <= 0 or self.infonce_temperature <= 0:
-            add("--temperature / --infonce_temperature", "temperatures must be > 0")
-        if self.patch_weight > 0 and not self.patch_layers:
-            add("--patch_layers", "patch_weight > 0 needs at least one layer in patch_layers")
-        if self.attn_weight > 0 and not self.attn_layers:
-            add("--attn_layers", "attn_weight > 0 needs at least one layer in attn_layers")
-        problems.check("--distortions", parse_distortions, self.distortions)
-        if self.dad_mode not in DAD_MODES:
-            add("--dad_mode", f"dad_mode must be one of {DAD_MODES}, got {self.dad_mode!r}")
-        dad_terms = self.dad_kd_weight > 0 or self.dad_ce_weight > 0
-        if self.dad_objective not in DAD_OBJECTIVES:
-            add("--dad_objective", f"dad_objective must be one of {DAD_OBJECTIVES}, got {self.dad_objective!r}")
-        if self.dad_objective == "official":
-            if self.dad_mode == "none":
-                add("--dad_objective", "dad_objective='official' trains on clean and DAD images together: set "
-                                       "dad_mode 'offline' (as the official code) or 'online'")
-            if dad_terms:
-                add("--dad_kd_weight / --dad_ce_weight", "under dad_objective='official' ce_weight and kd_weight cover "
-                                                         "the joint batch of clean and DAD images: set dad_kd_weight "
-                                                         "and dad_ce_weight to 0")
-            if self.cache_teacher:
-                add("--cache_teacher", "cache_teacher stores the teacher's outputs on clean images only, and the "
-                                       "official objective's batch joins DAD images to them: drop one of them")
-        elif self.dad_mode != "none" and not dad_terms:
-            add("--dad_mode", f"dad_mode={self.dad_mode!r} needs dad_kd_weight > 0 or dad_ce_weight > 0")
-        if dad_terms and self.dad_mode == "none":
-            add("--dad_kd_weight / --dad_ce_weight", "dad_kd_weight and dad_ce_weight need dad_mode 'online' or "
-                                                     "'offline'")
-        if self.attack_norm not in NORMS:
-            add("--attack_norm", f"attack_norm must be one of {NORMS}, got {self.attack_norm!r}")
-        if self.attack_eps < 0 or self.attack_steps < 0 or (self.attack_step_size or 0) < 0:
-            add("--attack_eps / --attack_step_size / --attack_steps",
-                "attack_eps, attack_step_size and attack_steps must be >= 0")
-        if not 0 <= self.attack_random_start <= 1:
-            add("--attack_random_start", f"attack_random_start is a probability, got {self.attack_random_start}")
-        if self.remove_unused_columns:
-            add("--remove_unused_columns", "remove_unused_columns=True drops the columns distillation needs; leave "
-                                           "it False")
-        if self.lora_r < 0 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
-            add("--lora_r / --lora_alpha / --lora_dropout",
-                "lora_r must be >= 0 (0: no LoRA), lora_alpha > 0 and lora_dropout in [0, 1)")
-        if not 0 <= self.ema_decay < 1:
-            add("--ema_decay", f"ema_decay lies in [0, 1) (0: no EMA; the official DAD run: 0.99992), got "
-                               f"{self.ema_decay}")
-        if min(self.mixup_alpha, self.cutmix_alpha) < 0 or not (0 <= self.mixup_prob <= 1
-                                                                   and 0 <= self.mixup_switch_prob <= 1):
-            add("--mixup_alpha / --cutmix_alpha / --mixup_prob / --mixup_switch_prob",
-                "mixup_alpha and cutmix_alpha are >= 0 (0: off); mixup_prob and mixup_switch_prob lie in [0, 1]")
-        if not 0 < self.crop_scale_min <= 1 or not 0 <= self.hflip <= 1 or not 0 <= self.random_erasing <= 1 \
-                or self.color_jitter < 0:
-            add("--crop_scale_min / --hflip / --random_erasing / --color_jitter",
-                "crop_scale_min lies in (0, 1], hflip and random_erasing are probabilities, color_jitter is >= 0")
-        if self.rand_augment:
-            problems.check("--rand_augment", parse_rand_augment, self.rand_augment)
-        if self.cache_teacher and self.augmentation.active:
-            add("--cache_teacher", "cache_teacher stores the teacher's outputs on unaugmented images, and the "
-                                   "training augmentation changes every batch: drop one of them")
-        if self.cache_teacher and self.mixing.mixes:
-            add("--cache_teacher", "cache_teacher stores the teacher's outputs on unmixed images, and mixup/cutmix "
-                                   "change every batch: drop one of them")
-        if self.ema_decay and self.load_best_model_at_end:
-            add("--ema_decay", "with ema_decay the weight average is the final student, and load_best_model_at_end "
-                               "would replace it by a checkpoint's raw weights: drop one of them")
-        if self.drop_path_rate is not None and not 0 <= self.drop_path_rate < 1:
-            add("--drop_path_rate", f"drop_path_rate lies in [0, 1), got {self.drop_path_rate}")
-        if self.cache_teacher and self.dad_mode == "online":
-            add("--cache_teacher", "cache_teacher stores the teacher's outputs on clean images, and online DAD attacks "
-                                   "the teacher every step: use dad_mode='offline' (its dataset stores the teacher's "
-                                   "logits)")
-        if self.projection not in PROJECTIONS:
-            add("--projection", f"projection must be one of {PROJECTIONS}, got {self.projection!r}")
-        if self.teacher_dtype not in TEACHER_DTYPES:
-            add("--teacher_dtype", f"teacher_dtype must be one of {TEACHER_DTYPES}, got {self.teacher_dtype!r}")
-        if self.head_ce_weight < 0:
-            add("--head_ce_weight", f"head_ce_weight must be >= 0, got {self.head_ce_weight}")
-        if not 0 <= self.max_bad_image_fraction <= 1:
-            add("--max_bad_image_fraction", f"max_bad_image_fraction is a share of a split, in [0, 1], got "
-                                            f"{self.max_bad_image_fraction}")
+        problems = Problems()  # every problem, each under its flag, checked by the module of its concern
+        for check in FLAG_CHECKS:
+            check(self, problems)
         problems.raise_if_any()
 
     def __getstate__(self) -> dict:
@@ -289,3 +199,21 @@ class DistillationConfig(TrainingArguments):
         return AttackSettings(norm=self.attack_norm, eps=self.attack_eps, steps=self.attack_steps,
                               step_size=default_step if self.attack_step_size is None else self.attack_step_size,
                               random_start_prob=self.attack_random_start)
+
+
+def check_run_flags(args, problems: Problems) -> None:
+    """The fields no other concern owns: the columns the collator needs, the student's drop-path rate
+    (a load-time setting) and the share of bad images a split may hold."""
+    if args.remove_unused_columns:
+        problems.add("--remove_unused_columns", "remove_unused_columns=True drops the columns distillation needs; "
+                                                "leave it False")
+    if args.drop_path_rate is not None and not 0 <= args.drop_path_rate < 1:
+        problems.add("--drop_path_rate", f"drop_path_rate lies in [0, 1), got {args.drop_path_rate}")
+    if not 0 <= args.max_bad_image_fraction <= 1:
+        problems.add("--max_bad_image_fraction", f"max_bad_image_fraction is a share of a split, in [0, 1], got "
+                                                 f"{args.max_bad_image_fraction}")
+
+
+FLAG_CHECKS = (check_objective_flags, check_distortion_flags, check_dad_flags, check_lora_flags, check_ema_flags,
+               check_mixing_flags, check_augmentation_flags, check_cache_flags, check_projection_flags,
+               check_frozen_flags, check_run_flags)

@@ -115,3 +115,14 @@ class WeightAverageCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         self.average.update(model)
+
+
+def check_ema_flags(args, problems) -> None:
+    """The weight average's fields of a ``DistillationConfig``."""
+    if not 0 <= args.ema_decay < 1:
+        problems.add("--ema_decay", f"ema_decay lies in [0, 1) (0: no EMA; the official DAD run: 0.99992), got "
+                                    f"{args.ema_decay}")
+    if args.ema_decay and args.load_best_model_at_end:
+        problems.add("--ema_decay", "with ema_decay the weight average is the final student, and "
+                                    "load_best_model_at_end would replace it by a checkpoint's raw weights: drop one of "
+                                    "them")

@@ -139,3 +139,8 @@ def is_sharded(model: torch.nn.Module) -> bool:
     from torch.distributed.tensor import DTensor
 
     return any(isinstance(p, DTensor) or hasattr(p, "ds_id") for p in model.parameters())
+
+
+def check_frozen_flags(args, problems) -> None:
+    if args.teacher_dtype not in TEACHER_DTYPES:
+        problems.add("--teacher_dtype", f"teacher_dtype must be one of {TEACHER_DTYPES}, got {args.teacher_dtype!r}")

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from accelerate import PartialState
 
-from ..data.columns import TEACHER_CACHE_PREFIX as PREFIX
+from ..data.columns import PIXELS, TEACHER_CACHE_PREFIX as PREFIX
 
 ROW = "teacher_cache_row"
 MANIFEST = "teacher_cache.json"
@@ -159,7 +159,7 @@ def _complete(folder: str, shard: int) -> bool:
     return os.path.isfile(os.path.join(_shard_folder(folder, shard), "complete"))
 
 
-def build_teacher_cache(run_teacher, dataset, folder: str, token_layers, attention_layers, batch_size: int = 64,
+def build_teacher_cache(run_teacher, dataset, folder: str, token_layers, attention_layers, *, batch_size: int = 64,
                         shard_size: int = 256, device=None, state=None, lockstep: bool = False) -> TeacherCache:
     """``run_teacher(pixels) -> Features`` over ``dataset``, written to ``folder``: each process
     writes its share of the shards (every ``num_processes``-th), and shards already complete are
@@ -179,8 +179,9 @@ def build_teacher_cache(run_teacher, dataset, folder: str, token_layers, attenti
         layout = _layout(output_columns(run_teacher(first.to(device)), token_layers, attention_layers))
     check_disk(folder, layout, sum(len(ranges[s]) for shards in todo for s in shards))
     for shard in todo[state.process_index]:
-        _write_shard(run_teacher, dataset, folder, shard, ranges[shard], layout, token_layers, attention_layers,
-                     batch_size, device, first, lockstep)
+        _write_shard(run_teacher, dataset, folder, shard, ranges[shard], layout, token_layers=token_layers,
+                     attention_layers=attention_layers, batch_size=batch_size, device=device, first=first,
+                     lockstep=lockstep)
     if lockstep:  # the busiest process's count of sharded forwards, on every process
         with torch.no_grad():
             for _ in range(max(calls) - calls[state.process_index]):
@@ -196,12 +197,12 @@ def build_teacher_cache(run_teacher, dataset, folder: str, token_layers, attenti
 def _first_image(dataset) -> torch.Tensor:
     for i in range(len(dataset)):
         row = dataset[i]
-        if "pixel_values" in row and row["pixel_values"] is not None:
-            return row["pixel_values"].unsqueeze(0)
+        if PIXELS in row and row[PIXELS] is not None:
+            return row[PIXELS].unsqueeze(0)
     raise ValueError("no image of the training set decodes: nothing to cache")
 
 
-def _write_shard(run_teacher, dataset, folder, shard, rows, layout, token_layers, attention_layers, batch_size,
+def _write_shard(run_teacher, dataset, folder, shard, rows, layout, *, token_layers, attention_layers, batch_size,
                  device, first, lockstep) -> None:
     """One shard's outputs, in memory-mapped files of a temporary folder renamed when complete.
     Rows whose image does not decode hold zeros (they are never read: the collator drops them)."""
@@ -213,10 +214,10 @@ def _write_shard(run_teacher, dataset, folder, shard, rows, layout, token_layers
               for name, column in layout.items()}
     for start in range(0, len(rows), batch_size):
         batch = [dataset[i] for i in rows[start : start + batch_size]]
-        good = [j for j, row in enumerate(batch) if row.get("pixel_values") is not None]
+        good = [j for j, row in enumerate(batch) if row.get(PIXELS) is not None]
         with torch.no_grad():
             if good:
-                pixels = torch.stack([batch[j]["pixel_values"] for j in good]).to(device)
+                pixels = torch.stack([batch[j][PIXELS] for j in good]).to(device)
                 columns = output_columns(run_teacher(pixels), token_layers, attention_layers)
                 for name, values in columns.items():
                     arrays[name][[start + j for j in good]] = _stored(values)
@@ -261,3 +262,23 @@ class TeacherCacheCollator:
         if rows is not None:
             batch.update(self.cache.rows(rows.numpy()))
         return batch
+
+
+def check_cache_flags(args, problems) -> None:
+    """``--cache_teacher`` only where the teacher's view is the same in every epoch."""
+    if not args.cache_teacher:
+        return
+    conflicts = (
+        (args.augmentation.active, "cache_teacher stores the teacher's outputs on unaugmented images, and the "
+                                   "training augmentation changes every batch: drop one of them"),
+        (args.mixing.mixes, "cache_teacher stores the teacher's outputs on unmixed images, and mixup/cutmix change "
+                            "every batch: drop one of them"),
+        (args.dad_mode == "online", "cache_teacher stores the teacher's outputs on clean images, and online DAD "
+                                    "attacks the teacher every step: use dad_mode='offline' (its dataset stores the "
+                                    "teacher's logits)"),
+        (args.dad_objective == "official", "cache_teacher stores the teacher's outputs on clean images only, and the "
+                                           "official objective's batch joins DAD images to them: drop one of them"),
+    )
+    for conflict, message in conflicts:
+        if conflict:
+            problems.add("--cache_teacher", message)

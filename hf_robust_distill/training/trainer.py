@@ -15,7 +15,7 @@ import torch
 from transformers import PreTrainedModel, Trainer
 from transformers.trainer_utils import EvalPrediction
 
-from ..data.columns import BAD_IMAGES, PIXELS
+from ..data.columns import BAD_IMAGES, LABELS, PIXELS
 from ..data.datasets import collate_images
 from ..data.images import BadImageLog
 from ..methods import projections
@@ -234,7 +234,7 @@ class RobustDistillationTrainer(Trainer):
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """The loss on the distorted view and, with labels, the student's logits on both views."""
         inputs = self._prepare_inputs(inputs)
-        labels = inputs.get("labels")
+        labels = inputs.get(LABELS)
         with torch.no_grad(), self.compute_loss_context_manager():
             loss, student = self.compute_loss(model, inputs, return_outputs=True)
             if prediction_loss_only or labels is None or student.logits is None:

@@ -143,3 +143,13 @@ class Augmenter:
 def _kornia_magnitude(m: float) -> float:
     """timm's 0-10 RandAugment magnitude on kornia's 0-30 scale (rotate: 3 m degrees in both)."""
     return min(max(3 * m, 0.01), 29.99)
+
+
+def check_augmentation_flags(args, problems) -> None:
+    """The training augmentation's fields of a ``DistillationConfig``."""
+    if (not 0 < args.crop_scale_min <= 1 or not 0 <= args.hflip <= 1 or not 0 <= args.random_erasing <= 1
+            or args.color_jitter < 0):
+        problems.add("--crop_scale_min / --hflip / --random_erasing / --color_jitter",
+                     "crop_scale_min lies in (0, 1], hflip and random_erasing are probabilities, color_jitter is >= 0")
+    if args.rand_augment:
+        problems.check("--rand_augment", parse_rand_augment, args.rand_augment)

@@ -201,7 +201,10 @@ __all__ = ["CORRUPTIONS", "DISTORTIONS", "Distorter", "DistortionSpec", "additiv
 
 
 def check_distortions(spec: str | None) -> None:
-    from .distortions import parse_distortions
-
     if spec is not None:
         parse_distortions(spec)
+
+
+def check_distortion_flags(args, problems) -> None:
+    """The student's view of a ``DistillationConfig``."""
+    problems.check("--distortions", parse_distortions, args.distortions)

@@ -84,3 +84,11 @@ def mix_batch(images: list[torch.Tensor], labels: torch.Tensor, num_classes: int
     else:
         mixed = [x * lam + x.flip(0) * (1 - lam) for x in images]
     return [x.to(dtype) for x, dtype in zip(mixed, dtypes)], targets * lam + targets.flip(0) * (1 - lam)
+
+
+def check_mixing_flags(args, problems) -> None:
+    """Mixup's and CutMix's fields of a ``DistillationConfig``."""
+    if min(args.mixup_alpha, args.cutmix_alpha) < 0 or not (0 <= args.mixup_prob <= 1
+                                                           and 0 <= args.mixup_switch_prob <= 1):
+        problems.add("--mixup_alpha / --cutmix_alpha / --mixup_prob / --mixup_switch_prob",
+                     "mixup_alpha and cutmix_alpha are >= 0 (0: off); mixup_prob and mixup_switch_prob lie in [0, 1]")

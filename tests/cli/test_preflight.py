@@ -102,7 +102,7 @@ def test_a_missing_vq_model_and_a_clip_teacher_without_class_names_are_named(tin
     assert "--vq_input_range" in problems_of(error)["--vq_name_or_path"]
     checked = recipe.preflight([*argv, "--vq_name_or_path", str(vq), "--vq_input_range", "[-1,1]",
                                 "--class_names_file", str(names)])
-    assert checked[4].names == DIGIT_NAMES and not os.path.exists(out)
+    assert checked.data.names == DIGIT_NAMES and not os.path.exists(out)
 
 
 def test_an_unlabelled_test_split_is_passed_over_when_chosen_for_you_and_refused_when_named(tiny_vit, tmp_path):

@@ -271,7 +271,7 @@ def averages_and_views_under_zero2(teacher_path, clip_path, vq_path, out, record
     average, reference = resumed.weight_average.average, whole.weight_average.average
     record = {
         "deepspeed": first.is_deepspeed_enabled and type(first.model_wrapped).__name__ == "DeepSpeedEngine",
-        "teacher": type(first.teacher).__name__,
+        "teacher": type(first.teacher.model).__name__,
         "module_dtypes": sorted({str(p.dtype) for p in first.model.parameters()}),
         "average_dtypes": sorted({str(t.dtype) for t in first.weight_average.average.values()}),
         "saved_average": sorted(saved) == sorted(first.weight_average.average),
@@ -328,8 +328,8 @@ def partitioned_runs_under_zero3(teacher_path, out, record_dir):
     clip = build_demo_clip(os.path.join(out, "clip"), epochs=1)
     record = {
         "zero3": plain.is_deepspeed_enabled and plain.accelerator.state.deepspeed_plugin.zero_stage == 3,
-        "student_partitioned": is_sharded(plain.model), "teacher": type(plain.teacher).__name__,
-        "teacher_partitioned": is_sharded(plain.teacher), "steps": plain.state.global_step,
+        "student_partitioned": is_sharded(plain.model), "teacher": type(plain.teacher.model).__name__,
+        "teacher_partitioned": is_sharded(plain.teacher.model), "steps": plain.state.global_step,
         "cache_teacher_sharded": cached.teacher.is_sharded, "cache_rows": len(cached.teacher.cache),
         "cached_steps": cached.state.global_step,
         "cached_losses": [e["loss_kd"] for e in cached.state.log_history if "loss_kd" in e],

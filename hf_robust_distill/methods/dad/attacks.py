@@ -49,7 +49,7 @@ def _ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
 
 
 def pgd_attack(model, images: torch.Tensor, labels: torch.Tensor | None, eps: float, step_size: float,
-               steps: int, norm: str = "l2", random_start_prob: float = 0.0,
+               steps: int, *, norm: str = "l2", random_start_prob: float = 0.0,
                project_center: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """Images that raise ``model``'s loss, within an eps ball (L2 or Linf) around ``project_center``.
 

@@ -8,7 +8,7 @@ The encoder and decoder have the layout diffusers' own LDM converter maps
 (``convert_ldm_vae_checkpoint``, written for the KL autoencoders); what those lack is mapped here:
 attention inside a resolution level (``attn_resolutions``), and the codebook. The training losses'
 weights (discriminator, LPIPS) are left out. The reconstruction equals the original module's
-(``tests/test_convert_vqgan.py`` runs the published architecture beside it).
+(``tests/methods/dad/test_convert_vqgan.py`` runs the published architecture beside it).
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ from datasets import (ClassLabel, Dataset, Features, Image as ImageFeature, List
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ...data.columns import (BAD_IMAGES, DAD_IMAGE, LABELS, PIXELS, STORED_TEACHER_LOGITS, TEACHER_LOGITS_CLEAN,
+                             TEACHER_LOGITS_DAD)
 from ...data.datasets import collate_images, find_columns, prepare_dataset
 from ...data.images import ImageResizer
 from .attacks import classifier_logits
@@ -60,7 +62,7 @@ class _WithRowIndex(torch.utils.data.Dataset):
 class DADGenerator:
     """Writes the DAD image of every row of ``dataset``; see ``generate_dad_dataset``."""
 
-    def __init__(self, teacher, discretizer, dataset: Dataset, output_dir: str, image_size,
+    def __init__(self, teacher, discretizer, dataset: Dataset, output_dir: str, image_size, *,
                  image_column: str | None = None, label_column: str | None = None,
                  attack: AttackSettings | None = None, batch_size: int = 64, shard_size: int = 1024,
                  teacher_logits: bool = False, seed: int = 0, num_workers: int = 0, state=None,
@@ -90,8 +92,8 @@ class DADGenerator:
             label = self.label_feature if isinstance(self.label_feature, ClassLabel) else Value("int64")
             columns["label"] = label
         if self.teacher_logits:
-            columns["teacher_logits_clean"] = List(Value("float32"))
-            columns["teacher_logits_dad"] = List(Value("float32"))
+            columns[TEACHER_LOGITS_CLEAN] = List(Value("float32"))
+            columns[TEACHER_LOGITS_DAD] = List(Value("float32"))
         return Features(columns)
 
     def manifest(self) -> dict:
@@ -159,22 +161,22 @@ class DADGenerator:
         for batch_index in range(len(loader)):
             with watch.section("load"):  # decoding and resizing happen as the batch is drawn
                 batch = next(batches)
-                for bad in batch.get("bad_images", ()):
+                for bad in batch.get(BAD_IMAGES, ()):
                     logger.warning("skipping a row whose image does not decode: %s", bad)
-                if "pixel_values" not in batch:
+                if PIXELS not in batch:
                     continue
-                images = batch["pixel_values"].to(device)
-                labels = batch["labels"].to(device) if "labels" in batch else None
+                images = batch[PIXELS].to(device)
+                labels = batch[LABELS].to(device) if LABELS in batch else None
             generator = _seeded(device, self.seed, shard, batch_index)
             dad = dad_images(self.teacher, self.discretizer, images, labels, self.attack, generator, watch)
             if self.teacher_logits:
                 with watch.section("teacher", device), torch.no_grad():
-                    for column, pixels in (("teacher_logits_clean", images), ("teacher_logits_dad", dad)):
+                    for column, pixels in ((TEACHER_LOGITS_CLEAN, images), (TEACHER_LOGITS_DAD, dad)):
                         columns[column].extend(classifier_logits(self.teacher, pixels).float().cpu().tolist())
             columns["image"].extend(_to_uint8(dad))
             columns["index"].extend(batch["row_index"].tolist())
             if labels is not None:
-                columns["label"].extend(batch["labels"].tolist())
+                columns["label"].extend(batch[LABELS].tolist())
             self.images_done += len(images)
             bar.update(len(images))
         with watch.section("write"):
@@ -241,7 +243,7 @@ def load_dad_source(name_or_path: str) -> Dataset:
     return dad
 
 
-def generate_dad_dataset(teacher, discretizer, dataset: Dataset, output_dir: str, image_size: tuple[int, int],
+def generate_dad_dataset(teacher, discretizer, dataset: Dataset, output_dir: str, image_size: tuple[int, int], *,
                          image_column: str | None = None, label_column: str | None = None,
                          attack: AttackSettings | None = None, batch_size: int = 64, shard_size: int = 1024,
                          teacher_logits: bool = False, seed: int = 0, num_workers: int = 0,
@@ -264,9 +266,10 @@ def generate_dad_dataset(teacher, discretizer, dataset: Dataset, output_dir: str
     ``push_to_hub`` the main process also pushes it as a Hub dataset. ``autocast``: the dtype the
     teacher and VQ model compute in (bf16 on a GPU under mixed precision; ``None``: their own).
     """
-    generator = DADGenerator(teacher, discretizer, dataset, output_dir, image_size, image_column, label_column,
-                             attack, batch_size, shard_size, teacher_logits, seed, num_workers, state, progress,
-                             autocast=autocast)
+    generator = DADGenerator(teacher, discretizer, dataset, output_dir, image_size, image_column=image_column,
+                             label_column=label_column, attack=attack, batch_size=batch_size, shard_size=shard_size,
+                             teacher_logits=teacher_logits, seed=seed, num_workers=num_workers, state=state,
+                             progress=progress, autocast=autocast)
     result = generator.run()
     if push_to_hub and generator.state.is_main_process:
         result.push_to_hub(push_to_hub, token=token)
@@ -296,6 +299,6 @@ def pair_with_dad(train: Dataset, dad: Dataset, max_missing_fraction: float = 0.
     if label_column is not None and "label" in dad.column_names and dad["label"] != train[label_column]:
         raise ValueError("the DAD dataset's labels differ from the training labels: it was generated from "
                          "another split or order of the data")
-    keep = [c for c in ("image", "teacher_logits_clean", "teacher_logits_dad") if c in dad.column_names]
-    dad = dad.select_columns(keep).rename_column("image", "dad_image")
+    keep = [c for c in ("image", *STORED_TEACHER_LOGITS) if c in dad.column_names]
+    dad = dad.select_columns(keep).rename_column("image", DAD_IMAGE)
     return concatenate_datasets([train, dad], axis=1)

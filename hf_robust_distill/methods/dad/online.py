@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .attacks import pgd_attack
+from .attacks import NORMS, pgd_attack
 
 ONLINE_STEP_SIZE, OFFLINE_STEP_SIZE = 0.1, 0.01
 
@@ -62,3 +62,36 @@ def dad_images(teacher, discretizer, images: torch.Tensor, labels: torch.Tensor 
                                  project_center=base, generator=generator)
     with timed("vq", images.device):
         return discretizer(adversarial).to(dtype)
+
+
+DAD_MODES = ("none", "online", "offline")
+DAD_OBJECTIVES = ("separate", "official")
+
+
+def check_dad_flags(args, problems) -> None:
+    """DAD's fields of a ``DistillationConfig``: its mode, objective, terms and attack."""
+    add = problems.add
+    if args.dad_mode not in DAD_MODES:
+        add("--dad_mode", f"dad_mode must be one of {DAD_MODES}, got {args.dad_mode!r}")
+    dad_terms = args.dad_kd_weight > 0 or args.dad_ce_weight > 0
+    if args.dad_objective not in DAD_OBJECTIVES:
+        add("--dad_objective", f"dad_objective must be one of {DAD_OBJECTIVES}, got {args.dad_objective!r}")
+    if args.dad_objective == "official":
+        if args.dad_mode == "none":
+            add("--dad_objective", "dad_objective='official' trains on clean and DAD images together: set dad_mode "
+                                   "'offline' (as the official code) or 'online'")
+        if dad_terms:
+            add("--dad_kd_weight / --dad_ce_weight", "under dad_objective='official' ce_weight and kd_weight cover the "
+                                                     "joint batch of clean and DAD images: set dad_kd_weight and "
+                                                     "dad_ce_weight to 0")
+    elif args.dad_mode != "none" and not dad_terms:
+        add("--dad_mode", f"dad_mode={args.dad_mode!r} needs dad_kd_weight > 0 or dad_ce_weight > 0")
+    if dad_terms and args.dad_mode == "none":
+        add("--dad_kd_weight / --dad_ce_weight", "dad_kd_weight and dad_ce_weight need dad_mode 'online' or 'offline'")
+    if args.attack_norm not in NORMS:
+        add("--attack_norm", f"attack_norm must be one of {NORMS}, got {args.attack_norm!r}")
+    if args.attack_eps < 0 or args.attack_steps < 0 or (args.attack_step_size or 0) < 0:
+        add("--attack_eps / --attack_step_size / --attack_steps",
+            "attack_eps, attack_step_size and attack_steps must be >= 0")
+    if not 0 <= args.attack_random_start <= 1:
+        add("--attack_random_start", f"attack_random_start is a probability, got {args.attack_random_start}")

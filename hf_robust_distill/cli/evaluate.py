@@ -1,0 +1,135 @@
+"""What ``recipes/evaluate_robustness.py`` runs: its arguments, the checks before any weight is read,
+the classifier it loads, the report and its plot."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from ..data.images import ImageResizer
+from ..evaluation.report import RobustnessReport
+from ..evaluation.robustness import evaluate_robustness
+from ..hub.card import plain_name
+from ..models.heads import DIFFERENT, describe_difference, fit_to_classes, match_classes
+from ..models.loading import config_classes, read_image_processor, read_model_config
+from ..models.zero_shot import load_pixel_classifier, saved_head_classes
+from ..utils.problems import Problems
+from .arguments import DataArguments, RobustnessArguments
+from .finish import dataset_label
+from .parsing import parse_recipe_args
+from .preflight import decode_evaluation_split
+from .recipe_data import RecipeData, load_recipe_data
+
+logger = logging.getLogger("evaluate_robustness")
+
+
+@dataclass
+class EvaluateArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Image classifier (Hub id or folder). Unset: the embedded demo."})
+    baseline_report: str | None = field(
+        default=None, metadata={"help": "A baseline model's robustness_report.json: mCE relative to it."})
+    output_dir: str = field(default="robustness", metadata={"help": "Where the report and the plot go."})
+    device: str | None = field(default=None, metadata={"help": "Default: cuda when available."})
+    seed: int = field(default=0, metadata={"help": "Seed of the corrupted sets."})
+    max_bad_image_fraction: float = field(
+        default=0.01, metadata={"help": "Images that fail to decode are left out; more than this share stops the run."})
+
+
+DEMO_DEFAULTS = dict(output_dir="demo_output/evaluate", corruption_cache_dir="demo_output/corrupted",
+                     robustness_baseline="none")
+
+
+def model_classes(path: str) -> list[str] | None:
+    """The classes a checkpoint predicts, read from its files (no weights)."""
+    saved = saved_head_classes(path) if os.path.isdir(path) else None
+    return saved if saved is not None else config_classes(read_model_config(path, "the model"))
+
+
+@dataclass
+class EvaluationRun:
+    args: EvaluateArguments
+    data_args: DataArguments
+    robustness: RobustnessArguments
+    data: RecipeData
+    processor: object
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def load_classifier(run: EvaluationRun) -> torch.nn.Module:
+    """The model as a classifier of [0, 1] pixels, its outputs in the dataset's class order."""
+    classifier = load_pixel_classifier(run.args.model_name_or_path).to(run.device)
+    fit_to_classes(classifier, run.data.names)
+    return classifier
+
+
+def evaluate(run: EvaluationRun, classifier) -> RobustnessReport:
+    """The robustness report of ``classifier`` on the run's evaluation split."""
+    args, robustness, data = run.args, run.robustness, run.data
+    if args.baseline_report:
+        baseline = RobustnessReport.load(args.baseline_report)
+    else:
+        baseline = None if robustness.robustness_baseline.lower() == "none" else "alexnet"
+    return evaluate_robustness(
+        classifier, data.evaluation, **robustness.evaluation_kwargs(), decode_with=ImageResizer(run.processor),
+        baseline=baseline, seed=args.seed, device=run.device, model_name=plain_name(args.model_name_or_path),
+        dataset_name=dataset_label(run.data_args.dataset_name), split=run.data_args.eval_split,
+        image_column=data.image_column, label_column=data.label_column)
+
+
+def write_report(run: EvaluationRun, report: RobustnessReport) -> None:
+    """The report and its plot in ``--output_dir``, and the table printed."""
+    output_dir = run.args.output_dir
+    os.makedirs(output_dir, exist_ok=True)
+    report_path = report.save(output_dir)
+    report.plot(output_dir)
+    print(f"\nTop-1 accuracy (%) of {report.model_name} on {report.dataset_name}:\n\n{report.to_markdown()}\n")
+    for name, value in report.headline().items():
+        print(f"{name}: {value:.2f}")
+    if report.skipped_images:
+        print(f"{report.skipped_images} images did not decode and were left out")
+    plot = os.path.abspath(os.path.join(output_dir, "robustness.png"))
+    print(f"\nReport: {os.path.abspath(report_path)}\nPlot: {plot}")
+
+
+def preflight(argv) -> EvaluationRun:
+    """Flags, the model's classes and processor (no weights), the data and its evaluation images,
+    checked together; one ``PreflightError`` lists every problem."""
+    problems = Problems()
+    args, data_args, robustness = parse_recipe_args((EvaluateArguments, DataArguments, RobustnessArguments), argv,
+                                                    demo_defaults=DEMO_DEFAULTS, demo_unless="model_name_or_path",
+                                                    problems=problems)
+    if robustness is not None:
+        robustness.check(problems, baselines=("alexnet", "none", "teacher"))
+        if robustness.robustness_baseline.lower() == "teacher" and not (args and args.baseline_report):
+            problems.add("--robustness_baseline", "evaluate_robustness.py has no teacher: give --baseline_report, or "
+                                                  "--robustness_baseline alexnet or none")
+    if args is not None and args.baseline_report:
+        problems.check("--baseline_report", RobustnessReport.load, args.baseline_report)
+    if None in (args, data_args, robustness) or (not args.model_name_or_path and problems):
+        problems.raise_if_any()
+    if not args.model_name_or_path:
+        from .demo import demo_model
+
+        args.model_name_or_path = demo_model("vit", seed=args.seed)
+    classes = problems.check("--model_name_or_path", model_classes, args.model_name_or_path)
+    processor = problems.check("--model_name_or_path", read_image_processor, args.model_name_or_path, "the model")
+    data = load_recipe_data(data_args, problems, seed=args.seed)
+    if data is not None and not data.scored:
+        problems.add("--dataset_name", "a robustness report needs labels of at least two classes")
+    elif data is not None and classes is not None and match_classes(classes, data.names) == DIFFERENT:
+        if len(classes) == len(data.names) and not data.named:
+            logger.warning("the labels have no names: reading them as the model's class indices")
+        else:
+            problems.add("--model_name_or_path", f"the model does not predict the dataset's classes: "
+                                                 f"{describe_difference(classes, data.names)}")
+    if processor is not None and data is not None and data.scored:
+        decode_evaluation_split(data, ImageResizer(processor), robustness, args.max_bad_image_fraction, problems)
+    problems.raise_if_any()
+    return EvaluationRun(args, data_args, robustness, data, processor)

@@ -4,8 +4,8 @@
 #   benchmarks/demo_numbers.sh BASE [HEAD]     # HEAD defaults to the working tree
 #
 # Each commit runs the demo in a fresh folder (its own demo zoo and corrupted sets), with this
-# checkout's .venv and the commit's package first on PYTHONPATH; the lines compared are those that
-# carry a number with % or an mCE.
+# checkout's .venv and the commit's package first on PYTHONPATH; the lines compared are the tables' rows
+# and every line that carries a percentage or an mCE.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 python="${PYTHON:-$root/.venv/bin/python}"
@@ -18,7 +18,7 @@ numbers() {  # tree, name
     mkdir -p "$work/run-$2"
     (cd "$work/run-$2" && HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
         PYTHONPATH="$1" "$python" "$1/recipes/demo.py" > "$work/$2.log" 2>&1) || { tail -30 "$work/$2.log"; exit 2; }
-    grep -E '[0-9]%|mCE' "$work/$2.log" | grep -vE '^\s*/|it/s|s/it' > "$work/$2.numbers"
+    grep -E '^\| |[0-9]%|mCE' "$work/$2.log" | grep -vE '^\s*/|it/s|s/it' > "$work/$2.numbers"
 }
 
 git -C "$root" worktree add --detach "$work/base" "$base" >/dev/null 2>&1

@@ -33,7 +33,7 @@ class DistillationConfig(TrainingArguments):
     The loss is ``cls_weight * L_cls + patch_weight * L_patch + attn_weight * L_attn
     + kd_weight * L_kd + ce_weight * L_ce``; every term with weight 0 is skipped entirely.
     Defaults (1.0 / 1.0 / 0.1 on [CLS] cosine / last-layer patch cosine / last-layer attention
-    KL) are this package's choice where the paper's are unknown; see the README.
+    KL) are this package's choice where the paper's are unknown; see docs/flags.md.
 
     With ``dad_mode`` ``online`` or ``offline`` the student also sees the discrete adversarial
     image x_dad of each sample, adding ``dad_kd_weight * L_kd(x_dad) + dad_ce_weight * L_ce(x_dad)``.

@@ -18,7 +18,7 @@ numbers() {  # tree, name
     mkdir -p "$work/run-$2"
     (cd "$work/run-$2" && HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
         PYTHONPATH="$1" "$python" "$1/recipes/demo.py" > "$work/$2.log" 2>&1) || { tail -30 "$work/$2.log"; exit 2; }
-    grep -E '^\| |[0-9]%|mCE' "$work/$2.log" | grep -vE '^\s*/|it/s|s/it' > "$work/$2.numbers"
+    tr '\r' '\n' < "$work/$2.log" | grep -E '^\| |[0-9]%|mCE' | grep -vE '^\s*/|/s\]|s/it' > "$work/$2.numbers"
 }
 
 git -C "$root" worktree add --detach "$work/base" "$base" >/dev/null 2>&1

@@ -26,9 +26,9 @@ import torch
 
 from hf_robust_distill import RobustDistillationTrainer
 from hf_robust_distill.cli import run_recipe, watch_output_dir
-from hf_robust_distill.cli.dad import (DAD_DEFAULTS, DEMO_DEFAULTS, OFFICIAL_OBJECTIVE_DEFAULTS, ScriptArguments, finish,
-                                       load_frozen_models, load_student, parse_args, plain_kd_config, preflight,
-                                       training_set)
+from hf_robust_distill.cli.dad import (DAD_DEFAULTS, DEMO_DEFAULTS, OFFICIAL_OBJECTIVE_DEFAULTS, ScriptArguments,
+                                       finish, load_frozen_models, load_student, parse_args, plain_kd_config,
+                                       preflight, training_set)
 
 __all__ = ["DAD_DEFAULTS", "DEMO_DEFAULTS", "OFFICIAL_OBJECTIVE_DEFAULTS", "ScriptArguments", "main", "parse_args",
            "plain_kd_config", "preflight"]

@@ -12,7 +12,8 @@ from .recipe_data import load_recipe_data
 from .run import run_recipe, watch_output_dir
 
 __all__ = ["build_demo_clip", "build_word_tokenizer", "check_card_possible", "check_recipe_flags", "DataArguments",
-           "dataset_label", "decode_evaluation_split", "finish_run", "FinishedStudent", "RunEnd", "DEMO_CAPTIONS", "demo_clip_arguments", "demo_clip_config",
+           "dataset_label", "decode_evaluation_split", "DEMO_CAPTIONS", "demo_clip_arguments", "demo_clip_config",
            "demo_clip_image_processor", "demo_image_processor", "demo_model", "demo_vit_arguments", "demo_vit_config",
-           "demo_vq_model", "load_recipe_data", "parse_recipe_args", "push_if_requested", "raise_before_the_demo_zoo",
-           "RobustnessArguments", "run_recipe", "watch_output_dir"]
+           "demo_vq_model", "finish_run", "FinishedStudent", "load_recipe_data", "parse_recipe_args",
+           "push_if_requested", "raise_before_the_demo_zoo", "RobustnessArguments", "run_recipe", "RunEnd",
+           "watch_output_dir"]

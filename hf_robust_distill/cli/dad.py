@@ -242,7 +242,7 @@ def finish(run: DADRun, trainers: dict, teacher_classifier) -> dict:
         return results
     args, config = run.script_args, run.config
     pixels = PixelPreprocessor.from_image_processor(run.processor)
-    students = [FinishedStudent(name, PixelSpaceClassifier(trainer.saved_student(trainer.args.output_dir).eval(), pixels),
+    students = [FinishedStudent(name, PixelSpaceClassifier(trainer.saved_student().eval(), pixels),
                                 trainer.args.output_dir, args.student_name_or_path,
                                 "kd" if name == "plain-KD student" else "dad", trainer.args)
                 for name, trainer in trainers.items()]

@@ -84,8 +84,9 @@ def reports_and_cards(run: RunEnd, students: list[FinishedStudent]) -> dict:
                   label_column=run.data.label_column, progress=not config.disable_tqdm)
     reports = {}
     if run.teacher is not None:
-        reports["teacher"] = evaluate_robustness(run.teacher, run.data.evaluation, model_name=plain_name(run.teacher_name),
-                                                 **kwargs, baseline="alexnet" if choice == "alexnet" else None)
+        reports["teacher"] = evaluate_robustness(run.teacher, run.data.evaluation,
+                                                 model_name=plain_name(run.teacher_name), **kwargs,
+                                                 baseline="alexnet" if choice == "alexnet" else None)
         reports["teacher"].save(os.path.join(config.output_dir, TEACHER_REPORT_FILE))
     baseline = {"teacher": reports.get("teacher"), "alexnet": "alexnet", "none": None}[choice]
     print("\nRobustness reports and model cards:")

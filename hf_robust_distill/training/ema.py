@@ -124,5 +124,5 @@ def check_ema_flags(args, problems) -> None:
                                     f"{args.ema_decay}")
     if args.ema_decay and args.load_best_model_at_end:
         problems.add("--ema_decay", "with ema_decay the weight average is the final student, and "
-                                    "load_best_model_at_end would replace it by a checkpoint's raw weights: drop one of "
-                                    "them")
+                                    "load_best_model_at_end would replace it by a checkpoint's raw weights: drop one "
+                                    "of them")

@@ -56,7 +56,8 @@ def fsdp_run(teacher_path, student_path, output_dir, max_steps, resume=None):
     return trainer, {
         "fsdp": trainer.is_fsdp_enabled, "steps": trainer.state.global_step, "units": units,
         "sharded": all(isinstance(p, DTensor) for p in model.parameters()),
-        "projections": sorted(trainer.objective.projections.state_dict()) if trainer.objective.projections is not None else [],
+        "projections": (sorted(trainer.objective.projections.state_dict())
+                        if trainer.objective.projections is not None else []),
         "losses": [e["loss"] for e in trainer.state.log_history if "loss" in e],
         "logged_steps": [e["step"] for e in trainer.state.log_history if "loss" in e],
     }

@@ -44,7 +44,9 @@ class RobustnessArguments:
                                    "choices": ["torch", "reference", "auto"]})
     robustness_baseline: str = field(
         default="teacher", metadata={"help": "What mCE is normalised by: teacher (relative to the teacher's report), "
-                                             "alexnet (ImageNet-scale runs) or none."})
+                                             "alexnet (ImageNet-scale runs) or none. recipes/evaluate_robustness.py: "
+                                             "auto (its default: alexnet on ImageNet-1k's classes, else none) or a "
+                                             "--baseline_report."})
     natural_shifts: str | None = field(
         default=None, metadata={"help": "Comma-separated name=dataset[:split], e.g. imagenet-r=axiong/imagenet-r:test "
                                         "(imagenet-r and imagenet-a bring their 200-class subsets)."})

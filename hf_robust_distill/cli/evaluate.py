@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..data.imagenet_classes import is_imagenet_1k
 from ..data.images import ImageResizer
 from ..evaluation.report import RobustnessReport
 from ..evaluation.robustness import evaluate_robustness
@@ -39,8 +40,11 @@ class EvaluateArguments:
         default=0.01, metadata={"help": "Images that fail to decode are left out; more than this share stops the run."})
 
 
-DEMO_DEFAULTS = dict(output_dir="demo_output/evaluate", corruption_cache_dir="demo_output/corrupted",
-                     robustness_baseline="none")
+EVALUATION_DEFAULTS = dict(robustness_baseline="auto")
+"""mCE against AlexNet on ImageNet-1k's classes (the published baseline), and no mCE elsewhere unless
+a baseline is given (``--robustness_baseline alexnet`` or ``--baseline_report``)."""
+DEMO_DEFAULTS = dict(output_dir="demo_output/evaluate", corruption_cache_dir="demo_output/corrupted")
+BASELINES = ("auto", "alexnet", "none", "teacher")
 
 
 def model_classes(path: str) -> list[str] | None:
@@ -69,16 +73,22 @@ def load_classifier(run: EvaluationRun) -> torch.nn.Module:
     return classifier
 
 
+def mce_baseline(run: EvaluationRun):
+    """What mCE is normalised by: another model's report, AlexNet, or nothing (``None``: no mCE)."""
+    if run.args.baseline_report:
+        return RobustnessReport.load(run.args.baseline_report)
+    choice = run.robustness.robustness_baseline.lower()
+    if choice == "auto":
+        return "alexnet" if is_imagenet_1k(run.data.names) else None
+    return None if choice == "none" else "alexnet"
+
+
 def evaluate(run: EvaluationRun, classifier) -> RobustnessReport:
     """The robustness report of ``classifier`` on the run's evaluation split."""
     args, robustness, data = run.args, run.robustness, run.data
-    if args.baseline_report:
-        baseline = RobustnessReport.load(args.baseline_report)
-    else:
-        baseline = None if robustness.robustness_baseline.lower() == "none" else "alexnet"
     return evaluate_robustness(
         classifier, data.evaluation, **robustness.evaluation_kwargs(), decode_with=ImageResizer(run.processor),
-        baseline=baseline, seed=args.seed, device=run.device, model_name=plain_name(args.model_name_or_path),
+        baseline=mce_baseline(run), seed=args.seed, device=run.device, model_name=plain_name(args.model_name_or_path),
         dataset_name=dataset_label(run.data_args.dataset_name), split=run.data_args.eval_split,
         image_column=data.image_column, label_column=data.label_column)
 
@@ -101,15 +111,15 @@ def write_report(run: EvaluationRun, report: RobustnessReport) -> None:
 def preflight(argv) -> EvaluationRun:
     """Flags, the model's classes and processor (no weights), the data and its evaluation images,
     checked together; one ``PreflightError`` lists every problem."""
-    problems = Problems()
+    problems = Problems(work="evaluation")
     args, data_args, robustness = parse_recipe_args((EvaluateArguments, DataArguments, RobustnessArguments), argv,
-                                                    demo_defaults=DEMO_DEFAULTS, demo_unless="model_name_or_path",
-                                                    problems=problems)
+                                                    defaults=EVALUATION_DEFAULTS, demo_defaults=DEMO_DEFAULTS,
+                                                    demo_unless="model_name_or_path", problems=problems)
     if robustness is not None:
-        robustness.check(problems, baselines=("alexnet", "none", "teacher"))
+        robustness.check(problems, baselines=BASELINES)
         if robustness.robustness_baseline.lower() == "teacher" and not (args and args.baseline_report):
-            problems.add("--robustness_baseline", "evaluate_robustness.py has no teacher: give --baseline_report, or "
-                                                  "--robustness_baseline alexnet or none")
+            problems.add("--robustness_baseline", "an evaluation has no teacher: give the baseline model's report with "
+                                                  "--baseline_report, or --robustness_baseline auto, alexnet or none")
     if args is not None and args.baseline_report:
         problems.check("--baseline_report", RobustnessReport.load, args.baseline_report)
     if None in (args, data_args, robustness) or (not args.model_name_or_path and problems):
@@ -120,7 +130,7 @@ def preflight(argv) -> EvaluationRun:
         args.model_name_or_path = demo_model("vit", seed=args.seed)
     classes = problems.check("--model_name_or_path", model_classes, args.model_name_or_path)
     processor = problems.check("--model_name_or_path", read_image_processor, args.model_name_or_path, "the model")
-    data = load_recipe_data(data_args, problems, seed=args.seed)
+    data = load_recipe_data(data_args, problems, seed=args.seed, evaluation_only=True)
     if data is not None and not data.scored:
         problems.add("--dataset_name", "a robustness report needs labels of at least two classes")
     elif data is not None and classes is not None and match_classes(classes, data.names) == DIFFERENT:

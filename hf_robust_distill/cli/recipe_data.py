@@ -9,8 +9,9 @@ from dataclasses import dataclass
 
 from datasets import Dataset
 
-from ..data.datasets import (check_labels as _check_labels, class_names, encode_string_labels, find_columns,
-                             label_values, load_image_dataset, prepare_dataset, read_class_names_file, split_train_eval)
+from ..data.datasets import (check_labels as _check_labels, class_names, encode_string_labels, evaluation_split,
+                             find_columns, label_values, load_image_dataset, prepare_dataset, read_class_names_file,
+                             split_train_eval)
 from ..data.images import ImageResizer
 from ..utils.problems import Problems
 from .arguments import DataArguments
@@ -58,23 +59,17 @@ class RecipeRun:
         return prepare_dataset(split, self.resizer, self.data.image_column, self.data.label_column)
 
 
-def load_recipe_data(data_args: DataArguments, problems: Problems, seed: int = 0,
-                     labels_train: bool = False) -> RecipeData | None:
+def load_recipe_data(data_args: DataArguments, problems: Problems, seed: int = 0, labels_train: bool = False,
+                     evaluation_only: bool = False) -> RecipeData | None:
     """The splits of ``data_args``, with string labels encoded as classes and every label checked
-    (``labels_train``: a loss reads the training labels); problems are added, not raised."""
+    (``labels_train``: a loss reads the training labels; ``evaluation_only``: an evaluation, which
+    reads one split and needs no training split); problems are added, not raised."""
     dataset = problems.check("--dataset_name", load_image_dataset, data_args.dataset_name, data_args.dataset_config,
                              seed=seed)
-    if dataset is None:
-        return None
-    splits = problems.check("--train_split / --eval_split", split_train_eval, dataset, data_args.train_split,
-                            data_args.eval_split, seed=seed, label_column=data_args.label_column)
+    splits = _splits(dataset, data_args, problems, seed, evaluation_only) if dataset is not None else None
     if splits is None:
         return None
     train, evaluation = splits
-    if data_args.max_train_samples:
-        train = train.select(range(min(data_args.max_train_samples, len(train))))
-    if data_args.max_eval_samples:
-        evaluation = evaluation.select(range(min(data_args.max_eval_samples, len(evaluation))))
     columns = problems.check("--image_column / --label_column", find_columns, train, data_args.image_column,
                              data_args.label_column)
     if columns is None:
@@ -84,6 +79,52 @@ def load_recipe_data(data_args: DataArguments, problems: Problems, seed: int = 0
         problems.add("--eval_split", f"the evaluation split has no label column {label_column!r}")
         return None
     train, evaluation = encode_string_labels([train, evaluation], label_column)
+    names, named = _class_names(train, label_column, data_args, problems)
+    data = RecipeData(train, evaluation, image_column, label_column, names, named)
+    if label_column is None:
+        data.unlabelled_because = no_labels_reason(data_args)
+        logger.warning("%s: no accuracy table, robustness report or model card will be written",
+                       data.unlabelled_because)
+        return data
+    checked = [("evaluation split", evaluation, dict(for_accuracy=True))]
+    if not evaluation_only:
+        checked.insert(0, ("training split", train, dict(for_accuracy=False, for_training=labels_train)))
+    for split, rows, role in checked:
+        note = problems.check(f"--label_column ({split})", _check_labels, label_values(rows, label_column),
+                              len(names) if names else None, split, **role)
+        if note:
+            logger.warning(note)
+    if names is not None and len(names) < 2:
+        logger.warning("the dataset has a single class: accuracy means nothing here, so no accuracy table, robustness "
+                       "report or model card will be written")
+    return data
+
+
+def _splits(dataset, data_args: DataArguments, problems: Problems, seed: int, evaluation_only: bool):
+    """(training split, evaluation split), each cut to its ``max_*_samples``; an evaluation's training
+    split is its evaluation split (where its classes are read)."""
+    if evaluation_only:
+        evaluation = problems.check("--eval_split", evaluation_split, dataset, data_args.eval_split,
+                                    label_column=data_args.label_column)
+        splits = None if evaluation is None else (evaluation, evaluation)
+    else:
+        splits = problems.check("--train_split / --eval_split", split_train_eval, dataset, data_args.train_split,
+                                data_args.eval_split, seed=seed, label_column=data_args.label_column)
+    if splits is None:
+        return None
+    train, evaluation = splits
+    if data_args.max_eval_samples:
+        evaluation = evaluation.select(range(min(data_args.max_eval_samples, len(evaluation))))
+    if evaluation_only:
+        return evaluation, evaluation
+    if data_args.max_train_samples:
+        train = train.select(range(min(data_args.max_train_samples, len(train))))
+    return train, evaluation
+
+
+def _class_names(train, label_column: str | None, data_args: DataArguments, problems: Problems):
+    """(the classes in label order, whether they are named): the ClassLabel's names, the names file's,
+    or, for plain integer labels, the integers."""
     names, named = class_names(train, label_column), True
     if data_args.class_names_file:
         listed = problems.check("--class_names_file", read_class_names_file, data_args.class_names_file)
@@ -97,23 +138,7 @@ def load_recipe_data(data_args: DataArguments, problems: Problems, seed: int = 0
             names, named = [str(i) for i in range(int(labels.max()) + 1)], False
             logger.warning("the labels are plain integers (no ClassLabel): the classes are named 0-%d, so heads are "
                            "matched by these numbers; give --class_names_file for their names", len(names) - 1)
-    data = RecipeData(train, evaluation, image_column, label_column, names, named)
-    if label_column is None:
-        data.unlabelled_because = no_labels_reason(data_args)
-        logger.warning("%s: no accuracy table, robustness report or model card will be written",
-                       data.unlabelled_because)
-        return data
-    num_classes = len(names) if names else None
-    for split, rows, role in (("training split", train, dict(for_accuracy=False, for_training=labels_train)),
-                              ("evaluation split", evaluation, dict(for_accuracy=True))):
-        note = problems.check(f"--label_column ({split})", _check_labels, label_values(rows, label_column),
-                              num_classes, split, **role)
-        if note:
-            logger.warning(note)
-    if names is not None and len(names) < 2:
-        logger.warning("the dataset has a single class: accuracy means nothing here, so no accuracy table, robustness "
-                       "report or model card will be written")
-    return data
+    return names, named
 
 
 def no_labels_reason(data_args: DataArguments) -> str:

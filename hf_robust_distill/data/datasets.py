@@ -98,19 +98,46 @@ def split_train_eval(dataset: DatasetDict, train_split: str = "train", eval_spli
     if train_split not in dataset:
         raise ValueError(f"no split {train_split!r} in the dataset; it has {list(dataset)}: pass --train_split")
     if eval_split is not None:
-        if eval_split not in dataset:
-            raise ValueError(f"no split {eval_split!r} in the dataset; it has {list(dataset)}: pass --eval_split")
-        return dataset[train_split], dataset[eval_split]
+        return dataset[train_split], _named_split(dataset, eval_split)
+    name = _first_labelled_split(dataset, label_column, besides=train_split)
+    if name is not None:
+        return dataset[train_split], dataset[name]
+    parts = dataset[train_split].train_test_split(test_size=eval_fraction, seed=seed)
+    return parts["train"], parts["test"]
+
+
+def evaluation_split(dataset: DatasetDict, eval_split: str | None = None, label_column: str | None = None) -> Dataset:
+    """The split an evaluation scores, needing no training split: the named one, else the first
+    labelled one of the usual names (validation, test, ...), else the dataset's only split."""
+    if eval_split is not None:
+        return _named_split(dataset, eval_split)
+    name = _first_labelled_split(dataset, label_column)
+    if name is not None:
+        return dataset[name]
+    if len(dataset) == 1:
+        return next(iter(dataset.values()))
+    raise ValueError(f"none of the dataset's splits {list(dataset)} is a labelled {'/'.join(EVAL_SPLIT_NAMES)} "
+                     "split: name the one to evaluate with --eval_split")
+
+
+def _named_split(dataset: DatasetDict, name: str) -> Dataset:
+    if name not in dataset:
+        raise ValueError(f"no split {name!r} in the dataset; it has {list(dataset)}: pass --eval_split")
+    return dataset[name]
+
+
+def _first_labelled_split(dataset: DatasetDict, label_column: str | None, besides: str | None = None) -> str | None:
+    """The first of the usual evaluation splits whose images are labelled (an unlabelled ``test``
+    split, labels all -1, is passed over), or ``None``."""
     for name in EVAL_SPLIT_NAMES:
-        if name in dataset and name != train_split:
+        if name in dataset and name != besides:
             column = find_columns(dataset[name], label_column=label_column)[1]
             if column is not None and unlabelled_rows(dataset[name], column) == len(dataset[name]):
                 logger.warning("the %r split is unlabelled (every label is %d): not evaluating on it", name,
                                UNLABELLED)
                 continue
-            return dataset[train_split], dataset[name]
-    parts = dataset[train_split].train_test_split(test_size=eval_fraction, seed=seed)
-    return parts["train"], parts["test"]
+            return name
+    return None
 
 
 def label_values(dataset: Dataset, label_column: str) -> np.ndarray:

@@ -10,21 +10,25 @@ from collections.abc import Callable, Sequence
 CHECK_ERRORS = (ValueError, TypeError, KeyError, OSError, ImportError)
 
 
-class PreflightError(ValueError):
-    """The problems a run found before training; nothing was trained or written."""
+WORK = {"training": "trained", "evaluation": "evaluated"}
 
-    def __init__(self, problems: list[tuple[str, str]]):
+
+class PreflightError(ValueError):
+    """The problems a run found before its work (training, or an evaluation); nothing was done or written."""
+
+    def __init__(self, problems: list[tuple[str, str]], work: str = "training"):
         self.problems = list(problems)
         lines = [f"  {i}. {where}: {message}" for i, (where, message) in enumerate(self.problems, 1)]
         count = f"{len(self.problems)} problem{'s' if len(self.problems) > 1 else ''}"
-        super().__init__(f"{count} found before training (nothing was trained or written):\n" + "\n".join(lines))
+        super().__init__(f"{count} found before {work} (nothing was {WORK[work]} or written):\n" + "\n".join(lines))
 
 
 class Problems:
     """Problems found so far, each with where it comes from (a flag, a file, a split)."""
 
-    def __init__(self):
+    def __init__(self, work: str = "training"):
         self.found: list[tuple[str, str]] = []
+        self.work = work  # what the run does once nothing is wrong: "training" or "evaluation"
 
     def __bool__(self) -> bool:
         return bool(self.found)
@@ -47,7 +51,7 @@ class Problems:
 
     def raise_if_any(self) -> None:
         if self.found:
-            raise PreflightError(self.found)
+            raise PreflightError(self.found, self.work)
 
 
 def _message(error: BaseException) -> str:

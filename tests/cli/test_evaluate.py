@@ -1,0 +1,54 @@
+"""recipes/evaluate_robustness.py asks only for what an evaluation uses: one labelled split (no
+training split), a baseline only where one is published, and messages that speak of evaluation."""
+
+import pytest
+from datasets import DatasetDict
+
+from hf_robust_distill.cli import RobustnessArguments
+from hf_robust_distill.cli.evaluate import EvaluateArguments, EvaluationRun, mce_baseline
+from hf_robust_distill.cli.recipe_data import RecipeData
+from hf_robust_distill.data import demo_digits
+from hf_robust_distill.data.imagenet_classes import imagenet_classes
+from hf_robust_distill.utils import PreflightError
+from tests.conftest import load_recipe
+
+
+@pytest.mark.parametrize("split", ["test", "validation"])
+def test_a_dataset_with_only_an_evaluation_split_is_scored_without_mce_off_imagenet(tiny_vit, tmp_path, split):
+    data = tmp_path / "only-eval"
+    DatasetDict({split: demo_digits()["test"].select(range(24))}).save_to_disk(str(data))
+    report = load_recipe("evaluate_robustness").main([
+        "--model_name_or_path", tiny_vit, "--dataset_name", str(data), "--output_dir", str(tmp_path / "out"),
+        "--robustness_corruptions", "gaussian_noise", "--robustness_severities", "1",
+        "--corruption_cache_dir", str(tmp_path / "cache"), "--device", "cpu"])
+    assert report.num_examples == 24 and report.split is None
+    assert report.mce is None and report.baseline is None  # digits: no published baseline, so no mCE
+    assert 0 <= report.clean_accuracy <= 1
+
+
+def test_several_splits_none_of_them_an_evaluation_split_are_named_and_problems_speak_of_evaluation(
+        tiny_vit, tmp_path):
+    digits = demo_digits()["test"].select(range(8))
+    data = tmp_path / "two-splits"
+    DatasetDict({"first": digits, "second": digits}).save_to_disk(str(data))
+    with pytest.raises(PreflightError) as error:
+        load_recipe("evaluate_robustness").main([
+            "--model_name_or_path", tiny_vit, "--dataset_name", str(data), "--output_dir", str(tmp_path / "out"),
+            "--robustness_baseline", "teacher"])
+    message = str(error.value)
+    assert "before evaluation (nothing was evaluated or written)" in message and "training" not in message
+    assert "--eval_split" in message and "['first', 'second']" in message
+    assert "an evaluation has no teacher" in message
+
+
+def test_the_automatic_baseline_is_alexnet_on_imagenet_classes_only(tmp_path):
+    def baseline(names, choice="auto", report=None):
+        run = EvaluationRun(EvaluateArguments(baseline_report=report), None, RobustnessArguments(robustness_baseline=choice),
+                            RecipeData(None, None, "image", "label", names), processor=None)
+        return mce_baseline(run)
+
+    imagenet = [row[1] for row in imagenet_classes()]
+    assert baseline(imagenet) == "alexnet"
+    assert baseline([str(i) for i in range(10)]) is None
+    assert baseline([str(i) for i in range(10)], choice="alexnet") == "alexnet"
+    assert baseline(imagenet, choice="none") is None

@@ -38,6 +38,10 @@ class RobustnessReport:
     baseline: dict | None = None
     skipped_images: int = 0  # images of the evaluation set that did not decode (left out of every number)
     chance_accuracy: float | None = None  # always answering the most frequent class
+    calibration: dict = field(default_factory=dict)
+    """``{"clean": {"ece", "nll"}, "corrupted": {corruption: {severity: {...}}}, "natural_shifts": {name:
+    {...}}}``: expected calibration error (15 bins) and negative log-likelihood; empty in reports
+    written before they were measured."""
 
     # ------------------------------------------------------------------ numbers
 
@@ -74,6 +78,16 @@ class RobustnessReport:
         return set(IMAGENET_C_CORRUPTIONS) <= set(self.corruption_errors)
 
     @property
+    def clean_ece(self) -> float | None:
+        return self.calibration.get("clean", {}).get("ece")
+
+    @property
+    def mean_corrupted_ece(self) -> float | None:
+        """ECE averaged over every corruption and severity, as the mean corrupted accuracy averages."""
+        cells = [cell["ece"] for row in self.calibration.get("corrupted", {}).values() for cell in row.values()]
+        return sum(cells) / len(cells) if cells else None
+
+    @property
     def severities(self) -> list[int]:
         return sorted({s for row in self.accuracy.values() for s in row})
 
@@ -98,6 +112,9 @@ class RobustnessReport:
         if self.baseline and "accuracy" in self.baseline:
             data["baseline"]["accuracy"] = {c: {str(s): a for s, a in row.items()}
                                             for c, row in self.baseline["accuracy"].items()}
+        if self.calibration.get("corrupted"):
+            data["calibration"]["corrupted"] = {c: {str(s): v for s, v in row.items()}
+                                                for c, row in self.calibration["corrupted"].items()}
         data["summary"] = self.summary
         return data
 
@@ -106,6 +123,9 @@ class RobustnessReport:
         data = {k: v for k, v in data.items() if k != "summary"}
         data["accuracy"] = _int_severities(data["accuracy"])
         data["image_size"] = tuple(data["image_size"])
+        if data.get("calibration", {}).get("corrupted"):
+            data["calibration"] = {**data["calibration"], "corrupted": {
+                c: {int(s): v for s, v in row.items()} for c, row in data["calibration"]["corrupted"].items()}}
         if data.get("baseline") and "accuracy" in data["baseline"]:
             data["baseline"] = {**data["baseline"], "accuracy": _int_severities(data["baseline"]["accuracy"])}
         return cls(**data)
@@ -195,6 +215,10 @@ class RobustnessReport:
         if self.relative_mce is not None:
             out["relative mCE"] = self.relative_mce
         out.update({f"{name} accuracy": 100 * acc for name, acc in self.natural_shifts.items()})
+        if self.clean_ece is not None:
+            out["clean ECE (%)"] = 100 * self.clean_ece
+        if self.mean_corrupted_ece is not None:
+            out["mean corrupted ECE (%)"] = 100 * self.mean_corrupted_ece
         return out
 
     def to_markdown(self, reference: RobustnessReport | None = None, reference_label: str = "teacher") -> str:

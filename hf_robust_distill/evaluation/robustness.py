@@ -23,6 +23,7 @@ from ..metrics.corruption_robustness.corruption_robustness import IMAGENET_C_COR
 from ..models.pixels import PixelPreprocessor, as_pixel_classifier, model_dtype
 from ..models.taps import FeatureTaps
 from ..views.distortions import Distorter
+from .calibration import Scores
 from .corrupted_sets import (CorruptedSetCache, cached_batches, decode_evaluation_set, decoded_batches, resolve_backend,
                              source_key)
 from .natural_shifts import NaturalShift, subset_predictions
@@ -105,26 +106,40 @@ def evaluate_robustness(
                         num_workers=num_workers, device=device)
     with _evaluating(classifier), tqdm(total=1 + len(backends) * len(severities) + len(shifts),
                                        desc=f"robustness of {name}", disable=not progress) as bar:
-        clean = _accuracy(classifier, cached_batches(clean_set, size, batch_size), device)
+        scores = {"clean": _scores(classifier, cached_batches(clean_set, size, batch_size), device)}
         bar.update()
-        accuracy: dict[str, dict[int, float]] = {}
         for (corruption, kind), severity in itertools.product(backends.items(), severities):
             bar.set_postfix_str(f"{corruption} {severity}")
             batches = corrupted(corruption, int(severity), kind)
-            accuracy.setdefault(corruption, {})[int(severity)] = _accuracy(classifier, batches, device)
+            scores[corruption, int(severity)] = _scores(classifier, batches, device)
             bar.update()
-        shifted = {}
         for shift in shifts:
             bar.set_postfix_str(shift.name)
-            shifted[shift.name] = natural_shift_accuracy(classifier, shift, resizer, batch_size, num_workers, device)
+            scores[shift] = natural_shift_scores(classifier, shift, resizer, batch_size, num_workers, device)
             bar.update()
+    clean, accuracy, shifted, calibration = _tables(scores)
     return RobustnessReport(
         model_name=name, dataset_name=dataset_name or _dataset_name(dataset), split=split, num_examples=len(clean_set),
         image_size=tuple(size), clean_accuracy=clean, accuracy=accuracy, backends=backends, seed=seed,
-        natural_shifts=shifted, baseline=_baseline(baseline), skipped_images=len(bad_images),
+        natural_shifts=shifted, baseline=_baseline(baseline), skipped_images=len(bad_images), calibration=calibration,
         chance_accuracy=chance_accuracy(np.asarray(clean_set.with_format("numpy")["label"]),
                                         num_outputs=_num_outputs(model)),
     )
+
+
+def _tables(scores: dict) -> tuple[float, dict, dict, dict]:
+    """(clean accuracy, accuracy per corruption and severity, per natural shift, calibration of all
+    three) from the scores keyed "clean", (corruption, severity) and ``NaturalShift``."""
+    accuracy, shifted = {}, {}
+    calibration = {"clean": scores["clean"].calibration(), "corrupted": {}, "natural_shifts": {}}
+    for key, measured in scores.items():
+        if isinstance(key, tuple):
+            accuracy.setdefault(key[0], {})[key[1]] = measured.accuracy
+            calibration["corrupted"].setdefault(key[0], {})[key[1]] = measured.calibration()
+        elif isinstance(key, NaturalShift):
+            shifted[key.name] = measured.accuracy
+            calibration["natural_shifts"][key.name] = measured.calibration()
+    return scores["clean"].accuracy, accuracy, shifted, calibration
 
 
 @contextlib.contextmanager
@@ -185,8 +200,14 @@ def _resizer(model, image_processor, image_size, decode_with) -> ImageResizer:
 
 def natural_shift_accuracy(classifier, shift: NaturalShift, resizer, batch_size: int = 64,
                            num_workers: int = 0, device=None) -> float:
-    """Top-1 accuracy of a [0, 1]-pixel classifier on a shifted test set, logits restricted to
-    the shift's class subset; ``resizer`` decodes its images (an ``ImageResizer`` or a size)."""
+    """Top-1 accuracy of a [0, 1]-pixel classifier on a shifted test set (``natural_shift_scores``)."""
+    return natural_shift_scores(classifier, shift, resizer, batch_size, num_workers, device).accuracy
+
+
+def natural_shift_scores(classifier, shift: NaturalShift, resizer, batch_size: int = 64, num_workers: int = 0,
+                         device=None) -> Scores:
+    """Accuracy and calibration of a [0, 1]-pixel classifier on a shifted test set, logits restricted
+    to the shift's class subset; ``resizer`` decodes its images (an ``ImageResizer`` or a size)."""
     data = load_image_dataset(shift.dataset, shift.config)
     if shift.split not in data:
         raise ValueError(f"no split {shift.split!r} in {shift.dataset}; it has {list(data)}")
@@ -197,19 +218,26 @@ def natural_shift_accuracy(classifier, shift: NaturalShift, resizer, batch_size:
     labels_in_subset = subset is not None and names is not None and len(names) == len(subset)
     loader = DataLoader(prepare_dataset(data, resizer, image_column, label_column), batch_size=batch_size,
                         collate_fn=collate_images, num_workers=num_workers)
-    return _accuracy(classifier, decoded_batches(loader), device, subset, labels_in_subset)
+    return _scores(classifier, decoded_batches(loader), device, subset, labels_in_subset)
 
 
 @torch.inference_mode()
-def _accuracy(classifier, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device, subset=None,
-              labels_in_subset: bool = False) -> float:
-    correct = total = 0
+def _scores(classifier, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device, subset=None,
+            labels_in_subset: bool = False) -> Scores:
+    """Accuracy and calibration of a [0, 1]-pixel classifier on 8-bit batches; with ``subset`` only
+    those classes are scored (their logits alone make the probabilities)."""
+    scores = Scores()
     for images, labels in batches:
         logits = _finite(classifier(images.to(device).float().div_(255)))
         predictions = subset_predictions(logits, subset, labels_in_subset).cpu()
-        correct += (predictions == labels).sum().item()
-        total += len(labels)
-    return correct / max(total, 1)
+        scored, targets = logits, labels
+        if subset is not None:
+            scored = logits.index_select(-1, torch.as_tensor(subset, device=logits.device))
+            if not labels_in_subset:
+                position = {c: i for i, c in enumerate(subset)}
+                targets = torch.tensor([position.get(int(label), -1) for label in labels])
+        scores.add(scored.cpu(), targets, predictions == labels)
+    return scores
 
 
 def _finite(logits: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,9 @@ def test_a_dataset_with_only_an_evaluation_split_is_scored_without_mce_off_image
     assert report.num_examples == 24 and report.split is None
     assert report.mce is None and report.baseline is None  # digits: no published baseline, so no mCE
     assert 0 <= report.clean_accuracy <= 1
+    assert set(report.calibration["corrupted"]) == {"gaussian_noise"} and 1 in report.calibration["corrupted"][
+        "gaussian_noise"]
+    assert 0 <= report.clean_ece <= 1 and report.calibration["clean"]["nll"] > 0
 
 
 def test_several_splits_none_of_them_an_evaluation_split_are_named_and_problems_speak_of_evaluation(

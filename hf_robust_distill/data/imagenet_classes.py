@@ -53,3 +53,37 @@ def subset_names(subset: Sequence[int]) -> list[str]:
     """OpenAI's names of an ImageNet-1k class subset (ImageNet-R's or ImageNet-A's 200)."""
     names = openai_imagenet_names()
     return [names[i] for i in subset]
+
+
+@lru_cache(maxsize=None)
+def _index_by_key() -> dict[str, int]:
+    """ImageNet-1k's index of each unambiguous spelling of a class: its WordNet id, its whole WordNet
+    name, and its first lemma or OpenAI name where no other class shares them ("crane" does not)."""
+    index: dict[str, int] = {}
+    shared: set[str] = set()
+    for i, (wnid, wordnet, openai) in enumerate(imagenet_classes()):
+        index[wnid.lower()] = i
+        for key in {wordnet.lower(), _key(wordnet), _key(openai)}:
+            if key in index and index[key] != i:
+                shared.add(key)
+            index.setdefault(key, i)
+    return {key: i for key, i in index.items() if key not in shared}
+
+
+def imagenet_indices(names: Sequence[str] | None) -> list[int] | None:
+    """ImageNet-1k's index of each class in ``names``, or ``None`` unless every one is known: class
+    folders named by WordNet id (ImageNet-Sketch's, the release's), by index (ImageNet-V2's "0" to
+    "999"), or classes named as ImageNet's WordNet or OpenAI names."""
+    if not names:
+        return None
+    keys = _index_by_key()
+    indices = []
+    for name in names:
+        text = str(name).strip()
+        if text.isdigit() and int(text) < IMAGENET_1K:
+            indices.append(int(text))
+        elif text.lower() in keys or _key(text) in keys:
+            indices.append(keys.get(text.lower(), keys.get(_key(text))))
+        else:
+            return None
+    return indices

@@ -6,9 +6,11 @@ from .corrupted_sets import (CorruptedSet, CorruptedSetCache, ReferenceCorrupted
                              torch_corrupted_batches)
 from .natural_shifts import NaturalShift
 from .report import PLOT_FILE, REPORT_FILE, RobustnessReport
-from .robustness import accuracy, cls_features, distortion_table, evaluate_robustness, fit_linear_probe, report_table
+from .calibration import Scores
+from .robustness import (accuracy, cls_features, distortion_table, evaluate_robustness, fit_linear_probe,
+                         natural_shift_scores, report_table)
 
 __all__ = ["accuracy", "check_corruptions", "check_natural_shifts", "cls_features", "CorruptedSet", "CorruptedSetCache",
            "decode_evaluation_set", "distortion_table", "evaluate_robustness", "fit_linear_probe", "NaturalShift",
-           "parse_severities", "PLOT_FILE", "ReferenceCorruptedImages", "REPORT_FILE", "report_table",
-           "RobustnessReport", "to_uint8", "torch_corrupted_batches"]
+           "natural_shift_scores", "parse_severities", "PLOT_FILE", "ReferenceCorruptedImages", "REPORT_FILE", "report_table",
+           "RobustnessReport", "Scores", "to_uint8", "torch_corrupted_batches"]

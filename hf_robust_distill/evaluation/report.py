@@ -38,6 +38,8 @@ class RobustnessReport:
     baseline: dict | None = None
     skipped_images: int = 0  # images of the evaluation set that did not decode (left out of every number)
     chance_accuracy: float | None = None  # always answering the most frequent class
+    natural_shift_datasets: dict[str, dict] = field(default_factory=dict)
+    """Where each natural shift's images come from: ``{name: {"dataset", "config", "split"}}``."""
     calibration: dict = field(default_factory=dict)
     """``{"clean": {"ece", "nll"}, "corrupted": {corruption: {severity: {...}}}, "natural_shifts": {name:
     {...}}}``: expected calibration error (15 bins) and negative log-likelihood; empty in reports

@@ -18,6 +18,7 @@ from transformers import AutoImageProcessor
 
 from ..data.columns import LABELS, PIXELS
 from ..data.datasets import class_names, collate_images, find_columns, load_image_dataset, prepare_dataset
+from ..data.imagenet_classes import IMAGENET_1K, imagenet_indices
 from ..data.images import ImageResizer, too_many_message
 from ..metrics.corruption_robustness.corruption_robustness import IMAGENET_C_CORRUPTIONS, SEVERITIES
 from ..models.pixels import PixelPreprocessor, as_pixel_classifier, model_dtype
@@ -117,20 +118,21 @@ def evaluate_robustness(
             bar.set_postfix_str(shift.name)
             scores[shift] = natural_shift_scores(classifier, shift, resizer, batch_size, num_workers, device)
             bar.update()
-    clean, accuracy, shifted, calibration = _tables(scores)
+    clean, accuracy, shifted, sources, calibration = _tables(scores)
     return RobustnessReport(
         model_name=name, dataset_name=dataset_name or _dataset_name(dataset), split=split, num_examples=len(clean_set),
         image_size=tuple(size), clean_accuracy=clean, accuracy=accuracy, backends=backends, seed=seed,
         natural_shifts=shifted, baseline=_baseline(baseline), skipped_images=len(bad_images), calibration=calibration,
+        natural_shift_datasets=sources,
         chance_accuracy=chance_accuracy(np.asarray(clean_set.with_format("numpy")["label"]),
                                         num_outputs=_num_outputs(model)),
     )
 
 
-def _tables(scores: dict) -> tuple[float, dict, dict, dict]:
-    """(clean accuracy, accuracy per corruption and severity, per natural shift, calibration of all
-    three) from the scores keyed "clean", (corruption, severity) and ``NaturalShift``."""
-    accuracy, shifted = {}, {}
+def _tables(scores: dict) -> tuple[float, dict, dict, dict, dict]:
+    """(clean accuracy, accuracy per corruption and severity, per natural shift, the shifts' sources,
+    calibration of all three) from the scores keyed "clean", (corruption, severity) and ``NaturalShift``."""
+    accuracy, shifted, sources = {}, {}, {}
     calibration = {"clean": scores["clean"].calibration(), "corrupted": {}, "natural_shifts": {}}
     for key, measured in scores.items():
         if isinstance(key, tuple):
@@ -138,8 +140,9 @@ def _tables(scores: dict) -> tuple[float, dict, dict, dict]:
             calibration["corrupted"].setdefault(key[0], {})[key[1]] = measured.calibration()
         elif isinstance(key, NaturalShift):
             shifted[key.name] = measured.accuracy
+            sources[key.name] = {"dataset": key.dataset, "config": key.config, "split": key.split}
             calibration["natural_shifts"][key.name] = measured.calibration()
-    return scores["clean"].accuracy, accuracy, shifted, calibration
+    return scores["clean"].accuracy, accuracy, shifted, sources, calibration
 
 
 @contextlib.contextmanager
@@ -207,7 +210,9 @@ def natural_shift_accuracy(classifier, shift: NaturalShift, resizer, batch_size:
 def natural_shift_scores(classifier, shift: NaturalShift, resizer, batch_size: int = 64, num_workers: int = 0,
                          device=None) -> Scores:
     """Accuracy and calibration of a [0, 1]-pixel classifier on a shifted test set, logits restricted
-    to the shift's class subset; ``resizer`` decodes its images (an ``ImageResizer`` or a size)."""
+    to the shift's class subset; ``resizer`` decodes its images (an ``ImageResizer`` or a size). An
+    ImageNet-1k classifier reads the set's classes by name: folders of WordNet ids (ImageNet-Sketch),
+    of indices (ImageNet-V2's "0" to "999"), or ImageNet's class names, whichever of them it holds."""
     data = load_image_dataset(shift.dataset, shift.config)
     if shift.split not in data:
         raise ValueError(f"no split {shift.split!r} in {shift.dataset}; it has {list(data)}")
@@ -216,18 +221,22 @@ def natural_shift_scores(classifier, shift: NaturalShift, resizer, batch_size: i
     subset = shift.subset()
     names = class_names(data, label_column)
     labels_in_subset = subset is not None and names is not None and len(names) == len(subset)
+    indices = imagenet_indices(names) if not labels_in_subset and _num_outputs(classifier) == IMAGENET_1K else None
     loader = DataLoader(prepare_dataset(data, resizer, image_column, label_column), batch_size=batch_size,
                         collate_fn=collate_images, num_workers=num_workers)
-    return _scores(classifier, decoded_batches(loader), device, subset, labels_in_subset)
+    return _scores(classifier, decoded_batches(loader), device, subset, labels_in_subset,
+                   label_map=torch.tensor(indices) if indices is not None else None)
 
 
 @torch.inference_mode()
 def _scores(classifier, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device, subset=None,
-            labels_in_subset: bool = False) -> Scores:
+            labels_in_subset: bool = False, label_map: torch.Tensor | None = None) -> Scores:
     """Accuracy and calibration of a [0, 1]-pixel classifier on 8-bit batches; with ``subset`` only
-    those classes are scored (their logits alone make the probabilities)."""
+    those classes are scored (their logits alone make the probabilities); ``label_map`` turns the
+    set's labels into the model's class indices."""
     scores = Scores()
     for images, labels in batches:
+        labels = label_map[labels] if label_map is not None else labels
         logits = _finite(classifier(images.to(device).float().div_(255)))
         predictions = subset_predictions(logits, subset, labels_in_subset).cpu()
         scored, targets = logits, labels

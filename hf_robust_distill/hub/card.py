@@ -121,7 +121,8 @@ def training_settings(config, method: str, vq_name_or_path: str | None = None) -
 
 
 def eval_results(report: RobustnessReport, dataset_id: str) -> list[EvalResult]:
-    """``model-index`` results: clean accuracy, mean corrupted accuracy and mCE, and each natural shift."""
+    """``model-index`` results: clean accuracy, mean corrupted accuracy and mCE, and each natural shift
+    under its dataset's Hub id, config and split (a local folder by its name only)."""
     task = dict(task_type="image-classification", task_name="Image Classification")
     corrupted = dict(task, dataset_type=dataset_id, dataset_name=f"{report.dataset_name} (corrupted)",
                      dataset_config="corruptions", dataset_split=report.split)
@@ -139,8 +140,11 @@ def eval_results(report: RobustnessReport, dataset_id: str) -> list[EvalResult]:
         results.append(EvalResult(**corrupted, metric_type="relative_mce",
                                   metric_name=f"Relative mCE (vs {baseline})", metric_value=round(report.relative_mce, 2)))
     for name, accuracy in report.natural_shifts.items():
-        results.append(EvalResult(**task, dataset_type=name, dataset_name=name, metric_type="accuracy",
-                                  metric_name="Top-1 accuracy", metric_value=round(100 * accuracy, 2)))
+        source = report.natural_shift_datasets.get(name, {})  # its Hub id, so the Hub links the result
+        results.append(EvalResult(**task, dataset_type=plain_name(source.get("dataset") or name), dataset_name=name,
+                                  dataset_config=source.get("config"), dataset_split=source.get("split"),
+                                  metric_type="accuracy", metric_name="Top-1 accuracy",
+                                  metric_value=round(100 * accuracy, 2)))
     return results
 
 

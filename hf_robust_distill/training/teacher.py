@@ -39,11 +39,9 @@ class DistillationTeacher:
         self.student_layers = (tuple(student_taps.token_layers), tuple(student_taps.attention_layers))
         if isinstance(model, PreTrainedModel):
             self._tap(model, args, student_taps)
-        self.model = None
-        if model is not None:
-            shard = args.teacher_sharding if args.teacher_sharding is not None else zero_stage(accelerator) == 3
-            self.model = place_frozen(model, accelerator, dtype, shard=shard)
-        self.classifier = (PixelSpaceClassifier(self.model, pixels) if self.taps is not None else self.model)
+        shard = args.teacher_sharding if args.teacher_sharding is not None else zero_stage(accelerator) == 3
+        self.model = place_frozen(model, accelerator, dtype, shard=shard) if model is not None else None
+        self.classifier = PixelSpaceClassifier(self.model, pixels) if self.taps is not None else self.model
 
     def _tap(self, model: PreTrainedModel, args, student: FeatureTaps) -> None:
         """Hooks on a transformers teacher for the feature terms, its blocks mapped by relative depth."""

@@ -13,6 +13,14 @@ from ..metrics.corruption_robustness.corruption_robustness import IMAGENET_C_COR
 
 REPORT_FILE = "robustness_report.json"
 PLOT_FILE = "robustness.png"
+PROTOCOLS = {
+    "model-resolution": "each image decoded at the model's own input size, corrupted there and kept as 8-bit "
+                        "pixels, without ImageNet-C's 224 px crop and JPEG step: comparable between models "
+                        "evaluated alike, not with published ImageNet-C figures",
+}
+"""How corrupted images are made, by the protocol's name; the report and the card name theirs."""
+PUBLISHED_PROTOCOLS = ("imagenet-c", "released")
+"""ImageNet-C's own pipeline and its released images: the protocols published figures use."""
 
 
 @dataclass
@@ -38,6 +46,7 @@ class RobustnessReport:
     baseline: dict | None = None
     skipped_images: int = 0  # images of the evaluation set that did not decode (left out of every number)
     chance_accuracy: float | None = None  # always answering the most frequent class
+    protocol: str = "model-resolution"
     natural_shift_datasets: dict[str, dict] = field(default_factory=dict)
     """Where each natural shift's images come from: ``{name: {"dataset", "config", "split"}}``."""
     calibration: dict = field(default_factory=dict)
@@ -75,9 +84,15 @@ class RobustnessReport:
 
     @property
     def mce_is_complete(self) -> bool:
-        """mCE over all 15 ImageNet-C corruptions (comparable with published figures when the
-        baseline is AlexNet and the data is ImageNet)."""
+        """mCE over all 15 ImageNet-C corruptions."""
         return set(IMAGENET_C_CORRUPTIONS) <= set(self.corruption_errors)
+
+    @property
+    def comparable_with_published(self) -> bool:
+        """Whether the mCE may stand beside published ImageNet-C figures: made by one of the published
+        protocols, over all 15 corruptions, against AlexNet's errors."""
+        return (self.protocol in PUBLISHED_PROTOCOLS and self.mce_is_complete
+                and (self.baseline or {}).get("name") == "AlexNet")
 
     @property
     def clean_ece(self) -> float | None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..evaluation.report import PLOT_FILE, REPORT_FILE, RobustnessReport
+from ..evaluation.report import PLOT_FILE, PROTOCOLS, REPORT_FILE, RobustnessReport
 
 CARD_TEMPLATE = Path(str(resources.files("hf_robust_distill.model_cards") / "robust_student.md"))
 
@@ -124,21 +124,24 @@ def eval_results(report: RobustnessReport, dataset_id: str) -> list[EvalResult]:
     """``model-index`` results: clean accuracy, mean corrupted accuracy and mCE, and each natural shift
     under its dataset's Hub id, config and split (a local folder by its name only)."""
     task = dict(task_type="image-classification", task_name="Image Classification")
+    protocol = f"{report.protocol} protocol"
     corrupted = dict(task, dataset_type=dataset_id, dataset_name=f"{report.dataset_name} (corrupted)",
                      dataset_config="corruptions", dataset_split=report.split)
     results = [EvalResult(**task, dataset_type=dataset_id, dataset_name=report.dataset_name, dataset_split=report.split,
                           metric_type="accuracy", metric_name="Top-1 accuracy (clean)",
                           metric_value=round(100 * report.clean_accuracy, 2))]
     if report.mean_corrupted_accuracy is not None:
-        results.append(EvalResult(**corrupted, metric_type="accuracy", metric_name="Mean corrupted top-1 accuracy",
+        results.append(EvalResult(**corrupted, metric_type="accuracy",
+                                  metric_name=f"Mean corrupted top-1 accuracy ({protocol})",
                                   metric_value=round(100 * report.mean_corrupted_accuracy, 2)))
     baseline = plain_name(report.baseline["name"]) if report.baseline else None
     if report.mce is not None:
-        results.append(EvalResult(**corrupted, metric_type="mce", metric_name=f"mCE (vs {baseline})",
+        results.append(EvalResult(**corrupted, metric_type="mce", metric_name=f"mCE (vs {baseline}; {protocol})",
                                   metric_value=round(report.mce, 2)))
     if report.relative_mce is not None:
         results.append(EvalResult(**corrupted, metric_type="relative_mce",
-                                  metric_name=f"Relative mCE (vs {baseline})", metric_value=round(report.relative_mce, 2)))
+                                  metric_name=f"Relative mCE (vs {baseline}; {protocol})",
+                                  metric_value=round(report.relative_mce, 2)))
     for name, accuracy in report.natural_shifts.items():
         source = report.natural_shift_datasets.get(name, {})  # its Hub id, so the Hub links the result
         results.append(EvalResult(**task, dataset_type=plain_name(source.get("dataset") or name), dataset_name=name,
@@ -181,6 +184,7 @@ def model_card(report: RobustnessReport, *, method: str, teacher: str, train_dat
         num_train_examples=num_train_examples, settings=settings, plot_file=plot_file,
         architecture_phrase=f"a `{architecture}`" if architecture else "an",
         backends_phrase=_backends_phrase(report.backends),
+        protocol_phrase=PROTOCOLS.get(report.protocol, report.protocol),
         baseline_phrase=("AlexNet's ImageNet-C errors" if baseline.get("name") == "AlexNet"
                          else f"the errors of {public_name(baseline.get('name'))} on the same images"),
     )

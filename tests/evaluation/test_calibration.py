@@ -47,3 +47,4 @@ def test_the_report_keeps_calibration_and_the_card_shows_it(tmp_path):
     old = {k: v for k, v in report.to_dict().items() if k != "calibration"}  # a report written before calibration
     assert RobustnessReport.from_dict(old).clean_ece is None and "clean ECE (%)" not in RobustnessReport.from_dict(
         old).headline()
+

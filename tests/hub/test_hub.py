@@ -61,9 +61,12 @@ def test_card_parses_back_with_results_and_holds_no_token_or_path(tiny_vit, tmp_
     assert card.data.model_name == "robust-vit" and "hf_robust_distill" in card.data.tags
     results = {(r.dataset_name, r.metric_name): r.metric_value for r in card.data.eval_results}
     assert results[("sklearn-digits", "Top-1 accuracy (clean)")] == 95.0
-    assert results[("sklearn-digits (corrupted)", "Mean corrupted top-1 accuracy")] == pytest.approx(72.5)
+    protocol = "model-resolution protocol"  # each corrupted result names how its images were made
+    assert results[("sklearn-digits (corrupted)", f"Mean corrupted top-1 accuracy ({protocol})")] == pytest.approx(72.5)
     report = RobustnessReport.load(folder)
-    assert results[("sklearn-digits (corrupted)", "mCE (vs teacher)")] == pytest.approx(round(report.mce, 2))
+    assert results[("sklearn-digits (corrupted)", f"mCE (vs teacher; {protocol})")] == pytest.approx(round(report.mce, 2))
+    assert "Protocol: `model-resolution`" in text and "not with published ImageNet-C figures" in text
+    assert report.protocol == "model-resolution" and not report.comparable_with_published
     assert results[("digits-r", "Top-1 accuracy")] == 50.0
     for needed in ("AutoModelForImageClassification.from_pretrained(\"tester/robust-vit\")", "robustness.png",
                    "alexis2026distilling", "zhou2023distilling", "| gaussian_noise | 80.0 | 50.0 | 65.0 |",

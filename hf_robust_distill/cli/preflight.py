@@ -7,10 +7,16 @@ import logging
 import os
 
 from accelerate import PartialState
+from transformers import set_seed
 
 from ..data.images import BadImage, list_of, too_many_message
+from ..evaluation.corrupted_sets import CorruptedSetCache, decode_evaluation_set
 from ..hub.push import check_repo_id
+from ..training.checks import check_checkpointing, check_output_dir, check_trains_something
+from ..training.distributed import check_one_device_per_process
+from ..training.divergence import last_checkpoint
 from ..utils.problems import Problems
+from ..views.distortions import check_distortions
 from .arguments import RobustnessArguments
 from .recipe_data import RecipeData
 
@@ -22,8 +28,6 @@ def decode_evaluation_split(data: RecipeData, resizer, robustness: RobustnessArg
     """Decodes the evaluation split once, before training, into the corruption cache the
     robustness report reads; lists its bad images, and a problem when they pass ``max_fraction``.
     The one check that takes time, so it runs last and only when nothing else is wrong."""
-    from ..evaluation.corrupted_sets import CorruptedSetCache, decode_evaluation_set
-
     if problems or data.label_column is None:
         return []
     with PartialState().main_process_first():
@@ -47,11 +51,6 @@ def check_recipe_flags(problems: Problems, script_args, robustness: RobustnessAr
     """What every training recipe checks first, from its flags alone (and the seed it sets before
     any model is made, so new heads and the demo zoo start from it). Returns the Hub repo to push
     to after training, or ``None``."""
-    from transformers import set_seed
-
-    from ..training.checks import check_output_dir, check_trains_something
-    from ..views.distortions import check_distortions
-
     if config is not None:
         set_seed(config.seed)
         problems.check("--output_dir", check_output_dir, config.output_dir)
@@ -76,20 +75,13 @@ def check_training_flags(config, problems: Problems, script: str = "recipes/mult
     """What ``TrainingArguments`` leave to the first step: a checkpoint to resume from that exists
     (``--resume_from_checkpoint true``: the newest in ``output_dir``), one GPU per process, a
     teacher sharded only across several processes, non-reentrant checkpointing with attention maps."""
-    from ..training.distributed import check_one_device_per_process
-    from ..training.divergence import last_checkpoint
-
     if config is None:
         return
     problems.check("--num_processes", check_one_device_per_process, config.n_gpu, script)
     if config.teacher_sharding and config.world_size < 2:
         problems.add("--teacher_sharding", "shards the teacher across processes, and this run has one: launch "
                                            f"several (accelerate launch --num_processes N {script} ...)")
-    checkpointing = config.activation_checkpointing_kwargs
-    if (config.activation_checkpointing and config.attn_weight > 0 and isinstance(checkpointing, dict)
-            and checkpointing.get("use_reentrant", False)):
-        problems.add("--activation_checkpointing_kwargs", "reentrant checkpointing gives attention maps no gradient: "
-                                                          "use '{\"use_reentrant\": false}' (the default)")
+    problems.check("--activation_checkpointing_kwargs", check_checkpointing, config)
     resume = config.resume_from_checkpoint
     if not resume:
         return

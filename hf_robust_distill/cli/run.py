@@ -8,6 +8,8 @@ import sys
 
 from accelerate import PartialState
 
+from ..utils.problems import PreflightError
+
 _WATCHED: list[tuple[str, bool]] = []
 
 
@@ -29,8 +31,6 @@ def run_recipe(main) -> None:
     """A recipe's ``__main__``: its problems found before training end the process with their list
     (exit status 2, on the main process only, like a flag argparse rejects), not a traceback; a run
     that stops on an error leaves no empty output folder behind."""
-    from ..utils.problems import PreflightError
-
     try:
         main()
     except PreflightError as error:

@@ -199,7 +199,6 @@ class ImageTransform:
     not decode gets ``pixel_values=None`` and a ``bad_image``; ``collate_images`` leaves it out.
     The image columns must be undecoded (``prepare_dataset`` casts them).
     """
-
     image_column: str
     label_column: str | None
     resizer: ImageResizer
@@ -306,8 +305,6 @@ def check_labels(labels: np.ndarray, num_classes: int | None, split: str, *, for
     """Labels are class ids in range; a split scored for accuracy has no unlabelled (-1) image;
     a training split a label-using loss reads is not unlabelled throughout. Returns a note for
     the user, or ``None``."""
-    from .datasets import UNLABELLED
-
     if labels.dtype.kind not in "iu":
         raise ValueError(f"the labels of the {split} are {labels.dtype} values, not class ids: give --label_column "
                          "a ClassLabel, integer or string column")

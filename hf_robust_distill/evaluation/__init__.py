@@ -1,12 +1,12 @@
 """How robust a student is: accuracy on clean and distorted views, ImageNet-C sets and mCE,
 natural shifts, and the report that cards and tables read."""
 
+from .calibration import Scores
 from .checks import check_corruptions, check_natural_shifts, parse_severities
 from .corrupted_sets import (CorruptedSet, CorruptedSetCache, ReferenceCorruptedImages, decode_evaluation_set, to_uint8,
                              torch_corrupted_batches)
 from .natural_shifts import NaturalShift
 from .report import PLOT_FILE, REPORT_FILE, RobustnessReport
-from .calibration import Scores
 from .robustness import (accuracy, cls_features, distortion_table, evaluate_robustness, fit_linear_probe,
                          natural_shift_scores, report_table)
 

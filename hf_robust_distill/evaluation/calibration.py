@@ -27,17 +27,19 @@ class Scores:
     nll: float = 0.0
 
     def add(self, logits: torch.Tensor, targets: torch.Tensor, hits: torch.Tensor) -> None:
-        """One batch: ``logits`` over the scored classes, ``targets`` the true class's position among
-        them (-1: none of them), ``hits`` whether each answer is right (as accuracy counts it)."""
-        log_probs = F.log_softmax(logits.double(), dim=-1)
-        confidence = log_probs.max(-1).values.exp()
-        bins = (confidence * BINS).ceil().long().sub_(1).clamp_(0, BINS - 1)  # (k/15, (k+1)/15]
-        hits = hits.to(torch.float64)
-        for total, values in ((self.count, torch.ones_like(confidence)), (self.correct, hits),
-                              (self.confidence, confidence)):
-            total.index_add_(0, bins.cpu(), values.cpu())
+        """One batch: ``logits`` over the scored classes (on any device; only a value per image comes
+        back), ``targets`` the true class's position among them (-1: none of them), ``hits`` whether
+        each answer is right (as accuracy counts it)."""
+        log_probs = F.log_softmax(logits if logits.dtype == torch.float64 else logits.float(), dim=-1)
+        targets = targets.to(log_probs.device)
         known = targets >= 0
-        self.nll += float(-log_probs[known].gather(1, targets[known, None]).sum())
+        nll = -log_probs[known].gather(1, targets[known, None]).sum()
+        confidence = log_probs.max(-1).values.exp().double().cpu()
+        bins = (confidence * BINS).ceil().long().sub_(1).clamp_(0, BINS - 1)  # (k/15, (k+1)/15]
+        for total, values in ((self.count, torch.ones_like(confidence)), (self.correct, hits.to(torch.float64)),
+                              (self.confidence, confidence)):
+            total.index_add_(0, bins, values.cpu())
+        self.nll += float(nll)
 
     @property
     def total(self) -> int:

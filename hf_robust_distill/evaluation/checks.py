@@ -7,12 +7,13 @@ from collections.abc import Sequence
 
 from ..data.datasets import check_dataset_reachable
 from ..utils.problems import CHECK_ERRORS, _message, did_you_mean
+from ..views.corruptions import CORRUPTIONS
+from .corrupted_sets import resolve_backend
+from .natural_shifts import NaturalShift
 
 
 def check_corruptions(names: Sequence[str], backend: str) -> None:
     """Every name is an ImageNet-C corruption the backend makes."""
-    from ..views.corruptions import CORRUPTIONS
-    from .corrupted_sets import resolve_backend
 
     problems = [f"unknown corruption {n!r}{did_you_mean(n, CORRUPTIONS)}" for n in names
                 if n not in CORRUPTIONS]
@@ -37,8 +38,6 @@ def parse_severities(text: str) -> list[int]:
 def check_natural_shifts(specs: Sequence[str]) -> None:
     """Each ``name=dataset[:split]`` parses and names a folder that exists or a dataset ``datasets``
     can resolve (from its cache when offline), without downloading its images."""
-    from .natural_shifts import NaturalShift
-
     problems = []
     for spec in specs:
         try:

@@ -235,17 +235,15 @@ def _scores(classifier, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], de
     those classes are scored (their logits alone make the probabilities); ``label_map`` turns the
     set's labels into the model's class indices."""
     scores = Scores()
+    index = torch.as_tensor(subset, device=device) if subset is not None else None
+    position = {c: i for i, c in enumerate(subset)} if subset is not None and not labels_in_subset else None
     for images, labels in batches:
         labels = label_map[labels] if label_map is not None else labels
         logits = _finite(classifier(images.to(device).float().div_(255)))
         predictions = subset_predictions(logits, subset, labels_in_subset).cpu()
-        scored, targets = logits, labels
-        if subset is not None:
-            scored = logits.index_select(-1, torch.as_tensor(subset, device=logits.device))
-            if not labels_in_subset:
-                position = {c: i for i, c in enumerate(subset)}
-                targets = torch.tensor([position.get(int(label), -1) for label in labels])
-        scores.add(scored.cpu(), targets, predictions == labels)
+        scored = logits.index_select(-1, index.to(logits.device)) if index is not None else logits
+        targets = torch.tensor([position.get(int(label), -1) for label in labels]) if position else labels
+        scores.add(scored, targets, predictions == labels)
     return scores
 
 

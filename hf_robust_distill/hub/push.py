@@ -10,6 +10,7 @@ from pathlib import Path
 from huggingface_hub import ModelCard
 
 from ..evaluation.report import REPORT_FILE, RobustnessReport
+from ..training.divergence import non_finite_weights_in
 from .card import CARD_FILE, REPO_PLACEHOLDER, STUDENT_FILES, WEIGHTS
 
 
@@ -42,8 +43,6 @@ class RefusedPush(ValueError):
 def check_publishable(folder: str, force: bool = False) -> None:
     """Refuses, before any request, weights with NaN or Inf (always) and a student whose clean
     accuracy is at or below chance (unless ``force``)."""
-    from ..training.divergence import non_finite_weights_in
-
     bad = non_finite_weights_in(folder)
     if bad:
         raise RefusedPush(f"refusing to push {folder}: {len(bad)} weight tensors hold NaN or Inf "

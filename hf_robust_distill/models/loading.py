@@ -14,6 +14,7 @@ from torch import nn
 from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassification, PreTrainedModel
 
 from ..data.datasets import _offline
+from ..data.images import ImageResizer
 from .heads import DIFFERENT, SAME, fit_to_classes, is_image_classifier, reset_head
 
 
@@ -133,7 +134,6 @@ def read_model_config(name_or_path: str, what: str):
 
 def read_image_processor(name_or_path: str, what: str):
 
-    from ..data.images import ImageResizer
 
     try:
         processor = AutoImageProcessor.from_pretrained(name_or_path)

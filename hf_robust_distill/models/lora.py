@@ -62,7 +62,7 @@ def merged_model(model: PeftModel, state_dict: dict[str, torch.Tensor]) -> PreTr
     """A plain model with the adapters folded into its weights, from ``state_dict``: the whole
     weights of ``model`` (``accelerator.get_state_dict``), whatever shards it. Its architecture and
     adapters are rebuilt on the meta device, then take these tensors; ``model`` is untouched."""
-    from .loading import architecture_on_meta
+    from .loading import architecture_on_meta  # here, so that importing the config loads no model loader
 
     with torch.device("meta"):  # the adapters without weights too
         rebuilt = get_peft_model(architecture_on_meta(unwrap_adapters(model)),

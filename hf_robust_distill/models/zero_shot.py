@@ -59,7 +59,6 @@ class CLIPZeroShotClassifier(nn.Module):
         teacher.save_pretrained("clip-l14-imagenet-head")            # head saved, not recomputed
         teacher = CLIPZeroShotClassifier.from_pretrained("clip-l14-imagenet-head")
     """
-
     def __init__(self, vision_model: CLIPVisionModelWithProjection, head: torch.Tensor, logit_scale: float,
                  class_names: list[str], preprocessor: PixelPreprocessor, templates=("{}",),
                  image_processor: CLIPImageProcessor | None = None, prompt_names: list[str] | None = None):
@@ -179,8 +178,6 @@ def load_pixel_classifier(name_or_path: str) -> nn.Module:
 
 def saved_head_classes(path: str) -> list[str] | None:
     """The class names of a saved ``CLIPZeroShotClassifier``'s head, or ``None`` if it holds none."""
-    from .zero_shot import HEAD_CONFIG
-
     file = os.path.join(path, HEAD_CONFIG)
     if not os.path.isfile(file):
         return None

@@ -16,6 +16,8 @@ import logging
 
 import torch
 
+from ..models.loading import architecture_on_meta
+
 logger = logging.getLogger(__name__)
 
 
@@ -31,7 +33,6 @@ def never_used_parameters(model: torch.nn.Module) -> list[str]:
     the weights are whole, on meta (FSDP's CPU-RAM-efficient loading) or partitioned (ZeRO-3)."""
     if not hasattr(type(model), "_from_config") or getattr(model, "config", None) is None:
         return []
-    from ..models.loading import architecture_on_meta
 
     probe = architecture_on_meta(model).eval()
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}

@@ -21,6 +21,8 @@ import copy
 
 import torch
 
+from .launchers import fsdp_blocks
+
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -60,7 +62,6 @@ def shard_for_inference(model: torch.nn.Module, mesh=None) -> torch.nn.Module:
     shard and gathers a layer for its forward only (resharding after it)."""
     from torch.distributed.fsdp import fully_shard
 
-    from .launchers import fsdp_blocks
 
     for cls in fsdp_blocks(model):
         for module in [m for m in model.modules() if isinstance(m, cls)]:

@@ -26,6 +26,7 @@ import torch
 from accelerate import PartialState
 
 from ..data.columns import PIXELS, TEACHER_CACHE_PREFIX as PREFIX
+from .launchers import whole_tensors
 
 ROW = "teacher_cache_row"
 MANIFEST = "teacher_cache.json"
@@ -37,8 +38,6 @@ def cache_key(teacher: torch.nn.Module, fingerprint: str, token_layers, attentio
               size: tuple[int, int], dtype: torch.dtype) -> str:
     """A digest of everything the cached outputs depend on, the teacher's weights included (whole,
     whatever shards them: every process calls it)."""
-    from .launchers import whole_tensors
-
     digest = hashlib.sha256()
     config = getattr(getattr(teacher, "module", teacher), "config", None)  # a DeepSpeed engine's model's
     digest.update((config.to_json_string() if hasattr(config, "to_json_string") else type(teacher).__name__).encode())
@@ -107,7 +106,6 @@ def check_disk(folder: str, layout: dict[str, dict], rows: int) -> None:
 
 class TeacherCache:
     """A built cache: rows read by index, as tensors in the dtype they were computed in."""
-
     def __init__(self, folder: str):
         with open(os.path.join(folder, MANIFEST)) as f:
             manifest = json.load(f)
@@ -232,7 +230,6 @@ def _write_shard(run_teacher, dataset, folder, shard, rows, layout, *, token_lay
 
 class CachedTeacherDataset(torch.utils.data.Dataset):
     """The training set with each row's index in the teacher cache beside its image."""
-
     def __init__(self, dataset, cache: TeacherCache):
         if len(dataset) != len(cache):
             raise ValueError(f"the teacher cache has {len(cache)} rows for {len(dataset)} training images")
@@ -252,7 +249,6 @@ class CachedTeacherDataset(torch.utils.data.Dataset):
 class TeacherCacheCollator:
     """``collate``, then the batch's cached teacher outputs beside its images, read as tensors in
     the data loader's workers (one gather per shard, no Python lists)."""
-
     def __init__(self, collate, cache: TeacherCache):
         self.collate, self.cache = collate, cache
 

@@ -33,7 +33,6 @@ class VQDiscretizer:
     reconstruction is mapped back and clamped to [0, 1]. Calls run under ``no_grad`` in chunks of
     ``chunk_size`` images, in ``dtype``.
     """
-
     def __init__(self, vq_model: VQModel, input_range: str = "[-1,1]", chunk_size: int = 64,
                  dtype: torch.dtype | None = None):
         if input_range not in INPUT_RANGES:
@@ -135,7 +134,6 @@ def read_vq_config(name_or_path: str, subfolder: str | None, input_range: str | 
     """The ``diffusers.VQModel`` config of a VQ checkpoint (no weights), with its input range known."""
     from diffusers import VQModel
 
-    from .discretize import DISCRETIZER_CONFIG, INPUT_RANGES, _read_saved_range
 
     checkpoint_exists(name_or_path, "the VQ model", subfolder)
     try:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ...data.columns import (BAD_IMAGES, DAD_IMAGE, LABELS, PIXELS, STORED_TEACHER_LOGITS, TEACHER_LOGITS_CLEAN,
                              TEACHER_LOGITS_DAD)
-from ...data.datasets import collate_images, find_columns, prepare_dataset
+from ...data.datasets import collate_images, find_columns, load_image_dataset, prepare_dataset
 from ...data.images import ImageResizer
 from .attacks import classifier_logits
 from .online import AttackSettings, Stopwatch, dad_images
@@ -48,7 +48,6 @@ def shard_file(output_dir: str, shard: int, num_shards: int) -> str:
 
 class _WithRowIndex(torch.utils.data.Dataset):
     """Rows of a prepared dataset with their index, so rows whose image did not decode can be skipped."""
-
     def __init__(self, dataset, rows: range):
         self.dataset, self.rows = dataset, rows
 
@@ -225,8 +224,6 @@ def load_dad_source(name_or_path: str) -> Dataset:
     """An offline DAD dataset from wherever it lies: a folder ``generate_dad_dataset`` wrote (its
     shards, in order), a dataset saved with ``save_to_disk``, a folder of its Parquet files, or a
     Hub dataset id; temporary files an interrupted run left are ignored."""
-    from ...data.datasets import load_image_dataset
-
     if os.path.isfile(os.path.join(name_or_path, MANIFEST)):
         return load_dad_dataset(name_or_path)
     if os.path.exists(name_or_path) and not os.path.isdir(name_or_path):

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..data.datasets import DEMO_DATASET
+from ..data.datasets import DEMO_DATASET, check_dataset_reachable
 from ..evaluation.checks import check_corruptions, check_natural_shifts, parse_severities
+from ..evaluation.protocols import CHOICES as PROTOCOL_CHOICES, resolve_protocol
 from ..utils.problems import Problems, check_choice
 
 
@@ -42,6 +43,17 @@ class RobustnessArguments:
                                            "code, per image; pip install 'hf-robust-distill[imagenet-c]') or auto "
                                            "(ports where they exist: all).",
                                    "choices": ["torch", "reference", "auto"]})
+    corruption_protocol: str = field(
+        default="auto", metadata={"help": "How corrupted images are made: imagenet-c (ImageNet-C's pipeline: 224 px "
+                                          "crop, corruption, 8-bit truncation, JPEG q85, then the model's processor), "
+                                          "released (the released images of --imagenet_c), model-resolution "
+                                          "(corrupted at the model's input) or auto (released with --imagenet_c, "
+                                          "imagenet-c on ImageNet-1k's classes, model-resolution elsewhere).",
+                                  "choices": list(PROTOCOL_CHOICES)})
+    imagenet_c: str | None = field(
+        default=None, metadata={"help": "The released ImageNet-C images: a folder in the release's layout "
+                                        "(<corruption>/<severity>/<wnid>/<name>.JPEG) or a dataset with corruption, "
+                                        "severity, image and label columns."})
     robustness_baseline: str = field(
         default="teacher", metadata={"help": "What mCE is normalised by: teacher (relative to the teacher's report), "
                                              "alexnet (ImageNet-scale runs) or none. recipes/evaluate_robustness.py: "
@@ -78,6 +90,10 @@ class RobustnessArguments:
                            self.robustness_backend)
         problems.check("--robustness_severities", parse_severities, self.robustness_severities)
         problems.check("--robustness_baseline", check_choice, self.robustness_baseline, baselines)
+        problems.check("--corruption_protocol", resolve_protocol, self.corruption_protocol, False,
+                       released=self.imagenet_c is not None)
+        if self.imagenet_c is not None:
+            problems.check("--imagenet_c", check_dataset_reachable, self.imagenet_c)
         if self.shift_specs:
             problems.check("--natural_shifts", check_natural_shifts, self.shift_specs)
         if self.robustness_batch_size < 1:
@@ -89,4 +105,5 @@ class RobustnessArguments:
             corruptions=self.corruption_names, severities=parse_severities(self.robustness_severities),
             backend=self.robustness_backend, natural_shifts=self.shift_specs, cache_dir=self.corruption_cache_dir,
             batch_size=self.robustness_batch_size, num_workers=self.robustness_num_workers,
+            protocol=self.corruption_protocol, imagenet_c=self.imagenet_c,
         )

@@ -5,11 +5,11 @@ from .datasets import (DEMO_DATASET, check_dataset_reachable, check_labels, clas
                        encode_string_labels, find_columns, label_values, load_image_dataset, prepare_dataset,
                        read_class_names_file, split_train_eval)
 from .imagenet_classes import imagenet_classes, is_imagenet_1k, subset_names, zero_shot_names
-from .images import (BadImage, BadImageLog, ImageResizer, TooManyBadImages, decode_rgb, input_size, list_of, to_rgb,
-                     too_many_message)
+from .images import (BadImage, BadImageLog, ImageNetCCrop, ImageResizer, TooManyBadImages, decode_rgb, input_size,
+                     list_of, to_rgb, too_many_message)
 
 __all__ = ["BadImage", "BadImageLog", "check_dataset_reachable", "check_labels", "class_names", "collate_images",
            "decode_rgb", "DEMO_DATASET", "demo_digits", "encode_string_labels", "find_columns", "imagenet_classes",
-           "ImageResizer", "input_size", "is_imagenet_1k", "label_values", "list_of", "load_image_dataset",
+           "ImageNetCCrop", "ImageResizer", "input_size", "is_imagenet_1k", "label_values", "list_of", "load_image_dataset",
            "prepare_dataset", "read_class_names_file", "split_train_eval", "subset_names", "to_rgb", "too_many_message",
            "TooManyBadImages", "zero_shot_names"]

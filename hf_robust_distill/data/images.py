@@ -190,9 +190,43 @@ class ImageResizer:
         return list(pixels.float().clamp_(0, 1))
 
 
+class ImageNetCCrop(ImageResizer):
+    """The crop ImageNet-C's images are made from (``make_imagenet_c.py``: torchvision's
+    ``Resize(256)`` and ``CenterCrop(224)`` on PIL images): the shorter side resized to 256 with
+    PIL's bilinear filter, the longer to ``int(256 * long / short)``, then the centre 224 x 224,
+    its corner rounded as torchvision rounds it."""
+
+    def __init__(self, resize: int = 256, crop: int = 224):
+        super().__init__((crop, crop), resample=Image.BILINEAR)
+        self.resize = resize
+
+    def __repr__(self) -> str:
+        return f"ImageNetCCrop(resize={self.resize}, crop={self.size[0]})"
+
+    @property
+    def key(self) -> str:
+        return f"imagenet-c:{self.resize}/{self.size[0]}:bilinear"
+
+    def __call__(self, images: list[Image.Image]) -> list[torch.Tensor]:
+        return [_as_pixels(self.crop(image)) for image in images]
+
+    def crop(self, image: Image.Image) -> Image.Image:
+        width, height = image.size
+        short, long = min(width, height), max(width, height)
+        scaled = (self.resize, int(self.resize * long / short))
+        image = image.resize(scaled if width <= height else scaled[::-1], self.resample)
+        width, height = image.size
+        crop = self.size[0]
+        top, left = int(round((height - crop) / 2.0)), int(round((width - crop) / 2.0))
+        return image.crop((left, top, left + crop, top + crop))
+
+
+def _as_pixels(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
+
+
 def _plain_resize(image: Image.Image, size: tuple[int, int], resample: int) -> torch.Tensor:
-    array = torch.from_numpy(np.asarray(image.resize((size[1], size[0]), resample), dtype=np.uint8).copy())
-    return array.permute(2, 0, 1).float().div_(255)
+    return _as_pixels(image.resize((size[1], size[0]), resample))
 
 
 def check_rescales_to_unit_range(processor) -> None:

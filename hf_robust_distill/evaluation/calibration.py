@@ -4,6 +4,7 @@ negative log-likelihood, kept as per-bin sums that add up across batches (and pr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -40,6 +41,13 @@ class Scores:
                               (self.confidence, confidence)):
             total.index_add_(0, bins, values.cpu())
         self.nll += float(nll)
+
+    def summed(self, total: Callable[[torch.Tensor], torch.Tensor]) -> Scores:
+        """These sums added up by ``total`` (``Shard.sum``: over the processes that scored a share)."""
+        nll = torch.tensor([self.nll], dtype=torch.float64)
+        packed = total(torch.cat([self.count, self.correct, self.confidence, nll]))
+        count, correct, confidence = packed[:-1].split(BINS)
+        return Scores(count, correct, confidence, float(packed[-1]))
 
     @property
     def total(self) -> int:

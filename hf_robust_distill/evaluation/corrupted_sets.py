@@ -1,5 +1,7 @@
 """Corrupted evaluation sets: each (corruption, severity) of an evaluation set made once, from a
-seed, and kept as 8-bit images in a memory-mapped Arrow file that ``datasets`` opens.
+seed, and kept in a memory-mapped Arrow file that ``datasets`` opens, as its protocol stores it
+(``protocols``): 8-bit pixels at the model's input (model-resolution), or the JPEGs ImageNet-C's
+pipeline saves (imagenet-c).
 
 Two backends make them:
 
@@ -10,10 +12,10 @@ Two backends make them:
   ``imagecorruptions-imaug`` fork, an optional extra), image by image in data-loader workers,
   NumPy seeded by (seed, corruption, severity, image index).
 
-``"auto"`` takes the torch port where there is one (now every corruption). Like the
-ImageNet-C release, corrupted images are stored, and evaluated, as 8-bit images. The evaluation
-set itself is decoded and resized once, into the same cache (corruption ``"clean"``), and every
-corrupted set is made from that copy.
+``"auto"`` takes the torch port where there is one (now every corruption). The evaluation set
+itself is decoded once, as its protocol crops it, into the same cache (corruption ``"clean"``), and
+every corrupted set is made from that copy. Under ``accelerate launch`` each process makes and stores
+its share of the batches (``sharding.Shard``), each batch drawn as one process would draw it.
 """
 
 from __future__ import annotations
@@ -28,17 +30,21 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 import torch
-from datasets import Dataset
+from datasets import Dataset, Features, Image as ImageFeature, Value
 from torch.utils.data import DataLoader
 
 from ..data.columns import BAD_IMAGES, LABELS, PIXELS
 from ..data.datasets import collate_images, prepare_dataset
 from ..data.images import BadImage, ImageResizer
 from ..views.corruptions import CORRUPTIONS, corrupt
+from .protocols import IMAGENET_C, MODEL_RESOLUTION, jpeg_bytes, truncate_to_uint8
+from .sharding import Shard
 
 BACKENDS = ("torch", "reference", "auto")
 FORMAT_VERSION = 2  # 2: all 19 ported, draws on the device, CPU pieces of 8
 CLEAN = "clean"
+JPEG_FEATURES = Features({"image": ImageFeature(), "label": Value("int64")})
+"""The columns of a set stored as JPEGs; their ``datasets`` types travel in the file's schema."""
 
 
 def reference_corruptions() -> tuple[str, ...]:
@@ -90,10 +96,21 @@ class CorruptedSet:
     seed: int
     batch_size: int  # the torch backend draws random numbers per batch
     device: str = ""  # and on the device it corrupts on (its type: "cpu", "cuda")
+    protocol: str = MODEL_RESOLUTION
+    shard: str = ""  # the share of the batches this file holds (``Shard.key``): empty for all of them
 
     @classmethod
     def clean(cls, source: str) -> CorruptedSet:
         return cls(source, CLEAN, 0, "decoded", 0, 0)
+
+    @property
+    def stores_jpeg(self) -> bool:
+        return self.protocol == IMAGENET_C and self.corruption != CLEAN
+
+    @property
+    def quantize(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """[0, 1] pixels to what is stored: truncated as the release truncates, else rounded."""
+        return truncate_to_uint8 if self.protocol == IMAGENET_C else to_uint8
 
     @property
     def key(self) -> str:
@@ -103,8 +120,8 @@ class CorruptedSet:
 
 class CorruptedSetCache:
     """Arrow files ``<cache_dir>/<corruption>-<severity>-<key>.arrow`` (columns ``pixels``, flat
-    uint8 (3*H*W), and ``label``), written to a temporary name and renamed when complete, so an
-    interrupted run leaves nothing that a later one would trust."""
+    uint8 (3*H*W), or ``image``, JPEG bytes, and ``label``), written to a temporary name and renamed
+    when complete, so an interrupted run leaves nothing that a later one would trust."""
 
     def __init__(self, cache_dir: str | None = None):
         self.cache_dir = cache_dir or default_cache_dir()
@@ -135,11 +152,7 @@ class CorruptedSetCache:
         try:
             with pa.OSFile(tmp, "wb") as sink:
                 for images, labels in batches:
-                    flat = images.reshape(len(images), -1).numpy()
-                    table = pa.table({
-                        "pixels": pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1]),
-                        "label": pa.array(labels.numpy().astype(np.int64)),
-                    })
+                    table = _jpeg_table(images, labels) if entry.stores_jpeg else _pixel_table(images, labels)
                     if writer is None:
                         writer = pa.ipc.new_stream(sink, table.schema)
                     writer.write_table(table)
@@ -163,19 +176,23 @@ class CorruptedSetCache:
         return self.load(entry)
 
     def batches(self, clean: Dataset, source: str, corruption: str, severity: int, backend: str, *, seed: int,
-                size: tuple[int, int], batch_size: int, num_workers: int, device: torch.device):
-        """The (pixels, labels) batches of ``clean`` under one corruption and severity: read back when
-        this set was made before, else made (on ``device`` by the torch ports, per image by the
-        reference code) and written as they are read."""
+                size: tuple[int, int], batch_size: int, num_workers: int, device: torch.device,
+                protocol: str = MODEL_RESOLUTION, shard: Shard = Shard()):
+        """This process's share of the batches of ``clean`` under one corruption and severity:
+        (uint8 pixels, labels), or, for a protocol that stores JPEGs, the stored set (columns ``image``
+        and ``label``) for the caller to decode. Read back when this set was made before, else made (on
+        ``device`` by the torch ports, per image by the reference code) and written."""
         on_device = backend == "torch"
         entry = CorruptedSet(source, corruption, severity, backend, seed, batch_size if on_device else 0,
-                             device.type if on_device else "")
+                             device.type if on_device else "", protocol, shard.key)
         cached = self.load(entry)
         if cached is not None:
-            return cached_batches(cached, size, batch_size)
+            return cached if entry.stores_jpeg else cached_batches(cached, size, batch_size)
         if on_device:
-            return self.write(entry, torch_corrupted_batches(cached_batches(clean, size, batch_size), entry, device))
-        return self.write(entry, reference_corrupted_batches(clean, size, entry, batch_size, num_workers))
+            made = torch_corrupted_batches(indexed_batches(clean, size, batch_size, shard), entry, device)
+        else:
+            made = reference_corrupted_batches(clean, size, entry, batch_size, num_workers, shard)
+        return self.fill(entry, made) if entry.stores_jpeg else self.write(entry, made)
 
 
 def _write_json(path: str, data: dict) -> None:
@@ -220,13 +237,34 @@ def decode_evaluation_set(dataset: Dataset, resizer: ImageResizer, cache: Corrup
     return stored, [BadImage(source, error) for source, error in cache.metadata(entry).get(BAD_IMAGES, [])]
 
 
-def cached_batches(dataset: Dataset, size: tuple[int, int], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(uint8 images (B, 3, H, W), labels) from a cached set of ``size`` (H, W) images."""
+def _pixel_table(images: torch.Tensor, labels: torch.Tensor) -> pa.Table:
+    flat = images.reshape(len(images), -1).numpy()
+    return pa.table({"pixels": pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1]),
+                     "label": pa.array(labels.numpy().astype(np.int64))})
+
+
+def _jpeg_table(images: torch.Tensor, labels: torch.Tensor) -> pa.Table:
+    cells = [{"bytes": jpeg_bytes(image), "path": None} for image in images]
+    return pa.Table.from_pydict({"image": cells, "label": labels.numpy().astype(np.int64)},
+                                schema=JPEG_FEATURES.arrow_schema)
+
+
+def indexed_batches(dataset: Dataset, size: tuple[int, int], batch_size: int, shard: Shard = Shard()
+                    ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """(batch number, uint8 images (B, 3, H, W), labels) of ``shard``'s batches of a cached set of
+    ``size`` (H, W) images, numbered as in the whole set."""
     table = dataset.with_format("numpy")
-    for start in range(0, len(dataset), batch_size):
-        rows = table[start : start + batch_size]
-        yield (torch.from_numpy(np.asarray(rows["pixels"], dtype=np.uint8).reshape(-1, 3, *size)),
+    for i in shard.batches(len(dataset), batch_size):
+        rows = table[i * batch_size : (i + 1) * batch_size]
+        yield (i, torch.from_numpy(np.asarray(rows["pixels"], dtype=np.uint8).reshape(-1, 3, *size)),
                torch.from_numpy(np.asarray(rows["label"], dtype=np.int64)))
+
+
+def cached_batches(dataset: Dataset, size: tuple[int, int], batch_size: int, shard: Shard = Shard()
+                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(uint8 images (B, 3, H, W), labels) of ``shard``'s batches of a cached set of ``size`` images."""
+    for _, images, labels in indexed_batches(dataset, size, batch_size, shard):
+        yield images, labels
 
 
 CPU_PIECE = 8
@@ -235,38 +273,42 @@ generator in turn, so that every intermediate tensor of a piece stays in cache (
 than whole batches for most corruptions); on an accelerator it corrupts whole batches."""
 
 
-def torch_corrupted_batches(clean: Iterable[tuple[torch.Tensor, torch.Tensor]], entry: CorruptedSet, device
+def torch_corrupted_batches(clean: Iterable[tuple[int, torch.Tensor, torch.Tensor]], entry: CorruptedSet, device
                             ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches of ``clean`` (uint8 images, labels) corrupted on ``device``, random numbers drawn
-    there (a CPU generator would feed a GPU through a serial bottleneck)."""
+    """Batches of ``clean`` (batch number, uint8 images, labels) corrupted on ``device``, random
+    numbers drawn there from a generator seeded by the batch's number (a CPU generator would feed a
+    GPU through a serial bottleneck)."""
     index = CORRUPTIONS.index(entry.corruption)
     device = torch.device(device)
-    for i, (images, labels) in enumerate(clean):
+    quantize = entry.quantize
+    for i, images, labels in clean:
         generator = torch.Generator(device).manual_seed(int(np.random.SeedSequence(
             [entry.seed, index, entry.severity, i]).generate_state(1)[0]))
         pieces = images.split(CPU_PIECE) if device.type == "cpu" else (images,)
-        yield torch.cat([to_uint8(corrupt(piece.to(device).float().div_(255), entry.corruption, entry.severity,
+        yield torch.cat([quantize(corrupt(piece.to(device).float().div_(255), entry.corruption, entry.severity,
                                           generator)).cpu() for piece in pieces]), labels
 
 
 class ReferenceCorruptedImages(torch.utils.data.Dataset):
-    """The reference code applied to each image of a stored clean set of ``size`` (H, W) images,
-    seeded per image: NumPy's global generator (restored afterwards) and, for the corruptions
-    that take one, their seed."""
+    """The reference code applied to each image of a stored clean set of ``size`` (H, W) images (or
+    to its ``rows``), seeded per image by its row: NumPy's global generator (restored afterwards)
+    and, for the corruptions that take one, their seed."""
 
-    def __init__(self, clean: Dataset, size: tuple[int, int], entry: CorruptedSet):
+    def __init__(self, clean: Dataset, size: tuple[int, int], entry: CorruptedSet, rows: list[int] | None = None):
         self.clean = clean.with_format("numpy")
         self.size = tuple(size)
         self.entry = entry
+        self.rows = range(len(clean)) if rows is None else rows
         self.index = reference_corruptions().index(entry.corruption)
         function = _imagecorruptions().corruption_dict[entry.corruption]
         # glass_blur and impulse_noise draw from their own generator, seeded by this argument.
         self.takes_seed = "seed" in inspect.signature(function).parameters
 
     def __len__(self) -> int:
-        return len(self.clean)
+        return len(self.rows)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, k: int) -> dict:
+        i = int(self.rows[k])
         example = self.clean[i]
         image = np.asarray(example["pixels"], dtype=np.uint8).reshape(3, *self.size).transpose(1, 2, 0)
         if min(image.shape[:2]) < 32:
@@ -284,8 +326,10 @@ class ReferenceCorruptedImages(torch.utils.data.Dataset):
 
 
 def reference_corrupted_batches(clean: Dataset, size: tuple[int, int], entry: CorruptedSet, batch_size: int,
-                                num_workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    loader = DataLoader(ReferenceCorruptedImages(clean, size, entry), batch_size=batch_size, shuffle=False,
+                                num_workers: int, shard: Shard = Shard()
+                                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    rows = shard.rows(len(clean), batch_size)
+    loader = DataLoader(ReferenceCorruptedImages(clean, size, entry, rows), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=_stack)
     for batch in loader:
         yield batch["pixels"], batch[LABELS]

@@ -10,17 +10,10 @@ from dataclasses import asdict, dataclass, field
 from functools import cached_property
 
 from ..metrics.corruption_robustness.corruption_robustness import IMAGENET_C_CORRUPTIONS, summarize
+from .protocols import MODEL_RESOLUTION, PUBLISHED_PROTOCOLS
 
 REPORT_FILE = "robustness_report.json"
 PLOT_FILE = "robustness.png"
-PROTOCOLS = {
-    "model-resolution": "each image decoded at the model's own input size, corrupted there and kept as 8-bit "
-                        "pixels, without ImageNet-C's 224 px crop and JPEG step: comparable between models "
-                        "evaluated alike, not with published ImageNet-C figures",
-}
-"""How corrupted images are made, by the protocol's name; the report and the card name theirs."""
-PUBLISHED_PROTOCOLS = ("imagenet-c", "released")
-"""ImageNet-C's own pipeline and its released images: the protocols published figures use."""
 
 
 @dataclass
@@ -46,7 +39,12 @@ class RobustnessReport:
     baseline: dict | None = None
     skipped_images: int = 0  # images of the evaluation set that did not decode (left out of every number)
     chance_accuracy: float | None = None  # always answering the most frequent class
-    protocol: str = "model-resolution"
+    protocol: str = MODEL_RESOLUTION
+    """How the corrupted images were made (``protocols.PROTOCOLS``)."""
+    imagenet_1k: bool = False
+    """Whether the evaluation set's classes are ImageNet-1k's (published ImageNet-C figures are)."""
+    released_source: str | None = None
+    """The folder or dataset of released ImageNet-C images read (the released protocol)."""
     natural_shift_datasets: dict[str, dict] = field(default_factory=dict)
     """Where each natural shift's images come from: ``{name: {"dataset", "config", "split"}}``."""
     calibration: dict = field(default_factory=dict)
@@ -90,8 +88,8 @@ class RobustnessReport:
     @property
     def comparable_with_published(self) -> bool:
         """Whether the mCE may stand beside published ImageNet-C figures: made by one of the published
-        protocols, over all 15 corruptions, against AlexNet's errors."""
-        return (self.protocol in PUBLISHED_PROTOCOLS and self.mce_is_complete
+        protocols, on ImageNet-1k's classes, over all 15 corruptions, against AlexNet's errors."""
+        return (self.protocol in PUBLISHED_PROTOCOLS and self.imagenet_1k and self.mce_is_complete
                 and (self.baseline or {}).get("name") == "AlexNet")
 
     @property

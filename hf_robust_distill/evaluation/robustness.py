@@ -4,7 +4,6 @@ mCE, natural shifts), and the linear-probe protocol of the paper."""
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -12,23 +11,27 @@ from functools import partial
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 from transformers import AutoImageProcessor
 
 from ..data.columns import LABELS, PIXELS
 from ..data.datasets import class_names, collate_images, find_columns, load_image_dataset, prepare_dataset
-from ..data.imagenet_classes import IMAGENET_1K, imagenet_indices
-from ..data.images import ImageResizer, too_many_message
+from ..data.imagenet_classes import IMAGENET_1K, imagenet_indices, is_imagenet_1k
+from ..data.images import ImageNetCCrop, ImageResizer, too_many_message
 from ..metrics.corruption_robustness.corruption_robustness import IMAGENET_C_CORRUPTIONS, SEVERITIES
 from ..models.pixels import PixelPreprocessor, as_pixel_classifier, model_dtype
 from ..models.taps import FeatureTaps
+from ..views.corruptions import CORRUPTIONS
 from ..views.distortions import Distorter
 from .calibration import Scores
 from .corrupted_sets import (CorruptedSetCache, cached_batches, decode_evaluation_set, decoded_batches, resolve_backend,
                              source_key)
 from .natural_shifts import NaturalShift, subset_predictions
+from .protocols import IMAGENET_C, RELEASED, resolve_protocol
+from .released import read_released
 from .report import RobustnessReport
+from .sharding import Shard
 
 View = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -75,58 +78,129 @@ def evaluate_robustness(
     batch_size: int = 64, num_workers: int = 0, seed: int = 0, cache_dir: str | None = None, device=None,
     model_name: str | None = None, dataset_name: str | None = None, split: str | None = None,
     image_column: str | None = None, label_column: str | None = None, progress: bool = True,
+    protocol: str = "auto", imagenet_c: str | None = None,
 ) -> RobustnessReport:
-    """Top-1 accuracy of ``model`` on ``dataset`` clean, under every corruption x severity, and on each natural shift,
-    with corruption errors and mCE against ``baseline``.
+    """Top-1 accuracy and calibration of ``model`` on ``dataset`` clean, under every corruption x severity, and on
+    each natural shift, with corruption errors and mCE against ``baseline``.
 
     ``model``: an image classifier with its ``image_processor`` (read from the model's checkpoint when omitted), or
     a module taking [0, 1] pixels (``CLIPZeroShotClassifier``). ``dataset``: a ``datasets.Dataset`` with an image
     and a label column. Images are decoded once as ``pipeline("image-classification")`` would with ``decode_with``
     (an image processor or an ``ImageResizer``; by default the model's own processor, or a plain resize to
     ``image_size``), so the clean accuracy is the one a user of the saved model gets; images that do not decode are
-    left out and counted (``report.skipped_images``). ``corruptions`` defaults to the 15 of ImageNet-C, made by
-    ``backend`` ("torch": the batched ports, on the model's device; "reference": the ImageNet-C code, per image, in
-    ``num_workers`` data-loader workers, an optional extra; "auto": the port where there is one, now always).
-    Corrupted sets are deterministic given ``seed`` (and, for the torch backend, ``batch_size`` and the device type)
-    and cached in ``cache_dir``: a second evaluation, of this model or another, reads them back. ``baseline``:
-    "alexnet" (ImageNet-scale runs), another model's ``RobustnessReport`` on the same data (relative mCE), or
-    ``None``. ``natural_shifts``: ``NaturalShift``s or "name=dataset[:split]" specs (imagenet-r and imagenet-a bring
-    their 200-class subsets).
+    left out and counted (``report.skipped_images``).
+
+    ``protocol`` says how corrupted images are made (``protocols``): "imagenet-c" (ImageNet-C's pipeline: 224 px
+    crop, corruption, 8-bit truncation, JPEG q85, then the model's processor), "model-resolution" (corrupted at the
+    model's input), "released" (the released images in ``imagenet_c``, a folder in the release's layout or a
+    dataset with corruption, severity, image and label columns) or "auto" (released when ``imagenet_c`` is given,
+    imagenet-c on ImageNet-1k's classes, model-resolution elsewhere). ``corruptions`` defaults to the 15 of
+    ImageNet-C (for released images: every one found), made by ``backend`` ("torch": the batched ports, on the
+    model's device; "reference": the ImageNet-C code, per image, in ``num_workers`` data-loader workers, an optional
+    extra; "auto": the port where there is one, now always). Corrupted sets are deterministic given ``seed`` (and,
+    for the torch backend, ``batch_size`` and the device type) and cached in ``cache_dir``: a second evaluation, of
+    this model or another, reads them back. ``baseline``: "alexnet" (ImageNet-scale runs), another model's
+    ``RobustnessReport`` on the same data (relative mCE), or ``None``. ``natural_shifts``: ``NaturalShift``s or
+    "name=dataset[:split]" specs (imagenet-r and imagenet-a bring their 200-class subsets).
+
+    Under ``accelerate launch`` (an initialised process group) every process makes and scores its share of each
+    set and the counts are added up: the report is the one-process report, on every process.
     """
     classifier = as_pixel_classifier(model, image_processor)
     resizer = _resizer(model, image_processor, image_size, decode_with)
     device = torch.device(device) if device is not None else next(classifier.parameters()).device
-    corruptions = IMAGENET_C_CORRUPTIONS if corruptions is None else corruptions
-    backends = {c: resolve_backend(c, backend) for c in corruptions}
+    shard = Shard.of_this_process()
+    image_column, label_column = find_columns(dataset, image_column, label_column)
+    names = class_names(dataset, label_column)
+    protocol = resolve_protocol(protocol, is_imagenet_1k(names), released=imagenet_c is not None)
+    released = read_released(imagenet_c) if protocol == RELEASED else None
+    grid = _grid(corruptions, severities, backend, released)
     shifts = [NaturalShift.parse(s) if isinstance(s, str) else s for s in natural_shifts]
     cache = CorruptedSetCache(cache_dir)
-    clean_set, bad_images, source = _decoded(dataset, resizer, cache, image_column, label_column, batch_size,
-                                             num_workers)
+    with shard.main_process_first():
+        clean_set, bad_images, source = _decoded(dataset, resizer, cache, image_column, label_column, batch_size,
+                                                 num_workers)
+        crops = (_decoded(dataset, ImageNetCCrop(), cache, image_column, label_column, batch_size, num_workers)
+                 if protocol == IMAGENET_C else None)
     name, size = model_name or _model_name(model), resizer.size
-    corrupted = partial(cache.batches, clean_set, source, seed=seed, size=size, batch_size=batch_size,
-                        num_workers=num_workers, device=device)
-    with _evaluating(classifier), tqdm(total=1 + len(backends) * len(severities) + len(shifts),
-                                       desc=f"robustness of {name}", disable=not progress) as bar:
-        scores = {"clean": _scores(classifier, cached_batches(clean_set, size, batch_size), device)}
+    read = partial(_stored_image_batches, resizer=resizer, batch_size=batch_size, num_workers=num_workers)
+    if protocol == IMAGENET_C:
+        made = partial(cache.batches, crops[0], crops[2], seed=seed, size=ImageNetCCrop().size, batch_size=batch_size,
+                       num_workers=num_workers, device=device, protocol=IMAGENET_C, shard=shard)
+    else:
+        made = partial(cache.batches, clean_set, source, seed=seed, size=size, batch_size=batch_size,
+                       num_workers=num_workers, device=device, shard=shard)
+    label_map = _released_labels(names, _num_outputs(model)) if released is not None else None
+    scores = {}
+    with _evaluating(classifier), tqdm(total=1 + len(grid) + len(shifts), desc=f"robustness of {name}",
+                                       disable=not progress or shard.index != 0) as bar:
+        scores["clean"] = _scores(classifier, cached_batches(clean_set, size, batch_size, shard), device)
         bar.update()
-        for (corruption, kind), severity in itertools.product(backends.items(), severities):
+        for corruption, severity, kind in grid:
             bar.set_postfix_str(f"{corruption} {severity}")
-            batches = corrupted(corruption, int(severity), kind)
-            scores[corruption, int(severity)] = _scores(classifier, batches, device)
+            if released is not None:
+                part = released[corruption, severity]
+                batches = read(part.select(shard.rows(len(part), batch_size)))
+            else:
+                batches = made(corruption, severity, kind)
+                batches = read(batches) if protocol == IMAGENET_C else batches
+            scores[corruption, severity] = _scores(classifier, batches, device, label_map=label_map)
             bar.update()
         for shift in shifts:
             bar.set_postfix_str(shift.name)
-            scores[shift] = natural_shift_scores(classifier, shift, resizer, batch_size, num_workers, device)
+            scores[shift] = natural_shift_scores(classifier, shift, resizer, batch_size, num_workers, device, shard)
             bar.update()
+    scores = {key: measured.summed(shard.sum) for key, measured in scores.items()}
     clean, accuracy, shifted, sources, calibration = _tables(scores)
     return RobustnessReport(
         model_name=name, dataset_name=dataset_name or _dataset_name(dataset), split=split, num_examples=len(clean_set),
-        image_size=tuple(size), clean_accuracy=clean, accuracy=accuracy, backends=backends, seed=seed,
-        natural_shifts=shifted, baseline=_baseline(baseline), skipped_images=len(bad_images), calibration=calibration,
-        natural_shift_datasets=sources,
+        image_size=tuple(size), clean_accuracy=clean, accuracy=accuracy,
+        backends={corruption: kind for corruption, _, kind in grid}, seed=seed, natural_shifts=shifted,
+        baseline=_baseline(baseline), skipped_images=len(bad_images), calibration=calibration,
+        natural_shift_datasets=sources, protocol=protocol, imagenet_1k=is_imagenet_1k(names),
+        released_source=imagenet_c if released is not None else None,
         chance_accuracy=chance_accuracy(np.asarray(clean_set.with_format("numpy")["label"]),
                                         num_outputs=_num_outputs(model)),
     )
+
+
+def _grid(corruptions, severities, backend: str, released: dict | None) -> list[tuple[str, int, str]]:
+    """(corruption, severity, what makes it) of every set to score: each asked-for corruption at each
+    severity, made by its backend; of released images, every set found (of the asked-for corruptions
+    and severities, when some are named)."""
+    if released is None:
+        corruptions = IMAGENET_C_CORRUPTIONS if corruptions is None else corruptions
+        kinds = {c: resolve_backend(c, backend) for c in corruptions}
+        return [(c, int(s), kinds[c]) for c in corruptions for s in severities]
+    found = [(c, s, RELEASED) for c, s in sorted(released, key=lambda k: (CORRUPTIONS.index(k[0]), k[1]))
+             if (corruptions is None or c in corruptions) and s in set(map(int, severities))]
+    if not found:
+        raise ValueError(f"the released images hold none of the asked-for corruptions and severities; they hold "
+                         f"{', '.join(sorted({c for c, _ in released}))} at severities "
+                         f"{', '.join(map(str, sorted({s for _, s in released})))}")
+    return found
+
+
+def _released_labels(names, num_outputs: int | None) -> torch.Tensor:
+    """For each ImageNet-1k class index of the released images, the model's output for it (-1 where
+    it predicts no such class): by name when the evaluation set names its classes, else as is."""
+    if is_imagenet_1k(names) or (names is None and num_outputs == IMAGENET_1K):
+        return torch.arange(IMAGENET_1K)
+    indices = imagenet_indices(names)
+    if indices is None:
+        raise ValueError("the released ImageNet-C images are scored by the model's ImageNet-1k classes, but the "
+                         "evaluation set's classes are not ImageNet-1k classes (by WordNet id or name)")
+    positions = torch.full((IMAGENET_1K,), -1, dtype=torch.long)
+    positions[torch.tensor(indices)] = torch.arange(len(indices))
+    return positions
+
+
+def _stored_image_batches(stored, *, resizer: ImageResizer, batch_size: int, num_workers: int):
+    """(uint8 pixels at the model's input, labels) of a set of encoded images (JPEGs, in an ``image``
+    column, ``label`` beside it), each read through the model's processor."""
+    loader = DataLoader(prepare_dataset(stored, resizer, "image", "label"), batch_size=batch_size,
+                        collate_fn=collate_images, num_workers=num_workers)
+    return decoded_batches(loader)
 
 
 def _tables(scores: dict) -> tuple[float, dict, dict, dict, dict]:
@@ -208,11 +282,12 @@ def natural_shift_accuracy(classifier, shift: NaturalShift, resizer, batch_size:
 
 
 def natural_shift_scores(classifier, shift: NaturalShift, resizer, batch_size: int = 64, num_workers: int = 0,
-                         device=None) -> Scores:
+                         device=None, shard: Shard = Shard()) -> Scores:
     """Accuracy and calibration of a [0, 1]-pixel classifier on a shifted test set, logits restricted
     to the shift's class subset; ``resizer`` decodes its images (an ``ImageResizer`` or a size). An
     ImageNet-1k classifier reads the set's classes by name: folders of WordNet ids (ImageNet-Sketch),
-    of indices (ImageNet-V2's "0" to "999"), or ImageNet's class names, whichever of them it holds."""
+    of indices (ImageNet-V2's "0" to "999"), or ImageNet's class names, whichever of them it holds.
+    ``shard``: the batches this process scores (all of them by default)."""
     data = load_image_dataset(shift.dataset, shift.config)
     if shift.split not in data:
         raise ValueError(f"no split {shift.split!r} in {shift.dataset}; it has {list(data)}")
@@ -222,7 +297,8 @@ def natural_shift_scores(classifier, shift: NaturalShift, resizer, batch_size: i
     names = class_names(data, label_column)
     labels_in_subset = subset is not None and names is not None and len(names) == len(subset)
     indices = imagenet_indices(names) if not labels_in_subset and _num_outputs(classifier) == IMAGENET_1K else None
-    loader = DataLoader(prepare_dataset(data, resizer, image_column, label_column), batch_size=batch_size,
+    prepared = prepare_dataset(data, resizer, image_column, label_column)
+    loader = DataLoader(Subset(prepared, shard.rows(len(prepared), batch_size)), batch_size=batch_size,
                         collate_fn=collate_images, num_workers=num_workers)
     return _scores(classifier, decoded_batches(loader), device, subset, labels_in_subset,
                    label_map=torch.tensor(indices) if indices is not None else None)
@@ -233,12 +309,17 @@ def _scores(classifier, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], de
             labels_in_subset: bool = False, label_map: torch.Tensor | None = None) -> Scores:
     """Accuracy and calibration of a [0, 1]-pixel classifier on 8-bit batches; with ``subset`` only
     those classes are scored (their logits alone make the probabilities); ``label_map`` turns the
-    set's labels into the model's class indices."""
+    set's labels into the model's class indices (-1: a class it does not predict, left out)."""
     scores = Scores()
     index = torch.as_tensor(subset, device=device) if subset is not None else None
     position = {c: i for i, c in enumerate(subset)} if subset is not None and not labels_in_subset else None
     for images, labels in batches:
-        labels = label_map[labels] if label_map is not None else labels
+        if label_map is not None:
+            labels = label_map[labels]
+            known = labels >= 0
+            images, labels = images[known], labels[known]
+            if not len(labels):
+                continue
         logits = _finite(classifier(images.to(device).float().div_(255)))
         predictions = subset_predictions(logits, subset, labels_in_subset).cpu()
         scored = logits.index_select(-1, index.to(logits.device)) if index is not None else logits

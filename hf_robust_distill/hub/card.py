@@ -13,7 +13,8 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..evaluation.report import PLOT_FILE, PROTOCOLS, REPORT_FILE, RobustnessReport
+from ..evaluation.protocols import PROTOCOLS
+from ..evaluation.report import PLOT_FILE, REPORT_FILE, RobustnessReport
 
 CARD_TEMPLATE = Path(str(resources.files("hf_robust_distill.model_cards") / "robust_student.md"))
 
@@ -125,8 +126,10 @@ def eval_results(report: RobustnessReport, dataset_id: str) -> list[EvalResult]:
     under its dataset's Hub id, config and split (a local folder by its name only)."""
     task = dict(task_type="image-classification", task_name="Image Classification")
     protocol = f"{report.protocol} protocol"
-    corrupted = dict(task, dataset_type=dataset_id, dataset_name=f"{report.dataset_name} (corrupted)",
-                     dataset_config="corruptions", dataset_split=report.split)
+    released = report.released_source if is_hub_id(report.released_source) else None
+    corrupted = dict(task, dataset_type=plain_name(released) if released else dataset_id,
+                     dataset_name=f"{report.dataset_name} (corrupted)", dataset_config="corruptions",
+                     dataset_split=report.split)
     results = [EvalResult(**task, dataset_type=dataset_id, dataset_name=report.dataset_name, dataset_split=report.split,
                           metric_type="accuracy", metric_name="Top-1 accuracy (clean)",
                           metric_value=round(100 * report.clean_accuracy, 2))]
@@ -196,6 +199,8 @@ def _backends_phrase(backends: dict[str, str]) -> str:
         return "the package's batched torch ports of ImageNet-C"
     if used == {"reference"}:
         return "the reference ImageNet-C code (imagecorruptions)"
+    if used == {"released"}:
+        return "Hendrycks & Dietterich and read from the released ImageNet-C images"
     reference = sorted(c for c, b in backends.items() if b == "reference")
     return f"the package's torch ports of ImageNet-C, and the reference code for {', '.join(reference)}"
 

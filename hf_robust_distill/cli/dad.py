@@ -233,13 +233,11 @@ def load_student(run: DADRun, config: DistillationConfig):
 
 
 def finish(run: DADRun, trainers: dict, teacher_classifier) -> dict:
-    """After training, on the main process: the table of the teacher and every student (the plain-KD
-    baseline first), their robustness reports and cards, and the push."""
+    """After training: the robustness reports of the teacher and every student, every process scoring
+    its share; on the main process the table (the plain-KD baseline first), the cards and the push."""
     results = {"trainer": trainers["DAD student"]}
     if "plain-KD student" in trainers:
         results["baseline"] = trainers["plain-KD student"]
-    if not results["trainer"].is_world_process_zero():
-        return results
     args, config = run.script_args, run.config
     pixels = PixelPreprocessor.from_image_processor(run.processor)
     students = [FinishedStudent(name, PixelSpaceClassifier(trainer.saved_student().eval(), pixels),

@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass, field
 
 import torch
+from accelerate import PartialState
 
 from ..data.imagenet_classes import is_imagenet_1k
 from ..data.images import ImageResizer
@@ -34,7 +35,8 @@ class EvaluateArguments:
     baseline_report: str | None = field(
         default=None, metadata={"help": "A baseline model's robustness_report.json: mCE relative to it."})
     output_dir: str = field(default="robustness", metadata={"help": "Where the report and the plot go."})
-    device: str | None = field(default=None, metadata={"help": "Default: cuda when available."})
+    device: str | None = field(default=None, metadata={"help": "Default: this process's accelerator when there is "
+                                                                 "one (under accelerate launch, each its own)."})
     seed: int = field(default=0, metadata={"help": "Seed of the corrupted sets."})
     max_bad_image_fraction: float = field(
         default=0.01, metadata={"help": "Images that fail to decode are left out; more than this share stops the run."})
@@ -63,7 +65,8 @@ class EvaluationRun:
 
     @property
     def device(self) -> torch.device:
-        return torch.device(self.args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        """``--device``, else this process's accelerator (``accelerate launch`` gives each its own)."""
+        return torch.device(self.args.device) if self.args.device else PartialState().device
 
 
 def load_classifier(run: EvaluationRun) -> torch.nn.Module:
@@ -94,7 +97,9 @@ def evaluate(run: EvaluationRun, classifier) -> RobustnessReport:
 
 
 def write_report(run: EvaluationRun, report: RobustnessReport) -> None:
-    """The report and its plot in ``--output_dir``, and the table printed."""
+    """On the main process: the report and its plot in ``--output_dir``, and the table printed."""
+    if not PartialState().is_main_process:
+        return
     output_dir = run.args.output_dir
     os.makedirs(output_dir, exist_ok=True)
     report_path = report.save(output_dir)

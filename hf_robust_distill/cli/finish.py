@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 
 import torch
+from accelerate import PartialState
 
 from ..data.datasets import DEMO_DATASET
 from ..data.images import ImageResizer
@@ -55,28 +56,32 @@ class RunEnd:
 
 
 def finish_run(run: RunEnd, students: list[FinishedStudent], *, scored: bool = True) -> dict:
-    """On the main process, after training: the table of the teacher and every student, clean and
-    under each distortion column (when ``scored``: labels of two classes and student heads for them),
-    its extra rows, the robustness reports and model cards, and the push. Returns ``{"table",
-    "reports", "commit"}`` (``reports`` when scored)."""
-    results = {"table": {}}
-    if scored:
+    """On every process, after training: the robustness reports, each process scoring its share of
+    every set (when ``scored``: labels of two classes and student heads for them); on the main
+    process, the table of the teacher and every student, clean and under each distortion column,
+    its extra rows, the model cards and the push. Returns ``{"table", "reports", "commit"}``
+    (``reports`` when scored; the table and the commit on the main process)."""
+    main = PartialState().is_main_process
+    results = {"table": {}, "commit": None}
+    if scored and main:
         models = {"teacher": run.teacher} if run.teacher is not None else {}
         models.update({student.name: student.classifier for student in students})
         results["table"] = distortion_table(models, {}, run.eval_set, run.columns, run.config.seed)
     results["table"].update(run.extra_rows)
-    if results["table"]:
+    if results["table"] and main:
         report_table(results["table"], run.config.output_dir)
     if scored:
-        results["reports"] = reports_and_cards(run, students)
-    results["commit"] = push_if_requested(run.config, run.repo_id, force=run.robustness.force_push)
+        results["reports"] = reports_and_cards(run, students, write=main)
+    if main:
+        results["commit"] = push_if_requested(run.config, run.repo_id, force=run.robustness.force_push)
     return results
 
 
-def reports_and_cards(run: RunEnd, students: list[FinishedStudent]) -> dict:
-    """The teacher's robustness report (the baseline), then each student's report, plot and model
-    card in its folder, every model evaluated on images decoded by the run's resizer (the student's
-    processor). Returns ``{name: RobustnessReport}`` (the teacher's under "teacher")."""
+def reports_and_cards(run: RunEnd, students: list[FinishedStudent], write: bool = True) -> dict:
+    """The teacher's robustness report (the baseline), then each student's report, and (when
+    ``write``: on the main process) its plot and model card in its folder, every model evaluated on
+    images decoded by the run's resizer (the student's processor). Returns ``{name: RobustnessReport}``
+    (the teacher's under "teacher")."""
     config, choice = run.config, run.robustness.robustness_baseline.lower()
     train_dataset = dataset_label(run.data_args.dataset_name)
     kwargs = dict(run.robustness.evaluation_kwargs(), decode_with=run.resizer, seed=config.seed,
@@ -87,22 +92,26 @@ def reports_and_cards(run: RunEnd, students: list[FinishedStudent]) -> dict:
         reports["teacher"] = evaluate_robustness(run.teacher, run.data.evaluation,
                                                  model_name=plain_name(run.teacher_name), **kwargs,
                                                  baseline="alexnet" if choice == "alexnet" else None)
-        reports["teacher"].save(os.path.join(config.output_dir, TEACHER_REPORT_FILE))
+        if write:
+            reports["teacher"].save(os.path.join(config.output_dir, TEACHER_REPORT_FILE))
     baseline = {"teacher": reports.get("teacher"), "alexnet": "alexnet", "none": None}[choice]
-    print("\nRobustness reports and model cards:")
+    if write:
+        print("\nRobustness reports and model cards:")
     for student in students:
         main_folder = student.folder == config.output_dir
         card_name = (run.repo_id.split("/")[-1] if run.repo_id and main_folder
                      else os.path.basename(os.path.abspath(student.folder)))
         report = evaluate_robustness(student.classifier, run.data.evaluation, model_name=card_name, baseline=baseline,
                                      **kwargs)
+        reports[student.name] = report
+        if not write:
+            continue
         paths = write_student_card(
             student.folder, report, method=student.method, teacher=run.teacher_name, train_dataset=train_dataset,
             settings=_settings(run, student), model_name=card_name, student_init=student.init,
             repo_id=run.repo_id if main_folder else None, architecture=_architecture(student.classifier),
             num_train_examples=len(run.data.train), license=run.robustness.card_license,
             teacher_report=reports.get("teacher"))
-        reports[student.name] = report
         _print_report(student.name, report, paths)
     return reports
 

@@ -150,11 +150,9 @@ def load_models(run: MultilevelRun):
 
 
 def finish(run: MultilevelRun, trainer) -> dict:
-    """After training, on the main process: the table (clean, each distortion, the linear probe), the
-    teacher's and the student's robustness reports and card, and the push."""
+    """After training: the teacher's and the student's robustness reports, every process scoring its
+    share; on the main process the table (clean, each distortion, the linear probe), the card and the push."""
     results = {"trainer": trainer}
-    if not trainer.is_world_process_zero():
-        return results
     config, data = run.config, run.data
     student_pixels = PixelPreprocessor.from_image_processor(run.processor)
     student = PixelSpaceClassifier(trainer.saved_student(config.output_dir).eval(), student_pixels)
@@ -164,7 +162,7 @@ def finish(run: MultilevelRun, trainer) -> dict:
     end = RunEnd(config, run.robustness, run.data_args, data, eval_set, run.resizer, columns,
                  run.teacher_path, teacher=_scoring_teacher(run, trainer), repo_id=run.repo_id,
                  skipped_training_images=len(trainer.bad_images))
-    if run.script_args.linear_probe and data.scored:
+    if run.script_args.linear_probe and data.scored and trainer.is_world_process_zero():
         end.extra_rows = linear_probe_rows(student.model, student_pixels, run.prepared(data.train), eval_set, columns,
                                            run.script_args.probe_label_fraction, config.seed)
     scored = data.scored and is_image_classifier(student.model)  # a student head for the data's classes

@@ -272,6 +272,7 @@ class RobustDistillationTrainer(Trainer):
         model = self.accelerator.unwrap_model(self.model)
         if not (lora.is_lora(model) or is_sharded(model)):
             return model
+        self.accelerator.wait_for_everyone()  # the main process has written the copy
         with whole_weights():
             return type(unwrap_adapters(model)).from_pretrained(folder or self.args.output_dir).to(self.args.device)
 

@@ -238,5 +238,5 @@ def test_imagenet_c_crop_is_torchvisions_resize_256_and_centre_crop_224(photo_se
         size = (256, int(256 * h / w)) if w <= h else (int(256 * w / h), 256)
         image = image.resize(size, Image.BILINEAR)
         top, left = int(round((size[1] - 224) / 2.0)), int(round((size[0] - 224) / 2.0))
-        expected = torch.from_numpy(np.asarray(image.crop((left, top, left + 224, top + 224)))).permute(2, 0, 1)
+        expected = torch.from_numpy(np.array(image.crop((left, top, left + 224, top + 224)))).permute(2, 0, 1)
         assert torch.equal((prepared[row]["pixel_values"] * 255).round().to(torch.uint8), expected)

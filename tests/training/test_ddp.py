@@ -27,12 +27,15 @@ def digest_of(model) -> str:
 
 
 def train_and_write_digest(recipe, recipe_argv, digest_dir):
-    trainer = load_recipe(recipe).main(recipe_argv)["trainer"]
+    results = load_recipe(recipe).main(recipe_argv)
+    trainer = results["trainer"]
     model = trainer.accelerator.unwrap_model(trainer.model)
     record = {"world_size": trainer.args.world_size, "steps": trainer.state.global_step, "digest": digest_of(model),
               "ddp": type(trainer.model_wrapped).__name__,
               "teacher_dtensors": all(isinstance(p, DTensor) for p in trainer.teacher.model.parameters()),
-              "losses": [e["loss"] for e in trainer.state.log_history if "loss" in e]}
+              "losses": [e["loss"] for e in trainer.state.log_history if "loss" in e],
+              "reports": {name: {c: {str(s): a for s, a in row.items()} for c, row in report.accuracy.items()}
+                          for name, report in results["reports"].items()}}  # every process scored its share
     with open(os.path.join(digest_dir, f"rank{trainer.args.process_index}.json"), "w") as f:
         json.dump(record, f)
 
@@ -57,6 +60,7 @@ def test_two_process_ddp_trains_the_multilevel_recipe_to_identical_weights(tiny_
     assert ranks[0]["world_size"] == 2 and ranks[0]["steps"] == 3 and ranks[0]["ddp"] == "DistributedDataParallel"
     assert ranks[0]["digest"] == ranks[1]["digest"]
     assert os.path.isfile(tmp_path / "out" / "robustness_report.json")
+    assert set(ranks[0]["reports"]) == {"teacher", "student"} and ranks[0]["reports"] == ranks[1]["reports"]
 
 
 def test_two_process_dad_trains_with_a_sharded_teacher_to_identical_weights(tiny_clip, tiny_vq, tiny_vit, tmp_path):
@@ -73,6 +77,7 @@ def test_two_process_dad_trains_with_a_sharded_teacher_to_identical_weights(tiny
     assert ranks[0]["digest"] == ranks[1]["digest"]
     assert all(torch.isfinite(torch.tensor(ranks[0]["losses"])))
     assert os.path.isfile(tmp_path / "out" / "README.md")
+    assert "DAD student" in ranks[0]["reports"] and ranks[0]["reports"] == ranks[1]["reports"]
 
 
 def infonce_halves(out_dir):

@@ -50,7 +50,7 @@ def real_photos(count: int, size: int, seed: int = 0) -> torch.Tensor:
         side = int(rng.integers(min(photo.shape[:2]) // 2, min(photo.shape[:2]) + 1))
         y, x = int(rng.integers(0, photo.shape[0] - side + 1)), int(rng.integers(0, photo.shape[1] - side + 1))
         crop = Image.fromarray(photo[y:y + side, x:x + side]).resize((size, size), Image.BILINEAR)
-        out.append(torch.from_numpy(np.asarray(crop)).permute(2, 0, 1))
+        out.append(torch.from_numpy(np.array(crop)).permute(2, 0, 1))
     return torch.stack(out)
 
 
@@ -62,7 +62,8 @@ def synchronize(device: torch.device) -> None:
 def time_port(images: torch.Tensor, labels: torch.Tensor, corruption: str, severity: int, device, batch_size: int,
               seed: int = 0) -> float:
     entry = CorruptedSet("benchmark", corruption, severity, "torch", seed, batch_size)
-    batches = [(images[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+    batches = [(k, images[i:i + batch_size], labels[i:i + batch_size])
+               for k, i in enumerate(range(0, len(images), batch_size))]
     synchronize(device)
     begin = time.perf_counter()
     for _ in torch_corrupted_batches(batches, entry, device):

@@ -5,7 +5,7 @@ from imagecorruptions import corruptions as reference
 
 from hf_robust_distill import CORRUPTIONS, Distorter, corrupt
 from hf_robust_distill.views import additive_noise, blur, parse_distortions, patch_mask, pixel_mask
-from hf_robust_distill.views.corruptions import motion_blur
+from hf_robust_distill.views.corruptions import digital, motion_blur
 
 DETERMINISTIC = ["gaussian_blur", "defocus_blur", "zoom_blur", "brightness", "contrast",
                  "saturate", "pixelate", "jpeg_compression"]
@@ -28,6 +28,19 @@ def test_deterministic_corruptions_match_reference(photo, name, severity):
     image, tensor = photo
     mad = np.abs(_ours(name, tensor, severity) - _reference(name, image, severity)).mean()
     assert mad <= 2.0, f"{name} severity {severity}: mean abs difference {mad:.3f} grey levels"
+
+
+@pytest.mark.parametrize("severity", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("name", ["pixelate", "jpeg_compression"])
+def test_the_accelerator_simulations_of_pils_corruptions_match_reference(photo, name, severity):
+    """On a CPU these two run through PIL itself (the reference's pixels); the tensor simulations an
+    accelerator runs are checked here, on the CPU."""
+    image, tensor = photo
+    simulated = getattr(digital, f"simulated_{name}")(tensor, severity)
+    mad = np.abs(simulated[0].permute(1, 2, 0).double().numpy() * 255 - _reference(name, image, severity)).mean()
+    assert mad <= 2.0, f"simulated {name} severity {severity}: {mad:.3f} grey levels"
+    assert torch.equal(corrupt(tensor, name, severity).mul(255).round(),
+                       torch.from_numpy(_reference(name, image, severity)).permute(2, 0, 1)[None].float())
 
 
 @pytest.mark.parametrize("severity", [1, 3, 5])

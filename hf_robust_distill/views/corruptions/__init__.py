@@ -16,8 +16,10 @@ import numpy as np
 import torch
 
 from .blur import defocus_blur, gaussian_blur, glass_blur, motion_blur, zoom_blur
-from .digital import brightness, contrast, elastic_transform, jpeg_compression, pixelate, saturate
+from .digital import (brightness, contrast, elastic_transform, jpeg_compression, jpeg_in_pil, pixelate, pixelate_in_pil,
+                      saturate)
 from .noise import gaussian_noise, impulse_noise, shot_noise, speckle_noise
+from .pil import pil_uint8
 from .weather import fog, frost, snow, spatter
 
 CorruptionFn = Callable[..., torch.Tensor]
@@ -29,6 +31,9 @@ IMAGENET_C: dict[str, CorruptionFn] = {
         speckle_noise, gaussian_blur, spatter, saturate,
     )
 }
+
+IN_PIL = {"pixelate": pixelate_in_pil, "jpeg_compression": jpeg_in_pil}
+"""The corruptions the reference makes with PIL, which a CPU runs through PIL itself (``pil``)."""
 
 CORRUPTIONS: tuple[str, ...] = tuple(IMAGENET_C)
 """Every corruption ``corrupt`` applies, in the reference's order: the 15 of ImageNet-C, then the 4
@@ -46,12 +51,42 @@ def corrupt(images: torch.Tensor, name: str, severity: int,
             generator: torch.Generator | None = None) -> torch.Tensor:
     """Applies ImageNet-C corruption ``name`` at ``severity`` (1-5) to a (B, 3, H, W) batch in [0,1],
     computed in float32 whatever the batch's dtype (returned in it)."""
-    if name not in IMAGENET_C:
-        raise ValueError(f"unknown corruption {name!r}; choose one of {', '.join(CORRUPTIONS)}")
-    if not isinstance(severity, (int, np.integer)) or not 1 <= severity <= 5:
-        raise ValueError(f"severity must be an integer from 1 to 5, got {severity!r}")
+    _check_corruption(name, severity)
     check_images(images)
     return IMAGENET_C[name](images.float(), int(severity), generator).to(images.dtype)
 
 
-__all__ = ["CORRUPTIONS", "IMAGENET_C", "check_images", "corrupt", *IMAGENET_C]
+def _check_corruption(name: str, severity: int) -> None:
+    if name not in IMAGENET_C:
+        raise ValueError(f"unknown corruption {name!r}; choose one of {', '.join(CORRUPTIONS)}")
+    if not isinstance(severity, (int, np.integer)) or not 1 <= severity <= 5:
+        raise ValueError(f"severity must be an integer from 1 to 5, got {severity!r}")
+
+
+CPU_PIECE = 8
+"""On a CPU ``corrupt_uint8`` corrupts a batch 8 images at a time, drawing from the generator in
+turn, so that every intermediate tensor of a piece stays in cache (1.5-3x faster than whole batches
+for most corruptions); on an accelerator it corrupts whole batches."""
+
+
+def corrupt_uint8(images: torch.Tensor, name: str, severity: int, generator: torch.Generator | None = None,
+                  quantize: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """``corrupt`` on a (B, 3, H, W) uint8 batch, uint8 out: the [0, 1] result brought to 8 bits by
+    ``quantize`` (default: rounding). On a CPU the corruptions PIL makes take no detour through floats."""
+    if images.dtype != torch.uint8:
+        raise ValueError(f"expected uint8 images, got dtype {images.dtype}")
+    if images.device.type != "cpu" or name not in IN_PIL:
+        quantize = quantize or _rounded
+        pieces = images.split(CPU_PIECE) if images.device.type == "cpu" else (images,)
+        return torch.cat([quantize(corrupt(piece.float().div_(255), name, severity, generator)) for piece in pieces])
+    _check_corruption(name, severity)
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+    return pil_uint8(images, IN_PIL[name](int(severity)))
+
+
+def _rounded(pixels: torch.Tensor) -> torch.Tensor:
+    return pixels.mul(255).round_().clamp_(0, 255).to(torch.uint8)
+
+
+__all__ = ["CORRUPTIONS", "IMAGENET_C", "IN_PIL", "check_images", "corrupt", "corrupt_uint8", *IMAGENET_C]

@@ -3,13 +3,16 @@ the held-out saturate."""
 
 from __future__ import annotations
 
+import io
 import math
 from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from .filters import gaussian_filter_axes, rand
+from .pil import Transform, through_pil
 
 # ---- colour: the reference goes through skimage's HSV; with hue fixed these are closed forms -----
 
@@ -61,9 +64,26 @@ def _box_matrix(size: int, small: int) -> torch.Tensor:
 
 
 def pixelate(images, severity, generator=None):
+    """PIL's BOX down to ``c`` of the size, then NEAREST back: PIL itself on a CPU, simulated on an
+    accelerator."""
+    if images.device.type == "cpu":
+        return through_pil(images, pixelate_in_pil(severity))
+    return simulated_pixelate(images, severity)
+
+
+_PIXELATE = [0.6, 0.5, 0.4, 0.3, 0.25]
+
+
+def pixelate_in_pil(severity: int) -> Transform:
+    c = _PIXELATE[severity - 1]
+    return lambda image: image.resize((int(image.width * c), int(image.height * c)), Image.BOX).resize(
+        image.size, Image.NEAREST)
+
+
+def simulated_pixelate(images, severity, generator=None):
     """PIL's BOX down to ``c`` of the size, then NEAREST back (the source pixel under each output
-    centre, which is ``nearest-exact``)."""
-    c = [0.6, 0.5, 0.4, 0.3, 0.25][severity - 1]
+    centre, which is ``nearest-exact``), as tensor ops."""
+    c = _PIXELATE[severity - 1]
     h, w = images.shape[-2:]
     down_h = _box_matrix(h, int(h * c)).to(images.device, images.dtype)
     down_w = _box_matrix(w, int(w * c)).to(images.device, images.dtype)
@@ -126,9 +146,31 @@ def _mix(channels: tuple[torch.Tensor, ...], weights: tuple[float, ...], offset:
 
 
 def jpeg_compression(images, severity, generator=None):
+    """A JPEG save and load at the reference's quality: libjpeg through PIL on a CPU, simulated on an
+    accelerator."""
+    if images.device.type == "cpu":
+        return through_pil(images, jpeg_in_pil(severity))
+    return simulated_jpeg_compression(images, severity)
+
+
+_JPEG_QUALITY = [25, 18, 15, 10, 7]
+
+
+def jpeg_in_pil(severity: int) -> Transform:
+    quality = _JPEG_QUALITY[severity - 1]
+
+    def round_trip(image: Image.Image) -> Image.Image:
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=quality)
+        return Image.open(buffer)
+
+    return round_trip
+
+
+def simulated_jpeg_compression(images, severity, generator=None):
     """A JPEG save and load at the reference's quality, simulated in torch on the device: JFIF
     colour conversion, 4:2:0 chroma, quantised DCT, fancy upsampling."""
-    quality = [25, 18, 15, 10, 7][severity - 1]
+    quality = _JPEG_QUALITY[severity - 1]
     dtype = torch.float32 if images.dtype != torch.float64 else torch.float64
     x = (images.to(dtype) * 255).round_()
     b, _, h, w = x.shape

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..data.datasets import DEMO_DATASET, check_dataset_reachable
+from ..evaluation.adversarial import SUITES as ATTACK_SUITES, AttackBudget, check_installed as check_attacks_installed
 from ..evaluation.checks import check_corruptions, check_natural_shifts, parse_severities
 from ..evaluation.protocols import CHOICES as PROTOCOL_CHOICES, resolve_protocol
 from ..utils.problems import Problems, check_choice
@@ -54,6 +55,15 @@ class RobustnessArguments:
         default=None, metadata={"help": "The released ImageNet-C images: a folder in the release's layout "
                                         "(<corruption>/<severity>/<wnid>/<name>.JPEG) or a dataset with corruption, "
                                         "severity, image and label columns."})
+    adversarial_eval: str | None = field(
+        default=None, metadata={"help": "Also the accuracy under AutoAttack at this budget, norm:eps in [0, 1] pixel "
+                                        "units (linf:4/255, l2:0.5), on --adversarial_examples images (pip install "
+                                        "'hf-robust-distill[adversarial]')."})
+    adversarial_examples: int = field(default=1000, metadata={"help": "Images attacked by --adversarial_eval."})
+    adversarial_suite: str = field(
+        default="standard", metadata={"help": "standard (AutoAttack: APGD-CE, APGD-DLR, DeepFool, Square) or apgd "
+                                              "(its two APGD attacks, a cheaper screen).",
+                                      "choices": list(ATTACK_SUITES)})
     robustness_baseline: str = field(
         default="teacher", metadata={"help": "What mCE is normalised by: teacher (relative to the teacher's report), "
                                              "alexnet (ImageNet-scale runs) or none. recipes/evaluate_robustness.py: "
@@ -94,6 +104,11 @@ class RobustnessArguments:
                        released=self.imagenet_c is not None)
         if self.imagenet_c is not None:
             problems.check("--imagenet_c", check_dataset_reachable, self.imagenet_c)
+        if self.adversarial_eval is not None:
+            problems.check("--adversarial_eval", AttackBudget.parse, self.adversarial_eval, self.adversarial_suite)
+            problems.check("--adversarial_eval", check_attacks_installed)
+            if self.adversarial_examples < 1:
+                problems.add("--adversarial_examples", f"must be at least 1, got {self.adversarial_examples}")
         if self.shift_specs:
             problems.check("--natural_shifts", check_natural_shifts, self.shift_specs)
         if self.robustness_batch_size < 1:
@@ -106,4 +121,6 @@ class RobustnessArguments:
             backend=self.robustness_backend, natural_shifts=self.shift_specs, cache_dir=self.corruption_cache_dir,
             batch_size=self.robustness_batch_size, num_workers=self.robustness_num_workers,
             protocol=self.corruption_protocol, imagenet_c=self.imagenet_c,
+            adversarial=AttackBudget.parse(self.adversarial_eval, self.adversarial_suite) if self.adversarial_eval
+            else None, adversarial_examples=self.adversarial_examples,
         )

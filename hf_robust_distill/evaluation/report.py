@@ -47,6 +47,9 @@ class RobustnessReport:
     """The folder or dataset of released ImageNet-C images read (the released protocol)."""
     natural_shift_datasets: dict[str, dict] = field(default_factory=dict)
     """Where each natural shift's images come from: ``{name: {"dataset", "config", "split"}}``."""
+    adversarial: dict | None = None
+    """Accuracy under AutoAttack, when asked for: ``{"norm", "eps", "eps_text", "suite", "num_examples",
+    "clean_accuracy", "robust_accuracy", "attacks", "package"}`` (``adversarial.adversarial_record``)."""
     calibration: dict = field(default_factory=dict)
     """``{"clean": {"ece", "nll"}, "corrupted": {corruption: {severity: {...}}}, "natural_shifts": {name:
     {...}}}``: expected calibration error (15 bins) and negative log-likelihood; empty in reports
@@ -234,7 +237,17 @@ class RobustnessReport:
             out["clean ECE (%)"] = 100 * self.clean_ece
         if self.mean_corrupted_ece is not None:
             out["mean corrupted ECE (%)"] = 100 * self.mean_corrupted_ece
+        if self.adversarial:
+            out[self.adversarial_name] = 100 * self.adversarial["robust_accuracy"]
         return out
+
+    @property
+    def adversarial_name(self) -> str:
+        """The robust accuracy's name: attack, budget and subset ("AutoAttack Linf 4/255 accuracy (1000 images)")."""
+        a = self.adversarial or {}
+        norm = "Linf" if a.get("norm") == "linf" else "L2"
+        suite = "AutoAttack" if a.get("suite") == "standard" else "APGD"
+        return f"{suite} {norm} {a.get('eps_text')} accuracy ({a.get('num_examples')} images)"
 
     def to_markdown(self, reference: RobustnessReport | None = None, reference_label: str = "teacher") -> str:
         """Accuracy per corruption and severity and its mean, in %, as a Markdown table; with

@@ -24,6 +24,8 @@ from ..models.pixels import PixelPreprocessor, as_pixel_classifier, model_dtype
 from ..models.taps import FeatureTaps
 from ..views.corruptions import CORRUPTIONS
 from ..views.distortions import Distorter
+from .adversarial import (AttackBudget, adversarial_record, adversarial_scores,
+                          check_installed as check_attacks_installed)
 from .calibration import Scores
 from .corrupted_sets import (CorruptedSetCache, cached_batches, decode_evaluation_set, decoded_batches, resolve_backend,
                              source_key)
@@ -78,7 +80,8 @@ def evaluate_robustness(
     batch_size: int = 64, num_workers: int = 0, seed: int = 0, cache_dir: str | None = None, device=None,
     model_name: str | None = None, dataset_name: str | None = None, split: str | None = None,
     image_column: str | None = None, label_column: str | None = None, progress: bool = True,
-    protocol: str = "auto", imagenet_c: str | None = None,
+    protocol: str = "auto", imagenet_c: str | None = None, adversarial: AttackBudget | str | None = None,
+    adversarial_examples: int = 1000,
 ) -> RobustnessReport:
     """Top-1 accuracy and calibration of ``model`` on ``dataset`` clean, under every corruption x severity, and on
     each natural shift, with corruption errors and mCE against ``baseline``.
@@ -103,6 +106,9 @@ def evaluate_robustness(
     ``RobustnessReport`` on the same data (relative mCE), or ``None``. ``natural_shifts``: ``NaturalShift``s or
     "name=dataset[:split]" specs (imagenet-r and imagenet-a bring their 200-class subsets).
 
+    ``adversarial`` (an ``AttackBudget`` or "linf:4/255"-style spec): also the accuracy under AutoAttack on the
+    first ``adversarial_examples`` images (the optional ``adversarial`` extra).
+
     Under ``accelerate launch`` (an initialised process group) every process makes and scores its share of each
     set and the counts are added up: the report is the one-process report, on every process.
     """
@@ -116,6 +122,9 @@ def evaluate_robustness(
     released = read_released(imagenet_c) if protocol == RELEASED else None
     grid = _grid(corruptions, severities, backend, released)
     shifts = [NaturalShift.parse(s) if isinstance(s, str) else s for s in natural_shifts]
+    budget = AttackBudget.parse(adversarial) if isinstance(adversarial, str) else adversarial
+    if budget is not None:
+        check_attacks_installed()
     cache = CorruptedSetCache(cache_dir)
     with shard.main_process_first():
         clean_set, bad_images, source = _decoded(dataset, resizer, cache, image_column, label_column, batch_size,
@@ -150,6 +159,8 @@ def evaluate_robustness(
             bar.set_postfix_str(shift.name)
             scores[shift] = natural_shift_scores(classifier, shift, resizer, batch_size, num_workers, device, shard)
             bar.update()
+        attacked = (_adversarial(classifier, clean_set, size, budget, adversarial_examples, batch_size, seed, shard)
+                    if budget is not None else None)
     scores = {key: measured.summed(shard.sum) for key, measured in scores.items()}
     clean, accuracy, shifted, sources, calibration = _tables(scores)
     return RobustnessReport(
@@ -158,10 +169,30 @@ def evaluate_robustness(
         backends={corruption: kind for corruption, _, kind in grid}, seed=seed, natural_shifts=shifted,
         baseline=_baseline(baseline), skipped_images=len(bad_images), calibration=calibration,
         natural_shift_datasets=sources, protocol=protocol, imagenet_1k=is_imagenet_1k(names),
-        released_source=imagenet_c if released is not None else None,
+        released_source=imagenet_c if released is not None else None, adversarial=attacked,
         chance_accuracy=chance_accuracy(np.asarray(clean_set.with_format("numpy")["label"]),
                                         num_outputs=_num_outputs(model)),
     )
+
+
+def _adversarial(classifier, clean_set, size, budget: AttackBudget, examples: int, batch_size: int, seed: int,
+                 shard: Shard) -> dict:
+    """Accuracy under ``budget``'s attacks on the first ``examples`` images of the decoded set, each process
+    attacking its share."""
+    total = min(examples, len(clean_set))
+    images, labels = [], []
+    for batch, targets in cached_batches(clean_set.select(range(total)), size, batch_size, shard):
+        images.append(batch)
+        labels.append(targets)
+    device = next(classifier.parameters()).device
+    with torch.no_grad():
+        num_classes = classifier(torch.zeros(1, 3, *size, device=device)).shape[-1]
+    counts = {"correct": 0, "robust": 0}
+    if images:
+        counts = adversarial_scores(classifier, torch.cat(images), torch.cat(labels), budget, num_classes, batch_size,
+                                    seed)
+    summed = shard.sum(torch.tensor([counts["correct"], counts["robust"]], dtype=torch.float64))
+    return adversarial_record(budget, total, int(summed[0]), int(summed[1]))
 
 
 def _grid(corruptions, severities, backend: str, released: dict | None) -> list[tuple[str, int, str]]:

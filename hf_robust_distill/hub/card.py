@@ -145,6 +145,11 @@ def eval_results(report: RobustnessReport, dataset_id: str) -> list[EvalResult]:
         results.append(EvalResult(**corrupted, metric_type="relative_mce",
                                   metric_name=f"Relative mCE (vs {baseline}; {protocol})",
                                   metric_value=round(report.relative_mce, 2)))
+    if report.adversarial:
+        results.append(EvalResult(**task, dataset_type=dataset_id, dataset_name=report.dataset_name,
+                                  dataset_split=report.split, metric_type="robust_accuracy",
+                                  metric_name=report.adversarial_name.replace(" accuracy", " top-1 accuracy"),
+                                  metric_value=round(100 * report.adversarial["robust_accuracy"], 2)))
     for name, accuracy in report.natural_shifts.items():
         source = report.natural_shift_datasets.get(name, {})  # its Hub id, so the Hub links the result
         results.append(EvalResult(**task, dataset_type=plain_name(source.get("dataset") or name), dataset_name=name,

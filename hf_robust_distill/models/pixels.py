@@ -41,10 +41,11 @@ class PixelPreprocessor:
         if tuple(pixels.shape[-2:]) != self.size:
             pixels = F.interpolate(pixels, size=self.size, mode="bilinear", antialias=True, align_corners=False)
         if pixels.device not in self._stats:
-            self._stats[pixels.device] = (
-                torch.tensor(self.mean, device=pixels.device).reshape(1, 3, 1, 1),
-                torch.tensor(self.std, device=pixels.device).reshape(1, 3, 1, 1),
-            )
+            with torch.inference_mode(False):  # made under an evaluation's inference mode, they serve autograd too
+                self._stats[pixels.device] = (
+                    torch.tensor(self.mean, device=pixels.device).reshape(1, 3, 1, 1),
+                    torch.tensor(self.std, device=pixels.device).reshape(1, 3, 1, 1),
+                )
         mean, std = self._stats[pixels.device]
         normalised = (pixels - mean) / std
         return normalised if dtype is None else normalised.to(dtype)

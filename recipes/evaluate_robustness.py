@@ -3,14 +3,18 @@ folder; a saved ``CLIPZeroShotClassifier`` too): accuracy on clean images and un
 ImageNet-C corruption x severity, corruption errors and mCE, natural shifts; written as
 ``robustness_report.json`` and ``robustness.png`` in ``--output_dir``.
 
-    python recipes/evaluate_robustness.py --model_name_or_path google/vit-base-patch16-224 \\
-        --dataset_name <imagenet-1k on the Hub> --eval_split validation --robustness_baseline alexnet \\
+    accelerate launch recipes/evaluate_robustness.py --model_name_or_path google/vit-base-patch16-224 \\
+        --dataset_name <imagenet-1k on the Hub> --eval_split validation \\
         --natural_shifts imagenet-r=axiong/imagenet-r:test --output_dir vit-b16-robustness
+    python recipes/evaluate_robustness.py --model_name_or_path google/vit-base-patch16-224 \\
+        --dataset_name <imagenet-1k on the Hub> --eval_split validation --imagenet_c /data/ImageNet-C
     python recipes/evaluate_robustness.py --model_name_or_path my-student --baseline_report teacher/robustness_report.json
     python recipes/evaluate_robustness.py      # the embedded demo: the demo zoo's ViT on the digits
 
 Flags: the fields of ``EvaluateArguments``, ``DataArguments`` and ``RobustnessArguments``. Images are
-decoded with the model's own image processor, as ``pipeline("image-classification")`` decodes them.
+decoded with the model's own image processor, as ``pipeline("image-classification")`` decodes them. On
+ImageNet-1k the corrupted images follow ImageNet-C's own pipeline (``--corruption_protocol imagenet-c``)
+or are the released ones (``--imagenet_c``); under ``accelerate launch`` every process scores its share.
 """
 
 import logging

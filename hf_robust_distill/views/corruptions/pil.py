@@ -1,13 +1,11 @@
 """Corruptions the reference makes with PIL (libjpeg's save and load, PIL's resampling), run through
-PIL itself on a CPU: image by image on torch's threads (PIL lets go of the GIL while it encodes and
-resamples). There, C code beats any tensor simulation of it and gives the reference's pixels
-exactly; on an accelerator the torch simulations run instead, without a trip through the host."""
+PIL itself on a CPU: there its C code gives the reference's pixels exactly, at the reference's speed,
+where the tensor simulations an accelerator runs are slower. Images go in and out as 8-bit planes,
+which PIL merges and splits in C (a channels-last copy in torch costs as much as the resampling)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
 
 import numpy as np
 import torch
@@ -16,29 +14,16 @@ from PIL import Image
 Transform = Callable[[Image.Image], Image.Image]
 
 
-@lru_cache(maxsize=None)
-def _pool(threads: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(threads, thread_name_prefix="pil-corruption")
-
-
 def pil_uint8(images: torch.Tensor, transform: Transform) -> torch.Tensor:
     """``transform`` applied to each image of a (B, 3, H, W) uint8 CPU batch as an RGB PIL image;
-    uint8 out. Channels go in and out as planes (PIL merges and splits them in C; a strided
-    channels-last copy in torch costs as much as the JPEG itself)."""
+    uint8 out. One image at a time: at 224 px PIL spends most of a call in Python, under the GIL,
+    so threads would not run them side by side."""
     planes = images.contiguous().numpy()
     out = np.empty_like(planes)
-
-    def one(i: int) -> None:
-        image = transform(Image.merge("RGB", [Image.fromarray(plane) for plane in planes[i]]))
-        for c, band in enumerate((image if image.mode == "RGB" else image.convert("RGB")).split()):
+    for i, image in enumerate(planes):
+        result = transform(Image.merge("RGB", [Image.fromarray(plane) for plane in image]))
+        for c, band in enumerate((result if result.mode == "RGB" else result.convert("RGB")).split()):
             out[i, c] = np.asarray(band)
-
-    threads = max(1, min(torch.get_num_threads(), len(planes)))
-    if threads > 1:
-        list(_pool(threads).map(one, range(len(planes))))
-    else:
-        for i in range(len(planes)):
-            one(i)
     return torch.from_numpy(out)
 
 

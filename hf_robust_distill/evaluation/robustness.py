@@ -112,6 +112,7 @@ def evaluate_robustness(
     Under ``accelerate launch`` (an initialised process group) every process makes and scores its share of each
     set and the counts are added up: the report is the one-process report, on every process.
     """
+    # 1. the classifier, how it decodes images, this process's share, the protocol and the sets to score
     classifier = as_pixel_classifier(model, image_processor)
     resizer = _resizer(model, image_processor, image_size, decode_with)
     device = torch.device(device) if device is not None else next(classifier.parameters()).device
@@ -125,6 +126,7 @@ def evaluate_robustness(
     budget = AttackBudget.parse(adversarial) if isinstance(adversarial, str) else adversarial
     if budget is not None:
         check_attacks_installed()
+    # 2. the evaluation set decoded once (and ImageNet-C's crops of it), by the main process first
     cache = CorruptedSetCache(cache_dir)
     with shard.main_process_first():
         clean_set, bad_images, source = _decoded(dataset, resizer, cache, image_column, label_column, batch_size,
@@ -132,35 +134,29 @@ def evaluate_robustness(
         crops = (_decoded(dataset, ImageNetCCrop(), cache, image_column, label_column, batch_size, num_workers)
                  if protocol == IMAGENET_C else None)
     name, size = model_name or _model_name(model), resizer.size
-    read = partial(_stored_image_batches, resizer=resizer, batch_size=batch_size, num_workers=num_workers)
-    if protocol == IMAGENET_C:
-        made = partial(cache.batches, crops[0], crops[2], seed=seed, size=ImageNetCCrop().size, batch_size=batch_size,
-                       num_workers=num_workers, device=device, protocol=IMAGENET_C, shard=shard)
-    else:
-        made = partial(cache.batches, clean_set, source, seed=seed, size=size, batch_size=batch_size,
-                       num_workers=num_workers, device=device, shard=shard)
+    corrupted = partial(_corrupted_batches, protocol, cache, crops or (clean_set, None, source), released,
+                        resizer=resizer, seed=seed, size=size, batch_size=batch_size, num_workers=num_workers,
+                        device=device, shard=shard)
     label_map = _released_labels(names, _num_outputs(model)) if released is not None else None
     scores = {}
     with _evaluating(classifier), tqdm(total=1 + len(grid) + len(shifts), desc=f"robustness of {name}",
                                        disable=not progress or shard.index != 0) as bar:
+        # 3. this process's share of the clean set, of every corrupted set and of every natural shift
         scores["clean"] = _scores(classifier, cached_batches(clean_set, size, batch_size, shard), device)
         bar.update()
         for corruption, severity, kind in grid:
             bar.set_postfix_str(f"{corruption} {severity}")
-            if released is not None:
-                part = released[corruption, severity]
-                batches = read(part.select(shard.rows(len(part), batch_size)))
-            else:
-                batches = made(corruption, severity, kind)
-                batches = read(batches) if protocol == IMAGENET_C else batches
-            scores[corruption, severity] = _scores(classifier, batches, device, label_map=label_map)
+            scores[corruption, severity] = _scores(classifier, corrupted(corruption, severity, kind), device,
+                                                   label_map=label_map)
             bar.update()
         for shift in shifts:
             bar.set_postfix_str(shift.name)
             scores[shift] = natural_shift_scores(classifier, shift, resizer, batch_size, num_workers, device, shard)
             bar.update()
+        # 4. AutoAttack, when asked for
         attacked = (_adversarial(classifier, clean_set, size, budget, adversarial_examples, batch_size, seed, shard)
                     if budget is not None else None)
+    # 5. the sums of every process added up, and the report
     scores = {key: measured.summed(shard.sum) for key, measured in scores.items()}
     clean, accuracy, shifted, sources, calibration = _tables(scores)
     return RobustnessReport(
@@ -173,6 +169,26 @@ def evaluate_robustness(
         chance_accuracy=chance_accuracy(np.asarray(clean_set.with_format("numpy")["label"]),
                                         num_outputs=_num_outputs(model)),
     )
+
+
+def _corrupted_batches(protocol: str, cache: CorruptedSetCache, source: tuple, released: dict | None,
+                       corruption: str, severity: int, kind: str, *, resizer: ImageResizer, seed: int, size,
+                       batch_size: int, num_workers: int, device, shard: Shard):
+    """This process's share of one corrupted set as (uint8 pixels at the model's input, labels): the
+    released images, or the set made from ``source`` (the decoded set and its key; ImageNet-C's crops
+    under its protocol), read through the model's processor where the protocol stores JPEGs."""
+    read = partial(_stored_image_batches, resizer=resizer, batch_size=batch_size, num_workers=num_workers)
+    if released is not None:
+        part = released[corruption, severity]
+        return read(part.select(shard.rows(len(part), batch_size)))
+    images, _, key = source
+    if protocol == IMAGENET_C:
+        stored = cache.batches(images, key, corruption, severity, kind, seed=seed, size=ImageNetCCrop().size,
+                               batch_size=batch_size, num_workers=num_workers, device=device, protocol=IMAGENET_C,
+                               shard=shard)
+        return read(stored)
+    return cache.batches(images, key, corruption, severity, kind, seed=seed, size=size, batch_size=batch_size,
+                         num_workers=num_workers, device=device, shard=shard)
 
 
 def _adversarial(classifier, clean_set, size, budget: AttackBudget, examples: int, batch_size: int, seed: int,

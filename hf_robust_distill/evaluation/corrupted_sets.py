@@ -177,22 +177,44 @@ class CorruptedSetCache:
 
     def batches(self, clean: Dataset, source: str, corruption: str, severity: int, backend: str, *, seed: int,
                 size: tuple[int, int], batch_size: int, num_workers: int, device: torch.device,
-                protocol: str = MODEL_RESOLUTION, shard: Shard = Shard()):
-        """This process's share of the batches of ``clean`` under one corruption and severity:
-        (uint8 pixels, labels), or, for a protocol that stores JPEGs, the stored set (columns ``image``
-        and ``label``) for the caller to decode. Read back when this set was made before, else made (on
-        ``device`` by the torch ports, per image by the reference code) and written."""
-        on_device = backend == "torch"
-        entry = CorruptedSet(source, corruption, severity, backend, seed, batch_size if on_device else 0,
-                             device.type if on_device else "", protocol, shard.key)
+                shard: Shard = Shard()) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This process's share of the (uint8 pixels, labels) batches of ``clean`` under one corruption
+        and severity (the model-resolution protocol): read back when this set was made before, else
+        made (on ``device`` by the torch ports, per image by the reference code) and written as they
+        are read."""
+        entry = _entry(source, corruption, severity, backend, seed, batch_size, device, MODEL_RESOLUTION, shard)
         cached = self.load(entry)
         if cached is not None:
-            return cached if entry.stores_jpeg else cached_batches(cached, size, batch_size)
-        if on_device:
-            made = torch_corrupted_batches(indexed_batches(clean, size, batch_size, shard), entry, device)
-        else:
-            made = reference_corrupted_batches(clean, size, entry, batch_size, num_workers, shard)
-        return self.fill(entry, made) if entry.stores_jpeg else self.write(entry, made)
+            return cached_batches(cached, size, batch_size)
+        return self.write(entry, _made(entry, clean, size, batch_size, num_workers, device, shard))
+
+    def stored(self, clean: Dataset, source: str, corruption: str, severity: int, backend: str, *, seed: int,
+               size: tuple[int, int], batch_size: int, num_workers: int, device: torch.device, protocol: str,
+               shard: Shard = Shard()) -> Dataset:
+        """This process's share of ``clean`` under one corruption and severity as ``protocol`` stores it
+        (imagenet-c: JPEGs in an ``image`` column, ``label`` beside it), made and written first when it
+        was not made before."""
+        entry = _entry(source, corruption, severity, backend, seed, batch_size, device, protocol, shard)
+        cached = self.load(entry)
+        if cached is not None:
+            return cached
+        return self.fill(entry, _made(entry, clean, size, batch_size, num_workers, device, shard))
+
+
+def _entry(source: str, corruption: str, severity: int, backend: str, seed: int, batch_size: int, device,
+           protocol: str, shard: Shard) -> CorruptedSet:
+    """The set's description: the torch backend's sets also by their batch size and device type."""
+    on_device = backend == "torch"
+    return CorruptedSet(source, corruption, severity, backend, seed, batch_size if on_device else 0,
+                        torch.device(device).type if on_device else "", protocol, shard.key)
+
+
+def _made(entry: CorruptedSet, clean: Dataset, size: tuple[int, int], batch_size: int, num_workers: int, device,
+          shard: Shard) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``shard``'s batches of ``clean`` corrupted as ``entry`` says, by its backend."""
+    if entry.backend == "torch":
+        return torch_corrupted_batches(indexed_batches(clean, size, batch_size, shard), entry, device)
+    return reference_corrupted_batches(clean, size, entry, batch_size, num_workers, shard)
 
 
 def _write_json(path: str, data: dict) -> None:

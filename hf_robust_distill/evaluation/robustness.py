@@ -183,10 +183,9 @@ def _corrupted_batches(protocol: str, cache: CorruptedSetCache, source: tuple, r
         return read(part.select(shard.rows(len(part), batch_size)))
     images, _, key = source
     if protocol == IMAGENET_C:
-        stored = cache.batches(images, key, corruption, severity, kind, seed=seed, size=ImageNetCCrop().size,
-                               batch_size=batch_size, num_workers=num_workers, device=device, protocol=IMAGENET_C,
-                               shard=shard)
-        return read(stored)
+        return read(cache.stored(images, key, corruption, severity, kind, seed=seed, size=ImageNetCCrop().size,
+                                 batch_size=batch_size, num_workers=num_workers, device=device, protocol=IMAGENET_C,
+                                 shard=shard))
     return cache.batches(images, key, corruption, severity, kind, seed=seed, size=size, batch_size=batch_size,
                          num_workers=num_workers, device=device, shard=shard)
 

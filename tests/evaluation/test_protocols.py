@@ -92,9 +92,9 @@ def protocol_images(photo_set, tmp_path, corruption, severity, backend, seed=0) 
     crops, _ = decode_evaluation_set(photo_set, ImageNetCCrop(), cache, "image", "label", batch_size=2)
     from hf_robust_distill.evaluation.corrupted_sets import source_key
 
-    stored = cache.batches(crops, source_key(photo_set, "image", "label", ImageNetCCrop()), corruption, severity,
-                           backend, seed=seed, size=(224, 224), batch_size=2, num_workers=0,
-                           device=torch.device("cpu"), protocol="imagenet-c")
+    stored = cache.stored(crops, source_key(photo_set, "image", "label", ImageNetCCrop()), corruption, severity,
+                          backend, seed=seed, size=(224, 224), batch_size=2, num_workers=0,
+                          device=torch.device("cpu"), protocol="imagenet-c")
     cells = stored.cast_column("image", ImageFeature(decode=False))["image"]
     assert all(Image.open(io.BytesIO(cell["bytes"])).format == "JPEG" for cell in cells)
     return [np.asarray(Image.open(io.BytesIO(cell["bytes"])).convert("RGB"), dtype=np.float64) for cell in cells]

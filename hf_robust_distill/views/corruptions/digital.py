@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from functools import lru_cache
 
 import torch
@@ -66,9 +67,14 @@ def _box_matrix(size: int, small: int) -> torch.Tensor:
 def pixelate(images, severity, generator=None):
     """PIL's BOX down to ``c`` of the size, then NEAREST back: PIL itself on a CPU, simulated on an
     accelerator."""
+    return _pil_on_cpu(images, severity, pixelate_in_pil, simulated_pixelate)
+
+
+def _pil_on_cpu(images, severity: int, in_pil: Callable[[int], Transform], simulated) -> torch.Tensor:
+    """A corruption the reference makes with PIL: PIL itself on a CPU (``pil``), ``simulated`` elsewhere."""
     if images.device.type == "cpu":
-        return through_pil(images, pixelate_in_pil(severity))
-    return simulated_pixelate(images, severity)
+        return through_pil(images, in_pil(severity))
+    return simulated(images, severity)
 
 
 _PIXELATE = [0.6, 0.5, 0.4, 0.3, 0.25]
@@ -148,9 +154,7 @@ def _mix(channels: tuple[torch.Tensor, ...], weights: tuple[float, ...], offset:
 def jpeg_compression(images, severity, generator=None):
     """A JPEG save and load at the reference's quality: libjpeg through PIL on a CPU, simulated on an
     accelerator."""
-    if images.device.type == "cpu":
-        return through_pil(images, jpeg_in_pil(severity))
-    return simulated_jpeg_compression(images, severity)
+    return _pil_on_cpu(images, severity, jpeg_in_pil, simulated_jpeg_compression)
 
 
 _JPEG_QUALITY = [25, 18, 15, 10, 7]

@@ -27,6 +27,24 @@ def test_ece_and_nll_equal_the_values_computed_by_hand():
     assert scores.accuracy == 0.75 and scores.total == 4
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_sums_gathered_batch_by_batch_give_torchmetrics_ece_and_nll(seed):
+    """The maintained implementations on the whole set at once: torchmetrics' ``MulticlassCalibrationError``
+    (15 bins, L1) and torch's cross-entropy."""
+    from torchmetrics.classification import MulticlassCalibrationError
+
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(997, 10, generator=generator, dtype=torch.float64) * (1 + seed)
+    labels = torch.randint(0, 10, (997,), generator=generator)
+    scores = Scores()
+    for part_logits, part_labels in zip(logits.split(64), labels.split(64)):
+        scores.add(part_logits, part_labels, part_logits.argmax(-1) == part_labels)
+    reference = MulticlassCalibrationError(num_classes=10, n_bins=15, norm="l1")
+    reference.update(logits.softmax(-1), labels)
+    assert scores.ece == pytest.approx(float(reference.compute()), abs=1e-6)
+    assert scores.mean_nll == pytest.approx(float(torch.nn.functional.cross_entropy(logits, labels)), rel=1e-12)
+
+
 def test_labels_outside_the_scored_classes_count_as_wrong_and_carry_no_likelihood():
     scores = Scores()
     logits = logits_of((0.7, 0.3))

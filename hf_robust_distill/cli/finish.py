@@ -11,7 +11,8 @@ from accelerate import PartialState
 
 from ..data.datasets import DEMO_DATASET
 from ..data.images import ImageResizer
-from ..evaluation.robustness import distortion_table, evaluate_robustness, report_table
+from ..evaluation.distortion_table import distortion_table, report_table
+from ..evaluation.robustness import evaluate_robustness
 from ..hub.card import plain_name, training_settings, write_student_card
 from ..hub.push import push_robust_student
 from .arguments import DataArguments, RobustnessArguments

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..data.images import ImageResizer
-from ..evaluation.robustness import cls_features, fit_linear_probe
+from ..evaluation.linear_probe import cls_features, fit_linear_probe
 from ..models.heads import DIFFERENT, fit_to_classes, is_image_classifier, match_classes
 from ..models.loading import (check_drop_path, config_classes, load_vision_model, load_with_head, read_image_processor,
                               read_model_config, student_load_kwargs, whole_weights)

@@ -6,12 +6,13 @@ from .calibration import Scores
 from .checks import check_corruptions, check_natural_shifts, parse_severities
 from .corrupted_sets import (CorruptedSet, CorruptedSetCache, ReferenceCorruptedImages, decode_evaluation_set, to_uint8,
                              torch_corrupted_batches)
+from .distortion_table import accuracy, distortion_table, report_table
+from .linear_probe import cls_features, fit_linear_probe
 from .natural_shifts import NaturalShift
 from .protocols import PROTOCOLS, PUBLISHED_PROTOCOLS
 from .released import read_released
 from .report import PLOT_FILE, REPORT_FILE, RobustnessReport
-from .robustness import (accuracy, cls_features, distortion_table, evaluate_robustness, fit_linear_probe,
-                         natural_shift_scores, report_table)
+from .robustness import evaluate_robustness, natural_shift_scores
 from .sharding import Shard
 
 __all__ = ["accuracy", "AttackBudget", "check_corruptions", "check_natural_shifts", "cls_features", "CorruptedSet",

@@ -69,3 +69,11 @@ class Scores:
     def calibration(self) -> dict[str, float]:
         """``{"ece", "nll"}`` as the report stores them."""
         return {"ece": self.ece, "nll": self.mean_nll}
+
+
+def finite_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Logits, unless a diverged model made NaN or Inf ones: their argmax would score as a class."""
+    if not bool(torch.isfinite(logits).all()):
+        raise FloatingPointError("the model outputs NaN or Inf logits: its weights diverged; retrain it from a good "
+                                 "checkpoint rather than evaluating it")
+    return logits

@@ -1,12 +1,10 @@
-"""Accuracy of a model under distortions, the robustness report (ImageNet-C style corruptions,
-mCE, natural shifts), and the linear-probe protocol of the paper."""
+"""``evaluate_robustness``: a model's robustness report, clean, under every ImageNet-C corruption and
+severity (made or read as its protocol says), on natural shifts and, on request, under AutoAttack."""
 
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from functools import partial
 
 import numpy as np
@@ -15,18 +13,15 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 from transformers import AutoImageProcessor
 
-from ..data.columns import LABELS, PIXELS
 from ..data.datasets import class_names, collate_images, find_columns, load_image_dataset, prepare_dataset
 from ..data.imagenet_classes import IMAGENET_1K, imagenet_indices, is_imagenet_1k
 from ..data.images import ImageNetCCrop, ImageResizer, too_many_message
 from ..metrics.corruption_robustness.corruption_robustness import IMAGENET_C_CORRUPTIONS, SEVERITIES
-from ..models.pixels import PixelPreprocessor, as_pixel_classifier, model_dtype
-from ..models.taps import FeatureTaps
+from ..models.pixels import PixelPreprocessor, as_pixel_classifier
 from ..views.corruptions import CORRUPTIONS
-from ..views.distortions import Distorter
 from .adversarial import (AttackBudget, adversarial_record, adversarial_scores,
                           check_installed as check_attacks_installed)
-from .calibration import Scores
+from .calibration import Scores, finite_logits
 from .corrupted_sets import (CorruptedSetCache, cached_batches, decode_evaluation_set, decoded_batches, resolve_backend,
                              source_key)
 from .natural_shifts import NaturalShift, subset_predictions
@@ -34,43 +29,6 @@ from .protocols import IMAGENET_C, RELEASED, resolve_protocol
 from .released import read_released
 from .report import RobustnessReport
 from .sharding import Shard
-
-View = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
-
-
-def _batches(dataset, batch_size: int, num_workers: int = 0):
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_images,
-                      num_workers=num_workers)
-
-
-def _view_generator(device, seed: int, batch_index: int) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed * 100_003 + batch_index)
-
-
-@torch.inference_mode()
-def accuracy(model, preprocessor: PixelPreprocessor | None, dataset, view: View | str | None = None,
-             batch_size: int = 128, seed: int = 0, device=None) -> float:
-    """Top-1 accuracy of ``model`` on ``dataset`` (``pixel_values`` in [0,1], ``labels``), each
-    batch first passed through ``view`` (a ``Distorter``, its spec string, or ``None`` for clean).
-    Views are drawn from generators seeded by ``seed`` and the batch index: reproducible.
-    With ``preprocessor=None`` the model takes [0, 1] pixels and returns logits
-    (``CLIPZeroShotClassifier``, ``PixelSpaceClassifier``)."""
-    if isinstance(view, str):
-        view = Distorter(view)
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    correct = total = 0
-    for i, batch in enumerate(_batches(dataset, batch_size)):
-        pixels = batch[PIXELS].to(device)
-        if view is not None:
-            pixels = view(pixels, _view_generator(device, seed, i))
-        logits = _finite(model(pixels) if preprocessor is None
-                         else model(pixel_values=preprocessor(pixels, model_dtype(model))).logits)
-        correct += (logits.argmax(-1).cpu() == batch[LABELS]).sum().item()
-        total += len(pixels)
-    model.train(was_training)
-    return correct / max(total, 1)
 
 
 def evaluate_robustness(
@@ -366,20 +324,12 @@ def _scores(classifier, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], de
             images, labels = images[known], labels[known]
             if not len(labels):
                 continue
-        logits = _finite(classifier(images.to(device).float().div_(255)))
+        logits = finite_logits(classifier(images.to(device).float().div_(255)))
         predictions = subset_predictions(logits, subset, labels_in_subset).cpu()
         scored = logits.index_select(-1, index.to(logits.device)) if index is not None else logits
         targets = torch.tensor([position.get(int(label), -1) for label in labels]) if position else labels
         scores.add(scored, targets, predictions == labels)
     return scores
-
-
-def _finite(logits: torch.Tensor) -> torch.Tensor:
-    """Logits, unless a diverged model made NaN or Inf ones: their argmax would score as a class."""
-    if not bool(torch.isfinite(logits).all()):
-        raise FloatingPointError("the model outputs NaN or Inf logits: its weights diverged; retrain it from a good "
-                                 "checkpoint rather than evaluating it")
-    return logits
 
 
 def _size(image_size) -> tuple[int, int]:
@@ -410,81 +360,3 @@ def _baseline(baseline) -> dict | None:
             raise ValueError(f"baseline must be 'alexnet', a RobustnessReport or None, got {baseline!r}")
         return {"name": "AlexNet"}
     return dict(baseline)
-
-
-@torch.inference_mode()
-def cls_features(model, preprocessor: PixelPreprocessor, dataset, view: View | str | None = None,
-                 batch_size: int = 128, seed: int = 0, device=None) -> tuple[np.ndarray, np.ndarray]:
-    """The final [CLS] embedding of every image (under ``view``) and its label."""
-    if isinstance(view, str):
-        view = Distorter(view)
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    features, labels = [], []
-    with FeatureTaps(model, need_cls=True) as taps:
-        for i, batch in enumerate(_batches(dataset, batch_size)):
-            pixels = batch[PIXELS].to(device)
-            if view is not None:
-                pixels = view(pixels, _view_generator(device, seed, i))
-            features.append(taps(model, preprocessor(pixels)).cls.float().cpu().numpy())
-            labels.append(batch[LABELS].numpy())
-    model.train(was_training)
-    return np.concatenate(features), np.concatenate(labels)
-
-
-def label_subset(labels: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
-    """Indices of a class-stratified ``fraction`` of the samples (at least one per class)."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"the label fraction must lie in (0, 1], got {fraction}")
-    if fraction == 1:
-        return np.arange(len(labels))
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
-        k = max(1, int(round(fraction * len(members))))
-        chosen.append(rng.choice(members, size=k, replace=False))
-    return np.sort(np.concatenate(chosen))
-
-
-def fit_linear_probe(features: np.ndarray, labels: np.ndarray, fraction: float = 1.0, seed: int = 0):
-    """A logistic-regression probe on standardised frozen features, trained with ``fraction`` of
-    the labels (the paper's "same amount of human supervision" protocol)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    subset = label_subset(labels, fraction, seed)
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    return probe.fit(features[subset], labels[subset])
-
-
-def distortion_table(models: dict, preprocessors: dict, dataset, columns: list[str], seed: int = 0) -> dict:
-    """{model name: {"clean": accuracy, column: accuracy, ...}}: each model on ``dataset``, clean
-    and under each distortion spec in ``columns`` (the same draws for every model)."""
-    table = {}
-    for name, model in models.items():
-        row = {"clean": accuracy(model, preprocessors.get(name), dataset)}
-        for column in columns:
-            row[column] = accuracy(model, preprocessors.get(name), dataset, view=column, seed=seed)
-        table[name] = row
-    return table
-
-
-def report_table(table: dict, output_dir: str) -> None:
-    """Writes ``distortion_accuracy.json`` into ``output_dir`` and prints the table."""
-    with open(os.path.join(output_dir, "distortion_accuracy.json"), "w") as f:
-        json.dump(table, f, indent=2)
-    print("\nTop-1 accuracy (%) on the evaluation split, clean and under each distortion:\n")
-    print(format_table(table))
-    print(f"\nStudent, table and weights in {os.path.abspath(output_dir)}")
-
-
-def format_table(table: dict) -> str:
-    """A Markdown table of accuracies in %."""
-    columns = list(next(iter(table.values())))
-    lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for name, row in table.items():
-        lines.append(f"| {name} | " + " | ".join(f"{100 * row[c]:.1f}" for c in columns) + " |")
-    return "\n".join(lines)

@@ -221,6 +221,11 @@ class ImageNetCCrop(ImageResizer):
         return image.crop((left, top, left + crop, top + crop))
 
 
+def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    """[0, 1] pixels as 8-bit ones, rounded (as PIL and the pipeline round)."""
+    return pixels.mul(255).round_().clamp_(0, 255).to(torch.uint8)
+
+
 def _as_pixels(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
 

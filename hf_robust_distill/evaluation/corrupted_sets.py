@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 
 from ..data.columns import BAD_IMAGES, LABELS, PIXELS
 from ..data.datasets import collate_images, prepare_dataset
-from ..data.images import BadImage, ImageResizer
+from ..data.images import BadImage, ImageResizer, to_uint8
 from ..views.corruptions import CORRUPTIONS, corrupt_uint8
 from .protocols import IMAGENET_C, MODEL_RESOLUTION, jpeg_bytes, truncate_to_uint8
 from .sharding import Shard
@@ -78,10 +78,6 @@ def default_cache_dir() -> str:
     from huggingface_hub import constants
 
     return os.environ.get("HF_ROBUST_DISTILL_CACHE", os.path.join(constants.HF_HOME, "hf_robust_distill", "corrupted"))
-
-
-def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
-    return pixels.mul(255).round_().clamp_(0, 255).to(torch.uint8)
 
 
 @dataclass(frozen=True)

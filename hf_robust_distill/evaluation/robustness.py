@@ -9,6 +9,7 @@ from functools import partial
 
 import numpy as np
 import torch
+from datasets import Dataset
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 from transformers import AutoImageProcessor
@@ -92,7 +93,8 @@ def evaluate_robustness(
         crops = (_decoded(dataset, ImageNetCCrop(), cache, image_column, label_column, batch_size, num_workers)
                  if protocol == IMAGENET_C else None)
     name, size = model_name or _model_name(model), resizer.size
-    corrupted = partial(_corrupted_batches, protocol, cache, crops or (clean_set, None, source), released,
+    made_from = (crops[0], crops[2]) if crops else (clean_set, source)
+    corrupted = partial(_corrupted_batches, protocol, cache, made_from, released,
                         resizer=resizer, seed=seed, size=size, batch_size=batch_size, num_workers=num_workers,
                         device=device, shard=shard)
     label_map = _released_labels(names, _num_outputs(model)) if released is not None else None
@@ -129,7 +131,7 @@ def evaluate_robustness(
     )
 
 
-def _corrupted_batches(protocol: str, cache: CorruptedSetCache, source: tuple, released: dict | None,
+def _corrupted_batches(protocol: str, cache: CorruptedSetCache, source: tuple[Dataset, str], released: dict | None,
                        corruption: str, severity: int, kind: str, *, resizer: ImageResizer, seed: int, size,
                        batch_size: int, num_workers: int, device, shard: Shard):
     """This process's share of one corrupted set as (uint8 pixels at the model's input, labels): the
@@ -139,7 +141,7 @@ def _corrupted_batches(protocol: str, cache: CorruptedSetCache, source: tuple, r
     if released is not None:
         part = released[corruption, severity]
         return read(part.select(shard.rows(len(part), batch_size)))
-    images, _, key = source
+    images, key = source
     if protocol == IMAGENET_C:
         return read(cache.stored(images, key, corruption, severity, kind, seed=seed, size=ImageNetCCrop().size,
                                  batch_size=batch_size, num_workers=num_workers, device=device, protocol=IMAGENET_C,

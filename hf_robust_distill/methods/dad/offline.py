@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ...data.columns import (BAD_IMAGES, DAD_IMAGE, LABELS, PIXELS, STORED_TEACHER_LOGITS, TEACHER_LOGITS_CLEAN,
                              TEACHER_LOGITS_DAD)
 from ...data.datasets import collate_images, find_columns, load_image_dataset, prepare_dataset
-from ...data.images import ImageResizer
+from ...data.images import ImageResizer, to_uint8
 from .attacks import classifier_logits
 from .online import AttackSettings, Stopwatch, dad_images
 
@@ -39,7 +39,7 @@ def _seeded(device: torch.device, *entropy: int) -> torch.Generator:
 
 def _to_uint8(images: torch.Tensor) -> np.ndarray:
     """(B, 3, H, W) in [0, 1] to (B, H, W, 3) 8-bit, the form the Image feature stores losslessly (PNG)."""
-    return images.mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def shard_file(output_dir: str, shard: int, num_shards: int) -> str:

@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ...data.images import to_uint8
 from .blur import defocus_blur, gaussian_blur, glass_blur, motion_blur, zoom_blur
 from .digital import (brightness, contrast, elastic_transform, jpeg_compression, jpeg_in_pil, pixelate, pixelate_in_pil,
                       saturate)
@@ -76,17 +77,13 @@ def corrupt_uint8(images: torch.Tensor, name: str, severity: int, generator: tor
     if images.dtype != torch.uint8:
         raise ValueError(f"expected uint8 images, got dtype {images.dtype}")
     if images.device.type != "cpu" or name not in IN_PIL:
-        quantize = quantize or _rounded
+        quantize = quantize or to_uint8
         pieces = images.split(CPU_PIECE) if images.device.type == "cpu" else (images,)
         return torch.cat([quantize(corrupt(piece.float().div_(255), name, severity, generator)) for piece in pieces])
     _check_corruption(name, severity)
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
     return pil_uint8(images, IN_PIL[name](int(severity)))
-
-
-def _rounded(pixels: torch.Tensor) -> torch.Tensor:
-    return pixels.mul(255).round_().clamp_(0, 255).to(torch.uint8)
 
 
 __all__ = ["CORRUPTIONS", "IMAGENET_C", "IN_PIL", "check_images", "corrupt", "corrupt_uint8", *IMAGENET_C]

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ...data.images import to_uint8
+
 Transform = Callable[[Image.Image], Image.Image]
 
 
@@ -29,5 +31,4 @@ def pil_uint8(images: torch.Tensor, transform: Transform) -> torch.Tensor:
 
 def through_pil(images: torch.Tensor, transform: Transform) -> torch.Tensor:
     """``pil_uint8`` on a [0, 1] float batch (rounded to 8 bits first), [0, 1] floats of its dtype out."""
-    pixels = images.mul(255).round_().clamp_(0, 255).to(torch.uint8)
-    return pil_uint8(pixels, transform).to(images.dtype).div_(255)
+    return pil_uint8(to_uint8(images), transform).to(images.dtype).div_(255)

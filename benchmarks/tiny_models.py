@@ -9,9 +9,9 @@ Prints one JSON object with the three folders.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import sys
 
 import torch
 
@@ -39,4 +39,6 @@ def main(out: str) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1])))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir", help="folder that receives vit/, clip/ and vq/")
+    print(json.dumps(main(parser.parse_args().out_dir)))

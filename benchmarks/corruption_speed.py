@@ -3,7 +3,8 @@
     python benchmarks/corruption_speed.py                       # CPU: 64 photos at 224 px, severity 3
     python benchmarks/corruption_speed.py --device cuda         # adds the GPU grid and ViT-B/16 bf16
 
-Per corruption, the best of ``--repeats`` runs of each, all warmed up first (numba compiles glass
+Per corruption, the best of ``--repeats`` rounds, the three timed in turn within each round so that
+the machine's changing speed falls on all three alike, all warmed up first (numba compiles glass
 blur's kernel on its first call):
 
 * ``bare_reference_s``: the reference as its users call it, ``imagecorruptions.corrupt`` image by
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -82,8 +84,14 @@ def time_bare_reference(photos: list[np.ndarray], corruption: str, severity: int
     return time.perf_counter() - begin
 
 
-def best(repeats: int, timed, *args) -> float:
-    return min(timed(*args) for _ in range(repeats))
+def best_in_turn(repeats: int, timed: dict[str, Callable[[], float]]) -> dict[str, float]:
+    """The best of ``repeats`` rounds of each timing, taken in turn within each round, so that a change
+    in the machine's speed falls on all of them alike."""
+    seconds = {key: [] for key in timed}
+    for _ in range(repeats):
+        for key, run in timed.items():
+            seconds[key].append(run())
+    return {key: min(values) for key, values in seconds.items()}
 
 
 def time_reference(clean: Dataset, size: int, corruption: str, severity: int) -> float:
@@ -122,7 +130,7 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no_reference", action="store_true", help="time the ports alone")
-    parser.add_argument("--repeats", type=int, default=3, help="each timing is the best of this many runs")
+    parser.add_argument("--repeats", type=int, default=5, help="each timing is the best of this many rounds")
     parser.add_argument("--gpu_images", type=int, default=1000)
     parser.add_argument("--gpu_batch_size", type=int, default=250)
     opts = parser.parse_args()
@@ -137,13 +145,14 @@ def main():
     rows = {}
     for name in names:
         time_port(photos[:2], labels[:2], name, opts.severity, device, opts.images)  # warm-up
-        row = {"port_s": round(best(opts.repeats, time_port, photos, labels, name, opts.severity, device,
-                                    opts.images), 4)}
+        timed = {"port_s": lambda: time_port(photos, labels, name, opts.severity, device, opts.images)}
         if not opts.no_reference:
             time_bare_reference(arrays[:1], name, opts.severity)  # warm-up (numba compiles)
             time_reference(clean.select(range(1)), opts.size, name, opts.severity)
-            row["bare_reference_s"] = round(best(opts.repeats, time_bare_reference, arrays, name, opts.severity), 4)
-            row["reference_s"] = round(best(opts.repeats, time_reference, clean, opts.size, name, opts.severity), 4)
+            timed["bare_reference_s"] = lambda: time_bare_reference(arrays, name, opts.severity)
+            timed["reference_s"] = lambda: time_reference(clean, opts.size, name, opts.severity)
+        row = {key: round(seconds, 4) for key, seconds in best_in_turn(opts.repeats, timed).items()}
+        if not opts.no_reference:
             row["speedup"] = round(row["bare_reference_s"] / row["port_s"], 2)
             row["speedup_vs_backend"] = round(row["reference_s"] / row["port_s"], 2)
         rows[name] = row

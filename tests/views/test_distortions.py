@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 from imagecorruptions import corruptions as reference
+from PIL import Image
 
 from hf_robust_distill import CORRUPTIONS, Distorter, corrupt
 from hf_robust_distill.views import additive_noise, blur, parse_distortions, patch_mask, pixel_mask
@@ -41,6 +42,36 @@ def test_the_accelerator_simulations_of_pils_corruptions_match_reference(photo, 
     assert mad <= 2.0, f"simulated {name} severity {severity}: {mad:.3f} grey levels"
     assert torch.equal(corrupt(tensor, name, severity).mul(255).round(),
                        torch.from_numpy(_reference(name, image, severity)).permute(2, 0, 1)[None].float())
+
+
+@pytest.mark.parametrize("name", ["pixelate", "jpeg_compression"])
+def test_pils_corruptions_give_the_reference_pixels_on_a_batch_of_any_size(name):
+    """``corrupt_uint8`` on a CPU batch (PIL's save, libjpeg-turbo's decode, PIL's resampling; pixelate
+    in strips of 8 on two threads where its heights allow) against ``imagecorruptions.corrupt`` image
+    by image, at sizes that leave partial JPEG blocks and uneven boxes, and whose small heights have
+    odd and even reduced denominators (37 px: 22/37 at severity 1, 11/37 at 4; 225 px: 135/225 -> 3/5
+    at 1, 90/225 -> 2/5 at 3)."""
+    from imagecorruptions import corrupt as reference_corrupt
+    from skimage import data
+
+    from hf_robust_distill.views.corruptions import corrupt_uint8
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for height, width in [(37, 53), (225, 150), (64, 64)]:
+            photos = [np.asarray(Image.fromarray(getattr(data, n)()).resize((width, height), Image.BILINEAR))
+                      for n in ("astronaut", "coffee", "chelsea")]
+            photos = [np.ascontiguousarray(flip(photo)) for photo in photos
+                      for flip in (lambda a: a, np.fliplr, np.flipud, lambda a: a[::-1, ::-1])][:11]
+            batch = torch.from_numpy(np.stack(photos)).permute(0, 3, 1, 2)
+            for severity in range(1, 6):
+                ours = corrupt_uint8(batch, name, severity).permute(0, 2, 3, 1).numpy()
+                for photo, image in zip(photos, ours):
+                    expected = np.uint8(reference_corrupt(photo, corruption_name=name, severity=severity))
+                    assert np.array_equal(image, expected), (name, height, width, severity)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("severity", [1, 3, 5])

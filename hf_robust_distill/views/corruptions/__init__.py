@@ -17,10 +17,9 @@ import torch
 
 from ...data.images import to_uint8
 from .blur import defocus_blur, gaussian_blur, glass_blur, motion_blur, zoom_blur
-from .digital import (brightness, contrast, elastic_transform, jpeg_compression, jpeg_in_pil, pixelate, pixelate_in_pil,
+from .digital import (brightness, contrast, elastic_transform, jpeg_compression, jpeg_uint8, pixelate, pixelate_uint8,
                       saturate)
 from .noise import gaussian_noise, impulse_noise, shot_noise, speckle_noise
-from .pil import pil_uint8
 from .weather import fog, frost, snow, spatter
 
 CorruptionFn = Callable[..., torch.Tensor]
@@ -33,8 +32,9 @@ IMAGENET_C: dict[str, CorruptionFn] = {
     )
 }
 
-IN_PIL = {"pixelate": pixelate_in_pil, "jpeg_compression": jpeg_in_pil}
-"""The corruptions the reference makes with PIL, which a CPU runs through PIL itself (``pil``)."""
+IN_PIL = {"pixelate": pixelate_uint8, "jpeg_compression": jpeg_uint8}
+"""The corruptions the reference makes with PIL, which a CPU runs through the reference's own C code
+(``pil``), uint8 batch and severity in, uint8 batch out."""
 
 CORRUPTIONS: tuple[str, ...] = tuple(IMAGENET_C)
 """Every corruption ``corrupt`` applies, in the reference's order: the 15 of ImageNet-C, then the 4
@@ -83,7 +83,7 @@ def corrupt_uint8(images: torch.Tensor, name: str, severity: int, generator: tor
     _check_corruption(name, severity)
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
-    return pil_uint8(images, IN_PIL[name](int(severity)))
+    return IN_PIL[name](images, int(severity))
 
 
 __all__ = ["CORRUPTIONS", "IMAGENET_C", "IN_PIL", "check_images", "corrupt", "corrupt_uint8", *IMAGENET_C]

@@ -8,12 +8,14 @@ import math
 from collections.abc import Callable
 from functools import lru_cache
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ...data.images import to_uint8
 from .filters import gaussian_filter_axes, rand
-from .pil import Transform, through_pil
+from .pil import decode_jpeg, pil_strips, pil_uint8
 
 # ---- colour: the reference goes through skimage's HSV; with hue fixed these are closed forms -----
 
@@ -67,23 +69,42 @@ def _box_matrix(size: int, small: int) -> torch.Tensor:
 def pixelate(images, severity, generator=None):
     """PIL's BOX down to ``c`` of the size, then NEAREST back: PIL itself on a CPU, simulated on an
     accelerator."""
-    return _pil_on_cpu(images, severity, pixelate_in_pil, simulated_pixelate)
+    return _pil_on_cpu(images, severity, pixelate_uint8, simulated_pixelate)
 
 
-def _pil_on_cpu(images, severity: int, in_pil: Callable[[int], Transform], simulated) -> torch.Tensor:
-    """A corruption the reference makes with PIL: PIL itself on a CPU (``pil``), ``simulated`` elsewhere."""
+def _pil_on_cpu(images, severity: int, in_pil: Callable[[torch.Tensor, int], torch.Tensor], simulated
+                ) -> torch.Tensor:
+    """A corruption the reference makes with PIL: ``in_pil`` on the batch rounded to 8 bits on a CPU,
+    ``simulated`` elsewhere."""
     if images.device.type == "cpu":
-        return through_pil(images, in_pil(severity))
+        return in_pil(to_uint8(images), severity).to(images.dtype).div_(255)
     return simulated(images, severity)
 
 
 _PIXELATE = [0.6, 0.5, 0.4, 0.3, 0.25]
 
 
-def pixelate_in_pil(severity: int) -> Transform:
+def pixelate_uint8(images: torch.Tensor, severity: int) -> torch.Tensor:
+    """The reference's pixelate, exactly, on a (B, 3, H, W) uint8 CPU batch.
+
+    Images are stacked into strips (``pil_strips``) and resampled a strip at a time, the two BOX
+    passes as two resizes, horizontal first as PIL orders them for one image (it orders a tall image
+    the other way). Down the strip, each output row's box and NEAREST's pick then fall where they fall
+    in each image as long as no pixel centre lies on a box edge, which holds when the small height's
+    reduced denominator (``small / gcd(height, small)``) is odd: a tie elsewhere would be settled by
+    the float rounding of the strip's larger coordinates. With an even one, image by image."""
     c = _PIXELATE[severity - 1]
-    return lambda image: image.resize((int(image.width * c), int(image.height * c)), Image.BOX).resize(
-        image.size, Image.NEAREST)
+    h, w = images.shape[-2:]
+    small_h, small_w = int(h * c), int(w * c)
+    if (small_h // math.gcd(h, small_h)) % 2 == 0:
+        return pil_uint8(images, lambda image: image.resize((small_w, small_h), Image.BOX).resize((w, h), Image.NEAREST))
+
+    def pixelate_strip(strip: Image.Image) -> Image.Image:
+        count = strip.height // h
+        across = strip.resize((small_w, strip.height), Image.BOX)
+        return across.resize((small_w, count * small_h), Image.BOX).resize(strip.size, Image.NEAREST)
+
+    return pil_strips(images, pixelate_strip)
 
 
 def simulated_pixelate(images, severity, generator=None):
@@ -154,21 +175,23 @@ def _mix(channels: tuple[torch.Tensor, ...], weights: tuple[float, ...], offset:
 def jpeg_compression(images, severity, generator=None):
     """A JPEG save and load at the reference's quality: libjpeg through PIL on a CPU, simulated on an
     accelerator."""
-    return _pil_on_cpu(images, severity, jpeg_in_pil, simulated_jpeg_compression)
+    return _pil_on_cpu(images, severity, jpeg_uint8, simulated_jpeg_compression)
 
 
 _JPEG_QUALITY = [25, 18, 15, 10, 7]
 
 
-def jpeg_in_pil(severity: int) -> Transform:
+def jpeg_uint8(images: torch.Tensor, severity: int) -> torch.Tensor:
+    """The reference's JPEG round trip, exactly, on a (B, 3, H, W) uint8 CPU batch: PIL's save, then
+    libjpeg-turbo's decode with PIL's settings."""
     quality = _JPEG_QUALITY[severity - 1]
 
-    def round_trip(image: Image.Image) -> Image.Image:
+    def round_trip(image: Image.Image) -> np.ndarray:
         buffer = io.BytesIO()
         image.save(buffer, "JPEG", quality=quality)
-        return Image.open(buffer)
+        return decode_jpeg(buffer.getbuffer())
 
-    return round_trip
+    return pil_uint8(images, round_trip)
 
 
 def simulated_jpeg_compression(images, severity, generator=None):

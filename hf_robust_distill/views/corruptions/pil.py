@@ -26,14 +26,12 @@ def pil_uint8(images: torch.Tensor, transform: Transform) -> torch.Tensor:
     planes = images.contiguous().numpy()
     out = np.empty_like(planes)
     for i, image in enumerate(planes):
-        result = transform(Image.merge("RGB", [Image.fromarray(plane) for plane in image]))
+        result = transform(_rgb_image(image))
         if isinstance(result, np.ndarray):
             out[i] = result.transpose(2, 0, 1)
             continue
-        result = result if result.mode == "RGB" else result.convert("RGB")
-        for c, band in enumerate("RGB"):
-            # One band packed by PIL's C raw encoder: half the cost of split() and an array per band.
-            out[i, c] = np.frombuffer(result.tobytes("raw", band), np.uint8).reshape(out.shape[2:])
+        for c, band in enumerate(_bands(result)):
+            out[i, c] = band.reshape(out.shape[2:])
     return torch.from_numpy(out)
 
 
@@ -50,10 +48,8 @@ def pil_strips(images: torch.Tensor, transform: Transform, strip: int = 8, worke
 
     def corrupt_strip(start: int) -> None:
         run = planes[start:start + strip]
-        tall = Image.merge("RGB", [Image.fromarray(np.ascontiguousarray(run[:, c]).reshape(-1, w)) for c in range(3)])
-        result = transform(tall)
-        for c, band in enumerate("RGB"):
-            out[start:start + strip, c] = np.frombuffer(result.tobytes("raw", band), np.uint8).reshape(-1, h, w)
+        for c, band in enumerate(_bands(transform(_rgb_image(run.transpose(1, 0, 2, 3).reshape(3, -1, w))))):
+            out[start:start + strip, c] = band.reshape(-1, h, w)
 
     starts = range(0, b, strip)
     workers = max(1, min(workers or torch.get_num_threads(), len(starts)))
@@ -65,6 +61,18 @@ def pil_strips(images: torch.Tensor, transform: Transform, strip: int = 8, worke
             for done in [pool.submit(corrupt_strip, start) for start in starts]:
                 done.result()
     return torch.from_numpy(out)
+
+
+def _rgb_image(planes: np.ndarray) -> Image.Image:
+    """(3, H, W) uint8 planes, each C-contiguous, as one RGB image, merged by PIL in C."""
+    return Image.merge("RGB", [Image.fromarray(plane) for plane in planes])
+
+
+def _bands(image: Image.Image) -> list[np.ndarray]:
+    """An image's R, G and B as flat uint8 arrays, each packed by PIL's C raw encoder: half the cost of
+    ``split()`` and an array per band."""
+    image = image if image.mode == "RGB" else image.convert("RGB")
+    return [np.frombuffer(image.tobytes("raw", band), np.uint8) for band in "RGB"]
 
 
 def decode_jpeg(data: bytes | memoryview) -> np.ndarray:

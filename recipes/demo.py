@@ -9,11 +9,16 @@ transformers and datasets imported once. The recipes share the demo zoo (``demo_
 the cached corrupted evaluation sets (``demo_output/corrupted``).
 """
 
+import argparse
+
 import dad
 import multilevel
 
 
-def main() -> dict:
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] + " It takes no flags: each recipe's "
+                                     "own --help lists what a real run sets.")
+    parser.parse_args(argv)
     return {"multilevel": multilevel.main([]), "dad": dad.main([])}
 
 

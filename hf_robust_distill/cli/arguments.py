@@ -10,15 +10,18 @@ from ..evaluation.adversarial import SUITES as ATTACK_SUITES, AttackBudget, chec
 from ..evaluation.checks import check_corruptions, check_natural_shifts, parse_severities
 from ..evaluation.protocols import CHOICES as PROTOCOL_CHOICES, resolve_protocol
 from ..utils.problems import Problems, check_choice
+from .recipe_parser import DATA, EVALUATION, HUB
 
 
 @dataclass
 class DataArguments:
+    _argument_group_name = DATA
+
     dataset_name: str | None = field(
         default=None, metadata={"help": f"Hub id, local imagefolder or saved dataset; unset or "
                                         f"'{DEMO_DATASET}': the embedded digits."})
     dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
-    train_split: str = field(default="train")
+    train_split: str = field(default="train", metadata={"help": "The split the student learns from."})
     eval_split: str | None = field(
         default=None, metadata={"help": "Defaults to the first labelled validation/test split, or 10% of train."})
     image_column: str | None = field(default=None, metadata={"help": "Found by type unless given."})
@@ -26,8 +29,8 @@ class DataArguments:
     class_names_file: str | None = field(
         default=None, metadata={"help": "Class names in label order, one per line (or a JSON list), for labels that "
                                         "are plain integers (a CLIP teacher's zero-shot head needs names)."})
-    max_train_samples: int | None = field(default=None)
-    max_eval_samples: int | None = field(default=None)
+    max_train_samples: int | None = field(default=None, metadata={"help": "Only the first this many training images."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Only the first this many evaluation images."})
 
 
 BASELINES = ("teacher", "alexnet", "none")
@@ -35,6 +38,9 @@ BASELINES = ("teacher", "alexnet", "none")
 
 @dataclass
 class RobustnessArguments:
+    _argument_group_name = EVALUATION
+    _flag_groups = {"card_license": HUB, "force_push": HUB}
+
     robustness_corruptions: str | None = field(
         default=None, metadata={"help": "Comma-separated corruptions of the robustness report; default: the 15 of "
                                         "ImageNet-C."})

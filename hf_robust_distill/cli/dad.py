@@ -40,6 +40,8 @@ logger = logging.getLogger("dad")
 
 @dataclass
 class ScriptArguments:
+    _argument_group_name = "the models and the DAD images"
+
     teacher_name_or_path: str | None = field(
         default=None, metadata={"help": "CLIP checkpoint (a zero-shot head is built from the class names), a "
                                         "saved CLIPZeroShotClassifier, or an image classifier. Unset: the demo."})
@@ -82,6 +84,9 @@ DEMO_DEFAULTS = dict(
 )
 
 
+DESCRIPTION = ("Discrete Adversarial Distillation (DAD): a frozen teacher teaches a student on clean images and on "
+               "discrete adversarial images (a PGD step against the teacher between two passes through a VQ model). "
+               "Without --teacher_name_or_path: the embedded demo (the digits, a tiny CLIP, VQ model and ViT).")
 OFFICIAL_OBJECTIVE_DEFAULTS = dict(ce_weight=0.75, kd_weight=0.25, dad_kd_weight=0.0, dad_ce_weight=0.0)
 
 
@@ -92,7 +97,8 @@ def parse_args(argv=None, problems: Problems | None = None):
     if _flag_value(argv, "--dad_objective") == "official":
         defaults.update(OFFICIAL_OBJECTIVE_DEFAULTS)
     return parse_recipe_args((ScriptArguments, DataArguments, RobustnessArguments, DistillationConfig), argv,
-                             defaults=defaults, demo_defaults=DEMO_DEFAULTS, problems=problems)
+                             defaults=defaults, demo_defaults=DEMO_DEFAULTS, problems=problems,
+                             description=DESCRIPTION)
 
 
 def _flag_value(argv: list[str], flag: str) -> str | None:

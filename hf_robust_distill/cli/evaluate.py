@@ -30,6 +30,8 @@ logger = logging.getLogger("evaluate_robustness")
 
 @dataclass
 class EvaluateArguments:
+    _argument_group_name = "the model and the report"
+
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "Image classifier (Hub id or folder). Unset: the embedded demo."})
     baseline_report: str | None = field(
@@ -42,6 +44,9 @@ class EvaluateArguments:
         default=0.01, metadata={"help": "Images that fail to decode are left out; more than this share stops the run."})
 
 
+DESCRIPTION = ("Robustness report of an image classifier: accuracy on clean images and under every ImageNet-C "
+               "corruption and severity, mCE, calibration, natural shifts. Without --model_name_or_path: the "
+               "embedded demo's ViT on the digits.")
 EVALUATION_DEFAULTS = dict(robustness_baseline="auto")
 """mCE against AlexNet on ImageNet-1k's classes (the published baseline), and no mCE elsewhere unless
 a baseline is given (``--robustness_baseline alexnet`` or ``--baseline_report``)."""
@@ -119,7 +124,8 @@ def preflight(argv) -> EvaluationRun:
     problems = Problems(work="evaluation")
     args, data_args, robustness = parse_recipe_args((EvaluateArguments, DataArguments, RobustnessArguments), argv,
                                                     defaults=EVALUATION_DEFAULTS, demo_defaults=DEMO_DEFAULTS,
-                                                    demo_unless="model_name_or_path", problems=problems)
+                                                    demo_unless="model_name_or_path", problems=problems,
+                                                    description=DESCRIPTION)
     if robustness is not None:
         robustness.check(problems, baselines=BASELINES)
         if robustness.robustness_baseline.lower() == "teacher" and not (args and args.baseline_report):

@@ -30,6 +30,8 @@ logger = logging.getLogger("multilevel")
 
 @dataclass
 class ScriptArguments:
+    _argument_group_name = "the models and the final table"
+
     teacher_name_or_path: str | None = field(
         default=None, metadata={"help": "Teacher ViT (Hub id or path). Unset: the embedded demo."})
     student_name_or_path: str | None = field(
@@ -44,6 +46,9 @@ class ScriptArguments:
         default=1.0, metadata={"help": "Fraction of training labels the linear probe sees."})
 
 
+DESCRIPTION = ("Asymmetric multi-level ViT distillation: the frozen teacher sees clean images, the student distorted "
+               "ones; losses align the [CLS] embedding, the patch tokens and the attention maps. Without "
+               "--teacher_name_or_path: the embedded demo (the digits, a tiny ViT).")
 METHOD_DEFAULTS = dict(
     learning_rate=1e-3, lr_scheduler_type="cosine", warmup_steps=0.1, weight_decay=0.05, optim="adamw_torch",
     distortions="clean,pixel_mask:0.5-0.9,noise:0.1-0.5,blur:1-4",
@@ -77,7 +82,8 @@ def parse_args(argv: list[str] | None = None, problems: Problems | None = None):
     line, optionally on top of ``--config file.yaml``; the method's defaults, and with no teacher
     given the embedded demo's settings too; any flag still overrides them."""
     return parse_recipe_args((ScriptArguments, DataArguments, RobustnessArguments, DistillationConfig), argv,
-                             defaults=METHOD_DEFAULTS, demo_defaults=DEMO_DEFAULTS, problems=problems)
+                             defaults=METHOD_DEFAULTS, demo_defaults=DEMO_DEFAULTS, problems=problems,
+                             description=DESCRIPTION)
 
 
 def build_teacher_if_demo(script_args: ScriptArguments, config: DistillationConfig) -> None:

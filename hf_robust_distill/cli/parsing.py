@@ -9,31 +9,32 @@ import sys
 from dataclasses import fields
 
 import yaml
-from transformers import HfArgumentParser
-
 from ..utils.problems import Problems, did_you_mean
+from .recipe_parser import RecipeArgumentParser
 
 
 def parse_recipe_args(dataclass_types, argv: list[str] | None = None, defaults: dict | None = None,
                       demo_defaults: dict | None = None, demo_unless: str = "teacher_name_or_path",
-                      problems: Problems | None = None):
+                      problems: Problems | None = None, description: str | None = None):
     """Flags parsed into ``dataclass_types``, on top of ``--config file.yaml`` and ``defaults``.
     Without ``--<demo_unless>`` (on the line or in the YAML) the embedded demo's settings are the
-    defaults too; any flag still overrides them.
+    defaults too; any flag still overrides them. ``description`` opens ``--help``, whose defaults
+    are the method's (not the demo's).
 
     Unknown YAML keys and flags, and values a dataclass rejects, are added to ``problems`` (each
     dataclass that fails is returned as ``None``); without ``problems`` they are raised together."""
     own = problems if problems is not None else Problems()
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(dataclass_types)
-    actions = {a.dest: a for a in parser._actions if a.dest != "help"}
+    parser = RecipeArgumentParser(dataclass_types, description)
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
     from_yaml = {}
     if "--config" in argv:
         at = argv.index("--config")
         path = argv[at + 1] if at + 1 < len(argv) else None
         del argv[at : at + 2]
         from_yaml = own.check("--config", _read_yaml, path, actions) or {}
-    demo = f"--{demo_unless}" not in argv and not from_yaml.get(demo_unless)
+    asks_help = "-h" in argv or "--help" in argv  # the help shows the method's defaults, not the demo's
+    demo = f"--{demo_unless}" not in argv and not from_yaml.get(demo_unless) and not asks_help
     parser.set_defaults(**{**(defaults or {}), **((demo_defaults or {}) if demo else {}), **from_yaml})
     parser.exit_on_error = False
     try:

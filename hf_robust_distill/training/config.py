@@ -42,6 +42,8 @@ class DistillationConfig(TrainingArguments):
     carries the T^2).
     """
 
+    _argument_group_name = "the method: DistillationConfig"
+
     distortions: str = field(
         default=DEFAULT_DISTORTIONS,
         metadata={"help": "The student's view: comma-separated name:level or name:low-high, e.g. "

@@ -53,6 +53,8 @@ def parse_recipe_args(dataclass_types, argv: list[str] | None = None, defaults: 
     outputs = []
     for dtype in dataclass_types:
         inputs = {f.name: getattr(namespace, f.name) for f in fields(dtype) if f.init and hasattr(namespace, f.name)}
+        if hasattr(dtype, "runnable_here"):
+            inputs = dtype.runnable_here(inputs, own)
         outputs.append(own.check(f"flags of {dtype.__name__}", dtype, **inputs))
     if problems is None:
         own.raise_if_any()

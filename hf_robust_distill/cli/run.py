@@ -27,6 +27,14 @@ def _remove_if_empty(path: str) -> None:
             pass
 
 
+def _rank() -> int:
+    """This process's rank in its launch, from the launcher's environment (torchrun, DeepSpeed, MPI)."""
+    for name in ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return PartialState().process_index
+
+
 def run_recipe(main) -> None:
     """A recipe's ``__main__``: its problems found before training end the process with their list
     (exit status 2, on the main process only, like a flag argparse rejects), not a traceback; a run
@@ -34,7 +42,7 @@ def run_recipe(main) -> None:
     try:
         main()
     except PreflightError as error:
-        if PartialState().is_main_process:
+        if _rank() == 0:  # once per launch; PartialState may not know its rank when the checks failed
             print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     except BaseException:

@@ -35,13 +35,15 @@ def parse_severities(text: str) -> list[int]:
     return [int(v) for v in values]
 
 
-def check_natural_shifts(specs: Sequence[str]) -> None:
-    """Each ``name=dataset[:split]`` parses and names a folder that exists or a dataset ``datasets``
-    can resolve (from its cache when offline), without downloading its images."""
+def check_natural_shifts(shifts: Sequence[NaturalShift | str]) -> None:
+    """Each shift (a ``NaturalShift`` or a ``name=dataset[:split]`` spec) parses, names a known class
+    subset, and names a folder that exists or a dataset ``datasets`` can resolve (from its cache when
+    offline), without downloading its images."""
     problems = []
-    for spec in specs:
+    for spec in shifts:
         try:
-            shift = NaturalShift.parse(spec)
+            shift = NaturalShift.parse(spec) if isinstance(spec, str) else spec
+            shift.subset()
             check_dataset_reachable(shift.dataset, shift.config)
         except CHECK_ERRORS as error:
             problems.append(_message(error))

@@ -149,9 +149,9 @@ class RobustnessReport:
         return cls(**data)
 
     def save(self, path: str) -> str:
-        """Writes the JSON (into ``path``/robustness_report.json when ``path`` is a folder)."""
-        if os.path.isdir(path):
-            path = os.path.join(path, REPORT_FILE)
+        """Writes the JSON (into ``path``/robustness_report.json when ``path`` is a folder, made when
+        missing)."""
+        path = _file_path(path, REPORT_FILE)
         with open(path, "w") as f:
             json.dump(self.to_dict(), f, indent=2)
         return path
@@ -175,8 +175,8 @@ class RobustnessReport:
              reference_label: str = "teacher"):
         """Left: accuracy against severity, averaged over corruptions (0 is clean); right: each
         corruption's accuracy averaged over severities. With ``reference`` (the teacher's report)
-        both panels show it beside this model. Saved to ``path`` (a folder gets robustness.png)
-        when given; returns the figure."""
+        both panels show it beside this model. Saved to ``path`` (a folder gets robustness.png, and
+        is made when missing) when given; returns the figure."""
         import matplotlib
 
         matplotlib.use("Agg", force=False)
@@ -215,9 +215,7 @@ class RobustnessReport:
             title += f"  (mCE {self.mce:.1f} vs {_short(str(self.baseline['name']))})"
         fig.suptitle(title, fontsize=10)
         if path is not None:
-            if os.path.isdir(path):
-                path = os.path.join(path, PLOT_FILE)
-            fig.savefig(path, dpi=120)
+            fig.savefig(_file_path(path, PLOT_FILE), dpi=120)
             plt.close(fig)
         return fig
 
@@ -289,3 +287,13 @@ def _short(name: str) -> str:
 
 def _int_severities(grid: dict) -> dict[str, dict[int, float]]:
     return {c: {int(s): float(a) for s, a in row.items()} for c, row in grid.items()}
+
+
+def _file_path(path: str, name: str) -> str:
+    """Where a writer given ``path`` writes: ``path/name`` when ``path`` is a folder or reads as one
+    (no file suffix, or a trailing slash), else ``path``; the folder is made when missing."""
+    path = os.fspath(path)
+    if os.path.isdir(path) or path.endswith(("/", os.sep)) or not os.path.splitext(path)[1]:
+        path = os.path.join(path, name)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    return path

@@ -19,7 +19,7 @@ from ..views.distortions import check_distortion_flags
 from ..views.mixing import MixingSettings, check_mixing_flags
 from .ema import check_ema_flags
 from .frozen import TEACHER_DTYPES, check_frozen_flags
-from .launchers import follow_launcher_precision
+from .launchers import check_bf16_runs_here, follow_launcher_precision
 from .teacher_cache import check_cache_flags
 
 DEFAULT_DISTORTIONS = "pixel_mask:0.5-0.9,noise:0.1-0.5,blur:1-4"
@@ -167,11 +167,25 @@ class DistillationConfig(TrainingArguments):
     def __post_init__(self):
         # Before TrainingArguments reads them: DeepSpeed's bf16/fp16 setting comes from the launcher.
         self.bf16, self.fp16 = follow_launcher_precision(self.bf16, self.fp16)
-        super().__post_init__()
         problems = Problems()  # every problem, each under its flag, checked by the module of its concern
+        problems.check("--bf16", check_bf16_runs_here, self.bf16 or self.bf16_full_eval, self.use_cpu)
+        problems.raise_if_any()  # before transformers refuses it in words that name no flag
+        super().__post_init__()
         for check in FLAG_CHECKS:
             check(self, problems)
         problems.raise_if_any()
+
+    @staticmethod
+    def runnable_here(inputs: dict, problems: Problems) -> dict:
+        """The recipes' flags with what this machine cannot run (``--bf16`` without a bf16 GPU) turned
+        off, each listed in ``problems`` under its flag with its fix: the config still builds, so
+        the checkpoints and the data are checked in the same pass."""
+        try:
+            check_bf16_runs_here(inputs.get("bf16") or inputs.get("bf16_full_eval"), inputs.get("use_cpu", False))
+        except ValueError as error:
+            problems.add("--bf16", str(error))
+            return {**inputs, "bf16": False, "bf16_full_eval": False}
+        return inputs
 
     def __getstate__(self) -> dict:
         """Pickled (``training_args.bin`` beside every checkpoint) without the Hub token."""

@@ -5,10 +5,13 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tests.conftest import load_recipe, recipe_argv
 from tests.cli.test_preflight import problems_of
+from hf_robust_distill import DistillationConfig
+from hf_robust_distill.cli import run_recipe
 from hf_robust_distill.utils import PreflightError
 
 
@@ -121,3 +124,32 @@ def test_resuming_from_another_models_checkpoint_is_named(tiny_vit, tmp_path):
     found = multilevel_problems(tiny_vit, tmp_path, "--resume_from_checkpoint", str(other))
     message = found["--resume_from_checkpoint"]
     assert "holds another model than this run's student (hidden_size 64 there, 32 here" in message
+
+
+def test_bf16_on_a_machine_without_it_is_one_problem_among_the_others(tmp_path):
+    """README's first command on a CPU printed only transformers' bf16 refusal, under "flags of
+    DistillationConfig"; the missing teacher and data came to light one run later."""
+    assert not torch.cuda.is_available()
+    with pytest.raises(PreflightError) as error:
+        load_recipe("multilevel").main(["--teacher_name_or_path", str(tmp_path / "no-teacher"), "--dataset_name",
+                                        str(tmp_path / "no-data"), "--bf16", "--output_dir", str(tmp_path / "out")])
+    found = problems_of(error)
+    assert "drop --bf16, or add --use_cpu" in found["--bf16"]
+    assert "no-teacher" in found["--teacher_name_or_path"] and "no-data" in found["--dataset_name"]
+    assert not any("flags of" in where for where in found)
+    with pytest.raises(PreflightError, match="--bf16: this machine has no GPU with bf16"):
+        DistillationConfig(output_dir=str(tmp_path / "out"), bf16=True)  # in Python too, named
+
+
+@pytest.mark.parametrize("rank, printed", [("0", True), ("1", False)])
+def test_a_launchs_problems_are_printed_once(monkeypatch, capsys, rank, printed):
+    """Under ddp.yaml every one of the 8 processes printed the list."""
+    monkeypatch.setenv("RANK", rank)
+
+    def main():
+        raise PreflightError([("--bf16", "this machine has no GPU with bf16")])
+
+    with pytest.raises(SystemExit) as exited:
+        run_recipe(main)
+    assert exited.value.code == 2
+    assert ("1 problem found before training" in capsys.readouterr().err) == printed

@@ -252,3 +252,27 @@ def test_evaluate_recipe_writes_report_and_plot(tiny_vit, tmp_path):
     assert RobustnessReport.load(str(tmp_path / "out")) == report
     assert set(report.accuracy) == {"gaussian_noise", "pixelate"} and report.severities == [1, 5]
     assert os.path.isfile(tmp_path / "out" / "robustness.png")
+
+
+def test_an_unreachable_natural_shift_is_named_before_the_first_image(vit, eval_digits, tmp_path):
+    """It used to score every corrupted set first and then die in datasets' ConnectionError."""
+    with pytest.raises(ValueError) as error:
+        evaluate_robustness(vit, eval_digits, ["contrast"], severities=(1,), cache_dir=str(tmp_path / "cache"),
+                            natural_shifts=["imagenet-r=axiong/imagenet-r:test",
+                                            NaturalShift("mine", str(tmp_path / "no-such-folder")),
+                                            NaturalShift("sub", str(tmp_path), class_subset="imagenet-z")],
+                            progress=False)
+    message = str(error.value)
+    assert "axiong/imagenet-r" in message and "no-such-folder" in message and "imagenet-z" in message
+    assert not os.path.exists(tmp_path / "cache")  # nothing decoded, nothing corrupted
+
+
+def test_a_report_saves_and_plots_into_a_folder_it_makes(vit, eval_digits, tmp_path):
+    report = evaluate_robustness(vit, eval_digits.select(range(8)), ["contrast"], severities=(1,), batch_size=8,
+                                 cache_dir=str(tmp_path / "cache"), progress=False)
+    saved = report.save(str(tmp_path / "out") + "/")
+    assert saved == str(tmp_path / "out" / "robustness_report.json")
+    assert RobustnessReport.load(str(tmp_path / "out")) == report
+    report.plot(str(tmp_path / "plots"))
+    assert os.path.isfile(tmp_path / "plots" / "robustness.png")
+    assert report.save(str(tmp_path / "deep" / "named.json")).endswith("named.json")

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from ..data.datasets import DEMO_DATASET, check_dataset_reachable
 from ..evaluation.adversarial import SUITES as ATTACK_SUITES, AttackBudget, check_installed as check_attacks_installed
-from ..evaluation.checks import check_corruptions, check_natural_shifts, parse_severities
+from ..evaluation.checks import check_alexnet_severities, check_corruptions, check_natural_shifts, parse_severities
 from ..evaluation.protocols import CHOICES as PROTOCOL_CHOICES, resolve_protocol
 from ..utils.problems import Problems, check_choice
 from .recipe_parser import DATA, EVALUATION, HUB
@@ -104,8 +104,10 @@ class RobustnessArguments:
         if self.corruption_names is not None:
             problems.check("--robustness_corruptions", check_corruptions, self.corruption_names,
                            self.robustness_backend)
-        problems.check("--robustness_severities", parse_severities, self.robustness_severities)
+        severities = problems.check("--robustness_severities", parse_severities, self.robustness_severities)
         problems.check("--robustness_baseline", check_choice, self.robustness_baseline, baselines)
+        if severities:
+            problems.check("--robustness_severities", check_alexnet_severities, self.robustness_baseline, severities)
         problems.check("--corruption_protocol", resolve_protocol, self.corruption_protocol, False,
                        released=self.imagenet_c is not None)
         if self.imagenet_c is not None:

@@ -12,12 +12,14 @@ from accelerate import PartialState
 
 from ..data.imagenet_classes import is_imagenet_1k
 from ..data.images import ImageResizer
+from ..evaluation.checks import check_alexnet_severities, parse_severities
 from ..evaluation.report import RobustnessReport
 from ..evaluation.robustness import evaluate_robustness
 from ..hub.card import plain_name
 from ..models.heads import DIFFERENT, describe_difference, fit_to_classes, match_classes
 from ..models.loading import config_classes, read_image_processor, read_model_config
 from ..models.zero_shot import load_pixel_classifier, saved_head_classes
+from ..training.checks import check_output_dir
 from ..utils.problems import Problems
 from .arguments import DataArguments, RobustnessArguments
 from .finish import dataset_label
@@ -94,6 +96,8 @@ def mce_baseline(run: EvaluationRun):
 def evaluate(run: EvaluationRun, classifier) -> RobustnessReport:
     """The robustness report of ``classifier`` on the run's evaluation split."""
     args, robustness, data = run.args, run.robustness, run.data
+    if PartialState().is_main_process:
+        logger.info("the report and its plot go into %s (--output_dir)", os.path.abspath(args.output_dir))
     return evaluate_robustness(
         classifier, data.evaluation, **robustness.evaluation_kwargs(), decode_with=ImageResizer(run.processor),
         baseline=mce_baseline(run), seed=args.seed, device=run.device, model_name=plain_name(args.model_name_or_path),
@@ -118,6 +122,15 @@ def write_report(run: EvaluationRun, report: RobustnessReport) -> None:
     print(f"\nReport: {os.path.abspath(report_path)}\nPlot: {plot}")
 
 
+def _check_auto_baseline(names: list[str], severities: str) -> None:
+    """``--robustness_baseline auto`` is AlexNet on ImageNet-1k's classes, whose errors need every severity."""
+    try:
+        parsed = parse_severities(severities)
+    except ValueError:
+        return  # listed under its flag already
+    check_alexnet_severities("alexnet" if is_imagenet_1k(names) else None, parsed)
+
+
 def preflight(argv) -> EvaluationRun:
     """Flags, the model's classes and processor (no weights), the data and its evaluation images,
     checked together; one ``PreflightError`` lists every problem."""
@@ -131,6 +144,8 @@ def preflight(argv) -> EvaluationRun:
         if robustness.robustness_baseline.lower() == "teacher" and not (args and args.baseline_report):
             problems.add("--robustness_baseline", "an evaluation has no teacher: give the baseline model's report with "
                                                   "--baseline_report, or --robustness_baseline auto, alexnet or none")
+    if args is not None:
+        problems.check("--output_dir", check_output_dir, args.output_dir)
     if args is not None and args.baseline_report:
         problems.check("--baseline_report", RobustnessReport.load, args.baseline_report)
     if None in (args, data_args, robustness) or (not args.model_name_or_path and problems):
@@ -142,6 +157,8 @@ def preflight(argv) -> EvaluationRun:
     classes = problems.check("--model_name_or_path", model_classes, args.model_name_or_path)
     processor = problems.check("--model_name_or_path", read_image_processor, args.model_name_or_path, "the model")
     data = load_recipe_data(data_args, problems, seed=args.seed, evaluation_only=True)
+    if data is not None and data.scored and not args.baseline_report and robustness.robustness_baseline == "auto":
+        problems.check("--robustness_severities", _check_auto_baseline, data.names, robustness.robustness_severities)
     if data is not None and not data.scored:
         problems.add("--dataset_name", "a robustness report needs labels of at least two classes")
     elif data is not None and classes is not None and match_classes(classes, data.names) == DIFFERENT:

@@ -127,8 +127,10 @@ def _settings(run: RunEnd, student: FinishedStudent) -> dict[str, str]:
 def _print_report(name: str, report, paths: dict) -> None:
     mce = "" if report.mce is None else f", mCE {report.mce:.1f} (vs {report.baseline['name']})"
     chance = "  AT OR BELOW CHANCE" if report.at_or_below_chance else ""
+    attacked = (f", {report.adversarial_name} {100 * report.adversarial['robust_accuracy']:.1f}%"
+                if report.adversarial else "")
     print(f"  {name}: clean {100 * report.clean_accuracy:.1f}%, mean corrupted "
-          f"{100 * report.mean_corrupted_accuracy:.1f}%{mce}{chance}\n    {os.path.abspath(paths['card'])}\n"
+          f"{100 * report.mean_corrupted_accuracy:.1f}%{mce}{attacked}{chance}\n    {os.path.abspath(paths['card'])}\n"
           f"    {os.path.abspath(paths['plot'])}\n    {os.path.abspath(paths['report'])}")
 
 

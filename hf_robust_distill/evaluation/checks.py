@@ -35,6 +35,14 @@ def parse_severities(text: str) -> list[int]:
     return [int(v) for v in values]
 
 
+def check_alexnet_severities(baseline, severities: Sequence[int]) -> None:
+    """An mCE against AlexNet needs every severity 1-5: its published errors average over all five."""
+    if isinstance(baseline, str) and baseline.lower() == "alexnet" and sorted(set(severities)) != [1, 2, 3, 4, 5]:
+        raise ValueError(f"an mCE against AlexNet needs all five severities (its published errors average over 1-5), "
+                         f"got {', '.join(map(str, sorted(set(severities))))}: evaluate severities 1,2,3,4,5, or "
+                         "choose another baseline (none: accuracies only)")
+
+
 def check_natural_shifts(shifts: Sequence[NaturalShift | str]) -> None:
     """Each shift (a ``NaturalShift`` or a ``name=dataset[:split]`` spec) parses, names a known class
     subset, and names a folder that exists or a dataset ``datasets`` can resolve (from its cache when

@@ -23,7 +23,7 @@ from ..views.corruptions import CORRUPTIONS
 from .adversarial import (AttackBudget, adversarial_record, adversarial_scores,
                           check_installed as check_attacks_installed)
 from .calibration import Scores, finite_logits
-from .checks import check_natural_shifts
+from .checks import check_alexnet_severities, check_natural_shifts
 from .corrupted_sets import (CorruptedSetCache, cached_batches, decode_evaluation_set, decoded_batches, resolve_backend,
                              source_key)
 from .natural_shifts import NaturalShift, subset_predictions
@@ -81,6 +81,7 @@ def evaluate_robustness(
     names = class_names(dataset, label_column)
     shifts = [NaturalShift.parse(s) if isinstance(s, str) else s for s in natural_shifts]
     check_natural_shifts(shifts)  # every shift's dataset reachable before the first image, not after hours
+    check_alexnet_severities(baseline, severities)
     protocol = resolve_protocol(protocol, is_imagenet_1k(names), released=imagenet_c is not None)
     released = read_released(imagenet_c) if protocol == RELEASED else None
     grid = _grid(corruptions, severities, backend, released)

@@ -105,6 +105,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--force", action="store_true", help="push a student at or below chance accuracy")
     args = parser.parse_args(argv)
     try:
+        check_repo_id(args.repo_id)
+    except ValueError as error:
+        parser.error(str(error))
+    if not os.path.isdir(args.folder):
+        parser.error(f"no folder {args.folder!r}: give the student's folder (the recipe's --output_dir)")
+    try:
         info = push_robust_student(args.folder, args.repo_id, private=args.private, revision=args.revision,
                                    force=args.force)
     except (PushToHubError, RefusedPush) as error:
@@ -116,6 +122,9 @@ def check_repo_id(repo_id: str) -> None:
     """A Hub model repo id the Hub accepts (``namespace/name``)."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+    if "<" in repo_id or ">" in repo_id:
+        raise ValueError(f"{repo_id!r} is a placeholder: write your Hub user (or organisation) name and the model's, "
+                         "e.g. jane/vit-b16-robust")
     try:
         validate_repo_id(repo_id)
     except HFValidationError as error:

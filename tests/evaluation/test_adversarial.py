@@ -12,6 +12,7 @@ from datasets import Image as ImageFeature
 from PIL import Image
 
 from hf_robust_distill.cli.arguments import RobustnessArguments
+from hf_robust_distill.cli.finish import _print_report
 from hf_robust_distill.evaluation import RobustnessReport, evaluate_robustness
 from hf_robust_distill.evaluation.adversarial import AttackBudget
 from hf_robust_distill.hub.card import eval_results
@@ -47,7 +48,7 @@ def evaluate(colours, tmp_path, spec, suite, examples=6) -> RobustnessReport:
                                adversarial=AttackBudget.parse(spec, suite), adversarial_examples=examples)
 
 
-def test_a_budget_below_the_margin_leaves_every_answer_and_one_above_turns_them_all(colours, tmp_path):
+def test_a_budget_below_the_margin_leaves_every_answer_and_one_above_turns_them_all(colours, tmp_path, capsys):
     safe = evaluate(colours, tmp_path, "linf:8/255", "apgd")
     assert safe.adversarial["num_examples"] == 6 and safe.adversarial["clean_accuracy"] == 1.0
     assert safe.adversarial["robust_accuracy"] == 1.0 and safe.adversarial["attacks"] == ["APGD-CE", "APGD-DLR"]
@@ -61,6 +62,8 @@ def test_a_budget_below_the_margin_leaves_every_answer_and_one_above_turns_them_
     assert again.headline()["AutoAttack Linf 0.45 accuracy (9 images)"] == 0.0
     results = {r.metric_name: r.metric_value for r in eval_results(again, "colours")}
     assert results["AutoAttack Linf 0.45 top-1 accuracy (9 images)"] == 0.0
+    _print_report("student", again, {"card": "c", "plot": "p", "report": "r"})  # and the recipes' console summary
+    assert "AutoAttack Linf 0.45 accuracy (9 images) 0.0%" in capsys.readouterr().out
 
 
 def test_budgets_are_read_and_bad_ones_named():

@@ -276,3 +276,18 @@ def test_a_report_saves_and_plots_into_a_folder_it_makes(vit, eval_digits, tmp_p
     report.plot(str(tmp_path / "plots"))
     assert os.path.isfile(tmp_path / "plots" / "robustness.png")
     assert report.save(str(tmp_path / "deep" / "named.json")).endswith("named.json")
+
+
+def test_an_mce_against_alexnet_at_fewer_severities_is_refused_before_any_work(vit, eval_digits, tmp_path):
+    """AlexNet's published errors average over severities 1-5: it used to fail in the summary, after
+    every corrupted set was scored."""
+    with pytest.raises(ValueError, match="needs all five severities"):
+        evaluate_robustness(vit, eval_digits, ["contrast"], severities=(1, 3), baseline="alexnet",
+                            cache_dir=str(tmp_path / "cache"), progress=False)
+    assert not os.path.exists(tmp_path / "cache")
+    from hf_robust_distill.cli import RobustnessArguments
+    from hf_robust_distill.utils import Problems
+
+    problems = Problems()
+    RobustnessArguments(robustness_baseline="alexnet", robustness_severities="1,3").check(problems)
+    assert [where for where, _ in problems.found] == ["--robustness_severities"]

@@ -115,7 +115,9 @@ def convert(checkpoint: str, config_file: str, output_dir: str, input_range: str
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m hf_robust_distill.convert_vqgan", description=__doc__.splitlines()[0])
+    summary = " ".join(__doc__.split("\n\n")[0].split()).replace("``", "")
+    parser = argparse.ArgumentParser(prog="python -m hf_robust_distill.convert_vqgan", description=summary,
+                                     epilog="Where the checkpoint comes from: docs/dad.md.")
     parser.add_argument("checkpoint", help="the .ckpt of a taming VQModel or an LDM VQModelInterface")
     parser.add_argument("config", help="its YAML config (model.target and model.params)")
     parser.add_argument("output_dir")
@@ -124,7 +126,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--allow_pickle", action="store_true",
                         help="read a checkpoint that holds Python objects beside its weights (trusted files only)")
     args = parser.parse_args(argv)
-    convert(args.checkpoint, args.config, args.output_dir, args.input_range, args.allow_pickle)
+    missing = [f"no file {path!r} ({what})" for path, what in ((args.checkpoint, "the checkpoint"),
+                                                                (args.config, "its config"))
+               if not os.path.isfile(path)]
+    if os.path.isfile(args.output_dir):
+        missing.append(f"{args.output_dir!r} is a file: give a folder to write the converted model into")
+    if missing:
+        parser.error("; ".join(missing) + " (where the checkpoint and config come from: docs/dad.md)")
+    try:
+        convert(args.checkpoint, args.config, args.output_dir, args.input_range, args.allow_pickle)
+    except ValueError as error:
+        parser.error(str(error))
     print(f"wrote {args.output_dir}: load it with --vq_name_or_path {args.output_dir}")
 
 

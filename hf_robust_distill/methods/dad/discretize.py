@@ -134,11 +134,15 @@ def read_vq_config(name_or_path: str, subfolder: str | None, input_range: str | 
     """The ``diffusers.VQModel`` config of a VQ checkpoint (no weights), with its input range known."""
     from diffusers import VQModel
 
-
     checkpoint_exists(name_or_path, "the VQ model", subfolder)
     try:
         config = VQModel.load_config(name_or_path, subfolder=subfolder)
     except (OSError, ValueError, EnvironmentError) as error:
+        if not os.path.isdir(name_or_path):  # a missing folder reads as a Hub id too: say both
+            raise ValueError(f"the VQ model {name_or_path!r} is no folder here ({os.getcwd()}), and read as a Hub id "
+                             f"it gives: {str(error).splitlines()[0]}; give the folder python -m "
+                             "hf_robust_distill.convert_vqgan wrote (docs/dad.md), or the Hub id of a diffusers "
+                             "VQModel") from None
         raise ValueError(f"cannot read the VQ model {name_or_path!r}"
                          + (f" (subfolder {subfolder!r})" if subfolder else "")
                          + f": {str(error).splitlines()[0]}; give a diffusers VQModel folder (config.json and weights)"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..data.datasets import DEMO_DATASET, check_dataset_reachable
+from ..data.datasets import DEMO_DATASET, SPLIT_SEED, check_dataset_reachable
 from ..evaluation.adversarial import SUITES as ATTACK_SUITES, AttackBudget, check_installed as check_attacks_installed
 from ..evaluation.checks import check_alexnet_severities, check_corruptions, check_natural_shifts, parse_severities
 from ..evaluation.protocols import CHOICES as PROTOCOL_CHOICES, resolve_protocol
@@ -23,12 +23,17 @@ class DataArguments:
     dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
     train_split: str = field(default="train", metadata={"help": "The split the student learns from."})
     eval_split: str | None = field(
-        default=None, metadata={"help": "Defaults to the first labelled validation/test split, or 10% of train."})
+        default=None, metadata={"help": "Defaults to the first labelled validation/test split, or 10% of train held out with --split_seed."})
     image_column: str | None = field(default=None, metadata={"help": "Found by type unless given."})
     label_column: str | None = field(default=None, metadata={"help": "Found by type unless given."})
     class_names_file: str | None = field(
         default=None, metadata={"help": "Class names in label order, one per line (or a JSON list), for labels that "
                                         "are plain integers (a CLIP teacher's zero-shot head needs names)."})
+    split_seed: int = field(
+        default=SPLIT_SEED, metadata={"help": "Seed of the evaluation images drawn from the data: the 10% held out of "
+                                              "a dataset without a validation/test split, the demo digits' test split. "
+                                              "The training recipes and the evaluation draw the same images with it; "
+                                              "the report and the card record it."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Only the first this many training images."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Only the first this many evaluation images."})
 

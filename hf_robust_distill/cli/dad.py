@@ -291,7 +291,7 @@ def preflight(argv) -> DADRun:
         student_config = problems.check("--student_name_or_path", read_model_config, student_path, "the student")
         processor = problems.check("--student_name_or_path", read_image_processor, student_path, "the student")
     with config.main_process_first(desc="loading the dataset"):
-        data = load_recipe_data(data_args, problems, seed=config.seed,
+        data = load_recipe_data(data_args, problems,
                                 labels_train=config.ce_weight > 0 or config.dad_ce_weight > 0)
     if student_config is not None:
         problems.check("--drop_path_rate", check_drop_path, student_config, config.drop_path_rate)

@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 import torch
 from accelerate import PartialState
 
+from ..data.digest import images_digest
 from ..data.imagenet_classes import is_imagenet_1k
 from ..data.images import ImageResizer
-from ..evaluation.checks import check_alexnet_severities, parse_severities
+from ..evaluation.checks import check_alexnet_severities, check_same_images, parse_severities
+from ..evaluation.protocols import resolve_protocol
 from ..evaluation.report import RobustnessReport
 from ..evaluation.robustness import evaluate_robustness
 from ..hub.card import plain_name
@@ -41,7 +43,9 @@ class EvaluateArguments:
     output_dir: str = field(default="robustness", metadata={"help": "Where the report and the plot go."})
     device: str | None = field(default=None, metadata={"help": "Default: this process's accelerator when there is "
                                                                  "one (under accelerate launch, each its own)."})
-    seed: int = field(default=0, metadata={"help": "Seed of the corrupted sets."})
+    seed: int = field(
+        default=42, metadata={"help": "Seed of the corrupted sets: the training recipes draw theirs with their --seed "
+                                      "(42 by default), so a student's card is reproduced with the same."})
     max_bad_image_fraction: float = field(
         default=0.01, metadata={"help": "Images that fail to decode are left out; more than this share stops the run."})
 
@@ -101,7 +105,7 @@ def evaluate(run: EvaluationRun, classifier) -> RobustnessReport:
     return evaluate_robustness(
         classifier, data.evaluation, **robustness.evaluation_kwargs(), decode_with=ImageResizer(run.processor),
         baseline=mce_baseline(run), seed=args.seed, device=run.device, model_name=plain_name(args.model_name_or_path),
-        dataset_name=dataset_label(run.data_args.dataset_name), split=run.data_args.eval_split,
+        dataset_name=dataset_label(run.data_args.dataset_name), split=run.data.split_source,
         image_column=data.image_column, label_column=data.label_column)
 
 
@@ -120,6 +124,13 @@ def write_report(run: EvaluationRun, report: RobustnessReport) -> None:
         print(f"{report.skipped_images} images did not decode and were left out")
     plot = os.path.abspath(os.path.join(output_dir, "robustness.png"))
     print(f"\nReport: {os.path.abspath(report_path)}\nPlot: {plot}")
+
+
+def _check_baseline_images(baseline: RobustnessReport, data: RecipeData, seed: int, robustness) -> None:
+    """The baseline report scored these images, corrupted alike (before any image is decoded)."""
+    protocol = resolve_protocol(robustness.corruption_protocol, is_imagenet_1k(data.names),
+                                released=robustness.imagenet_c is not None)
+    check_same_images(baseline, images_digest(data.evaluation, data.image_column, data.label_column), seed, protocol)
 
 
 def _check_auto_baseline(names: list[str], severities: str) -> None:
@@ -146,8 +157,9 @@ def preflight(argv) -> EvaluationRun:
                                                   "--baseline_report, or --robustness_baseline auto, alexnet or none")
     if args is not None:
         problems.check("--output_dir", check_output_dir, args.output_dir)
+    baseline = None
     if args is not None and args.baseline_report:
-        problems.check("--baseline_report", RobustnessReport.load, args.baseline_report)
+        baseline = problems.check("--baseline_report", RobustnessReport.load, args.baseline_report)
     if None in (args, data_args, robustness) or (not args.model_name_or_path and problems):
         problems.raise_if_any()
     if not args.model_name_or_path:
@@ -156,7 +168,7 @@ def preflight(argv) -> EvaluationRun:
         args.model_name_or_path = demo_model("vit", seed=args.seed)
     classes = problems.check("--model_name_or_path", model_classes, args.model_name_or_path)
     processor = problems.check("--model_name_or_path", read_image_processor, args.model_name_or_path, "the model")
-    data = load_recipe_data(data_args, problems, seed=args.seed, evaluation_only=True)
+    data = load_recipe_data(data_args, problems, evaluation_only=True)
     if data is not None and data.scored and not args.baseline_report and robustness.robustness_baseline == "auto":
         problems.check("--robustness_severities", _check_auto_baseline, data.names, robustness.robustness_severities)
     if data is not None and not data.scored:
@@ -167,6 +179,8 @@ def preflight(argv) -> EvaluationRun:
         else:
             problems.add("--model_name_or_path", f"the model does not predict the dataset's classes: "
                                                  f"{describe_difference(classes, data.names)}")
+    if data is not None and data.scored and args.baseline_report and baseline is not None:
+        problems.check("--baseline_report", _check_baseline_images, baseline, data, args.seed, robustness)
     if processor is not None and data is not None and data.scored:
         decode_evaluation_split(data, ImageResizer(processor), robustness, args.max_bad_image_fraction, problems)
     problems.raise_if_any()

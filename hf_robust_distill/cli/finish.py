@@ -86,7 +86,7 @@ def reports_and_cards(run: RunEnd, students: list[FinishedStudent], write: bool 
     config, choice = run.config, run.robustness.robustness_baseline.lower()
     train_dataset = dataset_label(run.data_args.dataset_name)
     kwargs = dict(run.robustness.evaluation_kwargs(), decode_with=run.resizer, seed=config.seed,
-                  split=run.data_args.eval_split, dataset_name=train_dataset, image_column=run.data.image_column,
+                  split=run.data.split_source, dataset_name=train_dataset, image_column=run.data.image_column,
                   label_column=run.data.label_column, progress=not config.disable_tqdm)
     reports = {}
     if run.teacher is not None:

@@ -113,7 +113,7 @@ def preflight(argv) -> MultilevelRun:
     processor = problems.check(flag, read_image_processor, student_path, "the student")
     teacher_processor = problems.check("--teacher_name_or_path", read_image_processor, teacher_path, "the teacher")
     with config.main_process_first(desc="loading the dataset"):
-        data = load_recipe_data(data_args, problems, seed=config.seed, labels_train=config.ce_weight > 0)
+        data = load_recipe_data(data_args, problems, labels_train=config.ce_weight > 0)
     _check_models(problems, config, data, student_config, teacher_config)
     check_card_possible(data, data is not None and data.scored and student_config is not None, repo_id, problems)
     if processor is not None and data is not None:

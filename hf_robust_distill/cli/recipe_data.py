@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 from datasets import Dataset
 
-from ..data.datasets import (check_labels as _check_labels, class_names, encode_string_labels, evaluation_split,
-                             find_columns, label_values, load_image_dataset, prepare_dataset, read_class_names_file,
-                             split_train_eval)
+from ..data.datasets import (DEMO_DATASET, check_labels as _check_labels, class_names, encode_string_labels,
+                             find_columns, label_values, load_image_dataset, prepare_dataset, read_class_names_file)
 from ..data.images import ImageResizer
+from ..data.splits import SplitSource, choose_splits
 from ..utils.problems import Problems
 from .arguments import DataArguments
 
@@ -30,6 +30,7 @@ class RecipeData:
     names: list[str] | None
     named: bool = True  # False: names made up from integer labels ("0", "1", ...)
     unlabelled_because: str | None = None  # why the dataset has no labels
+    split_source: SplitSource | None = None  # where the evaluation images come from (the report and card say)
 
     @property
     def scored(self) -> bool:
@@ -59,17 +60,18 @@ class RecipeRun:
         return prepare_dataset(split, self.resizer, self.data.image_column, self.data.label_column)
 
 
-def load_recipe_data(data_args: DataArguments, problems: Problems, seed: int = 0, labels_train: bool = False,
+def load_recipe_data(data_args: DataArguments, problems: Problems, labels_train: bool = False,
                      evaluation_only: bool = False) -> RecipeData | None:
     """The splits of ``data_args``, with string labels encoded as classes and every label checked
     (``labels_train``: a loss reads the training labels; ``evaluation_only``: an evaluation, which
-    reads one split and needs no training split); problems are added, not raised."""
+    reads one split and needs no training split); problems are added, not raised. Training and
+    evaluation choose the evaluation images by one rule and ``--split_seed``."""
     dataset = problems.check("--dataset_name", load_image_dataset, data_args.dataset_name, data_args.dataset_config,
-                             seed=seed)
-    splits = _splits(dataset, data_args, problems, seed, evaluation_only) if dataset is not None else None
+                             seed=data_args.split_seed)
+    splits = _splits(dataset, data_args, problems, evaluation_only) if dataset is not None else None
     if splits is None:
         return None
-    train, evaluation = splits
+    train, evaluation, source = splits
     columns = problems.check("--image_column / --label_column", find_columns, train, data_args.image_column,
                              data_args.label_column)
     if columns is None:
@@ -80,7 +82,7 @@ def load_recipe_data(data_args: DataArguments, problems: Problems, seed: int = 0
         return None
     train, evaluation = encode_string_labels([train, evaluation], label_column)
     names, named = _class_names(train, label_column, data_args, problems)
-    data = RecipeData(train, evaluation, image_column, label_column, names, named)
+    data = RecipeData(train, evaluation, image_column, label_column, names, named, split_source=source)
     if label_column is None:
         data.unlabelled_because = no_labels_reason(data_args)
         logger.warning("%s: no accuracy table, robustness report or model card will be written",
@@ -100,26 +102,25 @@ def load_recipe_data(data_args: DataArguments, problems: Problems, seed: int = 0
     return data
 
 
-def _splits(dataset, data_args: DataArguments, problems: Problems, seed: int, evaluation_only: bool):
-    """(training split, evaluation split), each cut to its ``max_*_samples``; an evaluation's training
-    split is its evaluation split (where its classes are read)."""
-    if evaluation_only:
-        evaluation = problems.check("--eval_split", evaluation_split, dataset, data_args.eval_split,
-                                    label_column=data_args.label_column)
-        splits = None if evaluation is None else (evaluation, evaluation)
-    else:
-        splits = problems.check("--train_split / --eval_split", split_train_eval, dataset, data_args.train_split,
-                                data_args.eval_split, seed=seed, label_column=data_args.label_column)
-    if splits is None:
+def _splits(dataset, data_args: DataArguments, problems: Problems, evaluation_only: bool):
+    """(training split, evaluation split, where its images come from), each cut to its
+    ``max_*_samples``; an evaluation's training split is its evaluation split (where its classes are
+    read)."""
+    where = "--eval_split" if evaluation_only else "--train_split / --eval_split"
+    chosen = problems.check(where, choose_splits, dataset, data_args.train_split, data_args.eval_split,
+                            data_args.split_seed, data_args.label_column, evaluation_only)
+    if chosen is None:
         return None
-    train, evaluation = splits
+    train, evaluation, source = chosen
+    if data_args.dataset_name in (None, "", DEMO_DATASET) and source.seed is None:
+        source = SplitSource(source.name, seed=data_args.split_seed)  # the digits' test split is drawn too
     if data_args.max_eval_samples:
         evaluation = evaluation.select(range(min(data_args.max_eval_samples, len(evaluation))))
     if evaluation_only:
-        return evaluation, evaluation
+        return evaluation, evaluation, source
     if data_args.max_train_samples:
         train = train.select(range(min(data_args.max_train_samples, len(train))))
-    return train, evaluation
+    return train, evaluation, source
 
 
 def _class_names(train, label_column: str | None, data_args: DataArguments, problems: Problems):

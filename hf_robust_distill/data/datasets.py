@@ -44,10 +44,17 @@ def demo_digits(test_size: float = 0.25, seed: int = 0) -> DatasetDict:
     return dataset.train_test_split(test_size=test_size, seed=seed, stratify_by_column="label")
 
 
+SPLIT_SEED = 42
+"""The seed of every evaluation split a recipe draws (the 10% held out of a dataset without one, the
+demo digits' test split): the same for training and evaluation, so both score the same images.
+TrainingArguments' default seed, which drew them before they had a seed of their own."""
+
+
 def load_image_dataset(name_or_path: str | None = None, config_name: str | None = None,
-                       cache_dir: str | None = None, seed: int = 0) -> DatasetDict:
+                       cache_dir: str | None = None, seed: int = SPLIT_SEED) -> DatasetDict:
     """Loads a dataset by Hub id, local folder (of images, or of data files such as a generated
-    DAD dataset's Parquet shards), saved dataset (``save_to_disk``), or the embedded demo (``None``)."""
+    DAD dataset's Parquet shards), saved dataset (``save_to_disk``), or the embedded demo (``None``,
+    its test split drawn with ``seed``)."""
     if name_or_path in (None, "", DEMO_DATASET):
         return demo_digits(seed=seed)
     if os.path.isdir(name_or_path) and _is_saved_dataset(name_or_path):
@@ -85,60 +92,6 @@ UNLABELLED = -1
 """The label ``datasets`` (and the Hub's test splits) give an image without one."""
 IGNORED_LABEL = -100
 """What an unlabelled image's label becomes in a batch: the index cross-entropy ignores."""
-
-EVAL_SPLIT_NAMES = ("validation", "valid", "val", "test")
-
-
-def split_train_eval(dataset: DatasetDict, train_split: str = "train", eval_split: str | None = None,
-                     eval_fraction: float = 0.1, seed: int = 0,
-                     label_column: str | None = None) -> tuple[Dataset, Dataset]:
-    """The training split and an evaluation split: the named one, the first of the usual names
-    whose images are labelled (an unlabelled ``test`` split, labels all -1, is passed over), or a
-    held-out ``eval_fraction`` of the training split."""
-    if train_split not in dataset:
-        raise ValueError(f"no split {train_split!r} in the dataset; it has {list(dataset)}: pass --train_split")
-    if eval_split is not None:
-        return dataset[train_split], _named_split(dataset, eval_split)
-    name = _first_labelled_split(dataset, label_column, besides=train_split)
-    if name is not None:
-        return dataset[train_split], dataset[name]
-    parts = dataset[train_split].train_test_split(test_size=eval_fraction, seed=seed)
-    return parts["train"], parts["test"]
-
-
-def evaluation_split(dataset: DatasetDict, eval_split: str | None = None, label_column: str | None = None) -> Dataset:
-    """The split an evaluation scores, needing no training split: the named one, else the first
-    labelled one of the usual names (validation, test, ...), else the dataset's only split."""
-    if eval_split is not None:
-        return _named_split(dataset, eval_split)
-    name = _first_labelled_split(dataset, label_column)
-    if name is not None:
-        return dataset[name]
-    if len(dataset) == 1:
-        return next(iter(dataset.values()))
-    raise ValueError(f"none of the dataset's splits {list(dataset)} is a labelled {'/'.join(EVAL_SPLIT_NAMES)} "
-                     "split: name the one to evaluate with --eval_split")
-
-
-def _named_split(dataset: DatasetDict, name: str) -> Dataset:
-    if name not in dataset:
-        raise ValueError(f"no split {name!r} in the dataset; it has {list(dataset)}: pass --eval_split")
-    return dataset[name]
-
-
-def _first_labelled_split(dataset: DatasetDict, label_column: str | None, besides: str | None = None) -> str | None:
-    """The first of the usual evaluation splits whose images are labelled (an unlabelled ``test``
-    split, labels all -1, is passed over), or ``None``."""
-    for name in EVAL_SPLIT_NAMES:
-        if name in dataset and name != besides:
-            column = find_columns(dataset[name], label_column=label_column)[1]
-            if column is not None and unlabelled_rows(dataset[name], column) == len(dataset[name]):
-                logger.warning("the %r split is unlabelled (every label is %d): not evaluating on it", name,
-                               UNLABELLED)
-                continue
-            return name
-    return None
-
 
 def label_values(dataset: Dataset, label_column: str) -> np.ndarray:
     """The label column as an array, read from Arrow without decoding any image."""

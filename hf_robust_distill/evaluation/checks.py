@@ -3,6 +3,7 @@ natural-shift specs."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from ..data.datasets import check_dataset_reachable
@@ -10,6 +11,8 @@ from ..utils.problems import CHECK_ERRORS, _message, did_you_mean
 from ..views.corruptions import CORRUPTIONS
 from .corrupted_sets import resolve_backend
 from .natural_shifts import NaturalShift
+
+logger = logging.getLogger(__name__)
 
 
 def check_corruptions(names: Sequence[str], backend: str) -> None:
@@ -57,3 +60,27 @@ def check_natural_shifts(shifts: Sequence[NaturalShift | str]) -> None:
             problems.append(_message(error))
     if problems:
         raise ValueError("; ".join(problems))
+
+
+def check_same_images(baseline, images_digest: str, seed: int, protocol: str | None = None) -> None:
+    """A baseline report (a ``RobustnessReport``) scored the images this evaluation scores: the same
+    evaluation images (their digest), corrupted sets drawn with the same seed, by the same protocol.
+    Otherwise its mCE and relative mCE would compare errors on other images."""
+    if baseline is None or isinstance(baseline, (str, dict)):
+        return
+    differences = []
+    if baseline.images_digest is None:
+        logger.warning("the baseline report of %s does not record which images it scored (it was written before "
+                       "reports kept their images' digest): its mCE holds only if they are these images",
+                       baseline.model_name)
+    elif baseline.images_digest != images_digest:
+        differences.append(f"other evaluation images ({baseline.dataset_name}, {baseline.split_description}, "
+                           f"{baseline.num_examples} images)")
+    if baseline.seed != seed:
+        differences.append(f"corrupted sets drawn with seed {baseline.seed}, not {seed}")
+    if protocol is not None and baseline.protocol != protocol:
+        differences.append(f"the {baseline.protocol} protocol, not {protocol}")
+    if differences:
+        raise ValueError(f"the baseline report of {baseline.model_name} scored {'; '.join(differences)}: its "
+                         "errors do not normalise these; evaluate both models on the same images (the same "
+                         "--dataset_name, --eval_split, --split_seed, --max_eval_samples, --seed and protocol)")

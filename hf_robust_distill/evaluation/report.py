@@ -9,6 +9,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 
+from ..data.splits import SplitSource
 from ..metrics.corruption_robustness.corruption_robustness import IMAGENET_C_CORRUPTIONS, summarize
 from .protocols import MODEL_RESOLUTION, PUBLISHED_PROTOCOLS
 
@@ -50,10 +51,23 @@ class RobustnessReport:
     adversarial: dict | None = None
     """Accuracy under AutoAttack, when asked for: ``{"norm", "eps", "eps_text", "suite", "num_examples",
     "clean_accuracy", "robust_accuracy", "attacks", "package"}`` (``adversarial.adversarial_record``)."""
+    held_out_fraction: float | None = None
+    """The share of ``split`` held out as the evaluation images (a dataset without an evaluation split)."""
+    split_seed: int | None = None
+    """The seed that drew the evaluation images (held out, or the demo digits' test split); ``None``: a
+    named split, nothing drawn."""
+    images_digest: str | None = None
+    """sha256 of the evaluation images' encoded files and labels (``data.images_digest``): two reports
+    with the same digest scored the same images; ``None`` in reports written before it was kept."""
     calibration: dict = field(default_factory=dict)
     """``{"clean": {"ece", "nll"}, "corrupted": {corruption: {severity: {...}}}, "natural_shifts": {name:
     {...}}}``: expected calibration error (15 bins) and negative log-likelihood; empty in reports
     written before they were measured."""
+
+    @property
+    def split_description(self) -> str:
+        """Where the evaluation images come from, e.g. "10% of its train split, held out with split seed 42"."""
+        return SplitSource(self.split, self.held_out_fraction, self.split_seed).describe()
 
     # ------------------------------------------------------------------ numbers
 

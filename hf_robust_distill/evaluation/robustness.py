@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -15,15 +16,17 @@ from tqdm.auto import tqdm
 from transformers import AutoImageProcessor
 
 from ..data.datasets import class_names, collate_images, find_columns, load_image_dataset, prepare_dataset
+from ..data.digest import images_digest
 from ..data.imagenet_classes import IMAGENET_1K, imagenet_indices, is_imagenet_1k
 from ..data.images import ImageNetCCrop, ImageResizer, too_many_message
+from ..data.splits import SplitSource
 from ..metrics.corruption_robustness.corruption_robustness import IMAGENET_C_CORRUPTIONS, SEVERITIES
 from ..models.pixels import PixelPreprocessor, as_pixel_classifier
 from ..views.corruptions import CORRUPTIONS
 from .adversarial import (AttackBudget, adversarial_record, adversarial_scores,
                           check_installed as check_attacks_installed)
 from .calibration import Scores, finite_logits
-from .checks import check_alexnet_severities, check_natural_shifts
+from .checks import check_alexnet_severities, check_natural_shifts, check_same_images
 from .corrupted_sets import (CorruptedSetCache, cached_batches, decode_evaluation_set, decoded_batches, resolve_backend,
                              source_key)
 from .natural_shifts import NaturalShift, subset_predictions
@@ -38,7 +41,7 @@ def evaluate_robustness(
     image_processor=None, image_size: int | tuple[int, int] | None = None, decode_with=None, backend: str = "torch",
     baseline: str | RobustnessReport | dict | None = None, natural_shifts: Sequence[NaturalShift | str] = (),
     batch_size: int = 64, num_workers: int = 0, seed: int = 0, cache_dir: str | None = None, device=None,
-    model_name: str | None = None, dataset_name: str | None = None, split: str | None = None,
+    model_name: str | None = None, dataset_name: str | None = None, split: str | SplitSource | None = None,
     image_column: str | None = None, label_column: str | None = None, progress: bool = True,
     protocol: str = "auto", imagenet_c: str | None = None, adversarial: AttackBudget | str | None = None,
     adversarial_examples: int = 1000,
@@ -64,7 +67,10 @@ def evaluate_robustness(
     for the torch backend, ``batch_size`` and the device type) and cached in ``cache_dir``: a second evaluation, of
     this model or another, reads them back. ``baseline``: "alexnet" (ImageNet-scale runs), another model's
     ``RobustnessReport`` on the same data (relative mCE), or ``None``. ``natural_shifts``: ``NaturalShift``s or
-    "name=dataset[:split]" specs (imagenet-r and imagenet-a bring their 200-class subsets).
+    "name=dataset[:split]" specs (imagenet-r and imagenet-a bring their 200-class subsets). ``split``: the split's
+    name, or a ``SplitSource`` (a held-out share and its seed); the report records it and the images' digest
+    (``data.images_digest``), and a baseline report of other images (digest, corrupted sets' seed or protocol) is
+    refused before any work.
 
     ``adversarial`` (an ``AttackBudget`` or "linf:4/255"-style spec): also the accuracy under AutoAttack on the
     first ``adversarial_examples`` images (the optional ``adversarial`` extra).
@@ -72,66 +78,109 @@ def evaluate_robustness(
     Under ``accelerate launch`` (an initialised process group) every process makes and scores its share of each
     set and the counts are added up: the report is the one-process report, on every process.
     """
-    # 1. the classifier, how it decodes images, this process's share, the protocol and the sets to score
+    # 1. the classifier, how it decodes images, this process's share, the protocol and the sets to score, checked
+    plan = _plan(model, dataset, corruptions, severities, image_processor=image_processor, image_size=image_size,
+                 decode_with=decode_with, backend=backend, baseline=baseline, natural_shifts=natural_shifts,
+                 seed=seed, device=device, split=split, image_column=image_column, label_column=label_column,
+                 protocol=protocol, imagenet_c=imagenet_c, adversarial=adversarial)
+    # 2. the evaluation set decoded once (and ImageNet-C's crops of it), by the main process first
+    cache = CorruptedSetCache(cache_dir)
+    columns = (plan.image_column, plan.label_column, batch_size, num_workers)
+    with plan.shard.main_process_first():
+        clean_set, bad_images, source = _decoded(dataset, plan.resizer, cache, *columns)
+        crops = _decoded(dataset, ImageNetCCrop(), cache, *columns) if plan.protocol == IMAGENET_C else None
+    name, size = model_name or _model_name(model), plan.resizer.size
+    corrupted = partial(_corrupted_batches, plan.protocol, cache, (crops[0], crops[2]) if crops else (clean_set, source),
+                        plan.released, resizer=plan.resizer, seed=seed, size=size, batch_size=batch_size,
+                        num_workers=num_workers, device=plan.device, shard=plan.shard)
+    with _evaluating(plan.classifier):
+        # 3. this process's share of the clean set, of every corrupted set and of every natural shift
+        scores = _score_sets(plan, cached_batches(clean_set, size, batch_size, plan.shard), corrupted,
+                             _released_labels(plan.names, _num_outputs(model)) if plan.released is not None else None,
+                             batch_size, num_workers, bar=dict(desc=f"robustness of {name}",
+                                                               disable=not progress or plan.shard.index != 0))
+        # 4. AutoAttack, when asked for
+        attacked = (_adversarial(plan.classifier, clean_set, size, plan.budget, adversarial_examples, batch_size, seed,
+                                 plan.shard) if plan.budget is not None else None)
+    # 5. the sums of every process added up, and the report
+    scores = {key: measured.summed(plan.shard.sum) for key, measured in scores.items()}
+    clean, accuracy, shifted, sources, calibration = _tables(scores)
+    return RobustnessReport(
+        model_name=name, dataset_name=dataset_name or _dataset_name(dataset), split=plan.split.name,
+        held_out_fraction=plan.split.held_out, split_seed=plan.split.seed, images_digest=plan.digest,
+        num_examples=len(clean_set), image_size=tuple(size), clean_accuracy=clean, accuracy=accuracy,
+        backends={corruption: kind for corruption, _, kind in plan.grid}, seed=seed, natural_shifts=shifted,
+        baseline=_baseline(baseline), skipped_images=len(bad_images), calibration=calibration,
+        natural_shift_datasets=sources, protocol=plan.protocol, imagenet_1k=is_imagenet_1k(plan.names),
+        released_source=imagenet_c if plan.released is not None else None, adversarial=attacked,
+        chance_accuracy=chance_accuracy(np.asarray(clean_set.with_format("numpy")["label"]),
+                                        num_outputs=_num_outputs(model)),
+    )
+
+
+@dataclass
+class _Plan:
+    """What an evaluation scores and how, settled and checked before its first image."""
+
+    classifier: torch.nn.Module
+    resizer: ImageResizer
+    device: torch.device
+    shard: Shard
+    image_column: str
+    label_column: str
+    names: list[str] | None
+    protocol: str
+    released: dict | None
+    grid: list[tuple[str, int, str]]
+    shifts: list[NaturalShift]
+    budget: AttackBudget | None
+    split: SplitSource
+    digest: str
+
+
+def _plan(model, dataset, corruptions, severities, *, image_processor, image_size, decode_with, backend, baseline,
+          natural_shifts, seed, device, split, image_column, label_column, protocol, imagenet_c, adversarial) -> _Plan:
+    """Every choice of ``evaluate_robustness`` resolved, and every input it can check before the first image
+    checked: the natural shifts' datasets, AlexNet's severities, a baseline report's images, the attack package."""
     classifier = as_pixel_classifier(model, image_processor)
-    resizer = _resizer(model, image_processor, image_size, decode_with)
-    device = torch.device(device) if device is not None else next(classifier.parameters()).device
-    shard = Shard.of_this_process()
     image_column, label_column = find_columns(dataset, image_column, label_column)
     names = class_names(dataset, label_column)
     shifts = [NaturalShift.parse(s) if isinstance(s, str) else s for s in natural_shifts]
     check_natural_shifts(shifts)  # every shift's dataset reachable before the first image, not after hours
     check_alexnet_severities(baseline, severities)
     protocol = resolve_protocol(protocol, is_imagenet_1k(names), released=imagenet_c is not None)
+    digest = images_digest(dataset, image_column, label_column)
+    check_same_images(baseline, digest, seed, protocol)
     released = read_released(imagenet_c) if protocol == RELEASED else None
-    grid = _grid(corruptions, severities, backend, released)
     budget = AttackBudget.parse(adversarial) if isinstance(adversarial, str) else adversarial
     if budget is not None:
         check_attacks_installed()
-    # 2. the evaluation set decoded once (and ImageNet-C's crops of it), by the main process first
-    cache = CorruptedSetCache(cache_dir)
-    with shard.main_process_first():
-        clean_set, bad_images, source = _decoded(dataset, resizer, cache, image_column, label_column, batch_size,
-                                                 num_workers)
-        crops = (_decoded(dataset, ImageNetCCrop(), cache, image_column, label_column, batch_size, num_workers)
-                 if protocol == IMAGENET_C else None)
-    name, size = model_name or _model_name(model), resizer.size
-    made_from = (crops[0], crops[2]) if crops else (clean_set, source)
-    corrupted = partial(_corrupted_batches, protocol, cache, made_from, released,
-                        resizer=resizer, seed=seed, size=size, batch_size=batch_size, num_workers=num_workers,
-                        device=device, shard=shard)
-    label_map = _released_labels(names, _num_outputs(model)) if released is not None else None
+    return _Plan(
+        classifier, _resizer(model, image_processor, image_size, decode_with),
+        torch.device(device) if device is not None else next(classifier.parameters()).device,
+        Shard.of_this_process(), image_column, label_column, names, protocol, released,
+        _grid(corruptions, severities, backend, released), shifts, budget,
+        split if isinstance(split, SplitSource) else SplitSource(split), digest)
+
+
+def _score_sets(plan: _Plan, clean_batches, corrupted, label_map, batch_size: int, num_workers: int,
+                bar: dict) -> dict:
+    """This process's ``Scores`` of the clean set, every corrupted set and every natural shift."""
     scores = {}
-    with _evaluating(classifier), tqdm(total=1 + len(grid) + len(shifts), desc=f"robustness of {name}",
-                                       disable=not progress or shard.index != 0) as bar:
-        # 3. this process's share of the clean set, of every corrupted set and of every natural shift
-        scores["clean"] = _scores(classifier, cached_batches(clean_set, size, batch_size, shard), device)
-        bar.update()
-        for corruption, severity, kind in grid:
-            bar.set_postfix_str(f"{corruption} {severity}")
-            scores[corruption, severity] = _scores(classifier, corrupted(corruption, severity, kind), device,
+    with tqdm(total=1 + len(plan.grid) + len(plan.shifts), **bar) as progress:
+        scores["clean"] = _scores(plan.classifier, clean_batches, plan.device)
+        progress.update()
+        for corruption, severity, kind in plan.grid:
+            progress.set_postfix_str(f"{corruption} {severity}")
+            scores[corruption, severity] = _scores(plan.classifier, corrupted(corruption, severity, kind), plan.device,
                                                    label_map=label_map)
-            bar.update()
-        for shift in shifts:
-            bar.set_postfix_str(shift.name)
-            scores[shift] = natural_shift_scores(classifier, shift, resizer, batch_size, num_workers, device, shard)
-            bar.update()
-        # 4. AutoAttack, when asked for
-        attacked = (_adversarial(classifier, clean_set, size, budget, adversarial_examples, batch_size, seed, shard)
-                    if budget is not None else None)
-    # 5. the sums of every process added up, and the report
-    scores = {key: measured.summed(shard.sum) for key, measured in scores.items()}
-    clean, accuracy, shifted, sources, calibration = _tables(scores)
-    return RobustnessReport(
-        model_name=name, dataset_name=dataset_name or _dataset_name(dataset), split=split, num_examples=len(clean_set),
-        image_size=tuple(size), clean_accuracy=clean, accuracy=accuracy,
-        backends={corruption: kind for corruption, _, kind in grid}, seed=seed, natural_shifts=shifted,
-        baseline=_baseline(baseline), skipped_images=len(bad_images), calibration=calibration,
-        natural_shift_datasets=sources, protocol=protocol, imagenet_1k=is_imagenet_1k(names),
-        released_source=imagenet_c if released is not None else None, adversarial=attacked,
-        chance_accuracy=chance_accuracy(np.asarray(clean_set.with_format("numpy")["label"]),
-                                        num_outputs=_num_outputs(model)),
-    )
+            progress.update()
+        for shift in plan.shifts:
+            progress.set_postfix_str(shift.name)
+            scores[shift] = natural_shift_scores(plan.classifier, shift, plan.resizer, batch_size, num_workers,
+                                                 plan.device, plan.shard)
+            progress.update()
+    return scores
 
 
 def _corrupted_batches(protocol: str, cache: CorruptedSetCache, source: tuple[Dataset, str], released: dict | None,

@@ -188,7 +188,8 @@ def model_card(report: RobustnessReport, *, method: str, teacher: str, train_dat
         method_name=method_name, method_summary=method_summary, teacher=public_name(teacher),
         student_init=public_name(student_init),
         train_dataset=public_name(train_dataset) if is_hub_id(train_dataset) else f"`{dataset_id}`",
-        eval_dataset=f"`{plain_name(report.dataset_name)}`" + (f" ({report.split} split)" if report.split else ""),
+        eval_dataset=f"`{plain_name(report.dataset_name)}`" + (f" ({report.split_description})"
+                                                                 if report.split_description else ""),
         num_train_examples=num_train_examples, settings=settings, plot_file=plot_file,
         architecture_phrase=f"a `{architecture}`" if architecture else "an",
         backends_phrase=_backends_phrase(report.backends),

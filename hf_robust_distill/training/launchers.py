@@ -39,9 +39,10 @@ def check_bf16_runs_here(bf16: bool, use_cpu: bool = False) -> None:
     """``--bf16`` on a machine without a GPU that has bf16, named with its fix. transformers' own
     refusal names neither the flag nor the fix, and fails the whole config, which hid every other
     problem of a run."""
-    from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
+    from transformers import training_args  # the very test TrainingArguments makes, read where it reads it
 
-    if bf16 and not use_cpu and not is_torch_bf16_gpu_available() and not is_torch_xla_available():
+    if bf16 and not use_cpu and not training_args.is_torch_bf16_gpu_available() and not (
+            training_args.is_torch_xla_available()):
         raise ValueError("this machine has no GPU with bf16: drop --bf16, or add --use_cpu to train in bf16 on the CPU")
 
 

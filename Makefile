@@ -1,9 +1,10 @@
 # `make demo` and `make test` create .venv when it is missing, install, and run.
 PYTHON ?= python3
 VENV ?= .venv
-# The CPU build of torch that lies on the development machines; override for CUDA, e.g.
-#   make test TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
-TORCH_SPEC ?= torch==2.13.0
+# torch with the torchvision built for it (timm's training transforms need torchvision): the pair
+# GPU users install, which also runs on a CPU. Override for another build, e.g.
+#   make test TORCH_SPEC="torch==2.14.1 torchvision==0.29.1 --index-url https://download.pytorch.org/whl/cu128"
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1 TOKENIZERS_PARALLELISM=false

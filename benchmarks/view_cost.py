@@ -7,8 +7,8 @@
         --patch_size 16 --batch_size 64 --bf16                   # ViT-B/16 on a GPU
 
 Views: the multi-level recipe's default distortions, each paper distortion, the ImageNet-C
-corruptions as training views (severities 1-5), mixup/cutmix, the official augmentation and the
-online DAD view (a teacher of the student's size and a small VQ model). The student step is
+corruptions as training views (severities 1-5), mixup/cutmix and the online DAD view (the training
+augmentation runs in the loader's workers: ``benchmarks/data_throughput.py``) (a teacher of the student's size and a small VQ model). The student step is
 forward and backward of the student through its door, as ``compute_loss`` runs it (accelerate's
 autocast around the student alone under ``--bf16``). Prints one JSON object per view.
 """
@@ -66,7 +66,7 @@ def views(opts, device, labels):
     from hf_robust_distill.cli import demo_image_processor, demo_vq_model
     from hf_robust_distill.methods.dad import dad_images
     from hf_robust_distill.models import PixelPreprocessor, PixelSpaceClassifier
-    from hf_robust_distill.views import AugmentationSettings, Augmenter, MixingSettings, mix_batch
+    from hf_robust_distill.views import MixingSettings, mix_batch
     from hf_robust_distill.views.corruptions import CORRUPTIONS
 
     made = {spec: Distorter(spec, patch_size=opts.patch_size) for spec in (
@@ -75,9 +75,6 @@ def views(opts, device, labels):
     made.update({f"{name}:1-5": Distorter(f"{name}:1-5") for name in CORRUPTIONS})
     mixing = MixingSettings(0.8, 1.0, label_smoothing=0.1)
     made["mixup/cutmix"] = lambda x, g: mix_batch([x], labels, 10, mixing, g)[0][0]
-    augmenter = Augmenter(AugmentationSettings(True, (0.08, 1.0), 0.5, "rand-m9-mstd0.5-inc1", 0.4, 0.25),
-                          (opts.image_size, opts.image_size))
-    made["augmentation (official)"] = lambda x, g: augmenter([x], g)[0]
     teacher = ViTForImageClassification(student_config(opts)).to(device).eval().requires_grad_(False)
     classifier = PixelSpaceClassifier(teacher, PixelPreprocessor.from_image_processor(
         demo_image_processor(opts.image_size)))

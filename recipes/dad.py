@@ -64,7 +64,7 @@ def main(argv=None) -> dict:
     trainers = {"DAD student": train_student(run, run.config, teacher if run.needs_teacher else None, discretizer,
                                              train_set)}
     if run.script_args.plain_kd_baseline:
-        baseline = train_student(run, plain_kd_config(run.config), teacher, None, run.prepared(run.data.train))
+        baseline = train_student(run, plain_kd_config(run.config), teacher, None, run.training_set(run.data.train))
         trainers = {"plain-KD student": baseline, **trainers}
     # 4. finish: the table, the robustness reports, the cards, the push
     return finish(run, trainers, teacher_classifier)

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     teacher, student = load_models(run)
     # 3. train
     trainer = RobustDistillationTrainer(
-        model=student, teacher=teacher, args=run.config, train_dataset=run.prepared(run.data.train),
+        model=student, teacher=teacher, args=run.config, train_dataset=run.training_set(run.data.train),
         eval_dataset=run.prepared(run.data.evaluation) if run.config.eval_strategy != "no" else None,
         processing_class=run.processor, teacher_processor=run.teacher_processor)
     trainer.train(resume_from_checkpoint=run.config.resume_from_checkpoint)

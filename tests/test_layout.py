@@ -81,3 +81,27 @@ def test_the_config_imports_no_module_that_loads_data_or_models():
                "methods.dad.discretize", "training.trainer"}
     assert not seen & loaders, sorted(seen & loaders)
     assert not {m for m in seen if m.split(".")[0] in ("evaluation", "hub", "cli")}
+
+
+MAX_LINES, MAX_POSITIONAL = 60, 8
+
+
+def test_no_function_is_over_60_lines_or_takes_over_8_positional_parameters():
+    """A function longer than a screen, or a call that reads as a row of unnamed values, is a cut not
+    yet made: keyword-only parameters (after ``*``) name themselves; self and cls are not counted."""
+    found = []
+    for folder, _, files in os.walk(PACKAGE):
+        for name in (f for f in files if f.endswith(".py")):
+            path = os.path.join(folder, name)
+            for node in ast.walk(ast.parse(open(path).read())):
+                if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    continue
+                where = f"{os.path.relpath(path, PACKAGE)}:{node.lineno} {node.name}"
+                lines = node.end_lineno - node.lineno + 1
+                positional = [a.arg for a in node.args.posonlyargs + node.args.args if a.arg not in ("self", "cls")]
+                if lines > MAX_LINES:
+                    found.append(f"{where}: {lines} lines")
+                if len(positional) > MAX_POSITIONAL:
+                    found.append(f"{where}: {len(positional)} positional parameters")
+    assert not found, found
+

@@ -189,7 +189,9 @@ def offline_training_set(script_args, data, config, teacher_classifier, discreti
             seed=config.seed, autocast=frozen_autocast(config))
     stored = [c for c in STORED_TEACHER_LOGITS if c in dad.column_names]
     return prepare_dataset(pair_with_dad(data.train, dad, config.max_bad_image_fraction), resizer, data.image_column,
-                           data.label_column, extra_images={DAD_IMAGE: DAD_PIXELS}, extra_columns=tuple(stored))
+                           data.label_column, extra_images={DAD_IMAGE: DAD_PIXELS}, extra_columns=tuple(stored),
+                           augmentation=config.augmentation, seed=config.seed, pixel_dtype=torch.uint8,
+                           shared_draws=config.dad_objective != "official")  # docs/training-data.md: why
 
 
 def plain_kd_config(config: DistillationConfig) -> DistillationConfig:
@@ -225,7 +227,7 @@ def training_set(run: DADRun, teacher_classifier, discretizer):
     """The training split as the DAD student reads it: with each row's DAD image (offline: generated
     now or read), or plain (online: made every step)."""
     if run.config.dad_mode != "offline":
-        return run.prepared(run.data.train)
+        return run.training_set(run.data.train)
     teacher_classifier.to(run.config.device)
     return offline_training_set(run.script_args, run.data, run.config, teacher_classifier, discretizer, run.resizer)
 

@@ -168,6 +168,11 @@ def preflight(argv) -> EvaluationRun:
         args.model_name_or_path = demo_model("vit", seed=args.seed)
     classes = problems.check("--model_name_or_path", model_classes, args.model_name_or_path)
     processor = problems.check("--model_name_or_path", read_image_processor, args.model_name_or_path, "the model")
+    if robustness.imagenet_c and not data_args.dataset_name:  # never the demo digits beside named data
+        problems.add("--dataset_name", "--imagenet_c names the released corrupted images; their clean images are "
+                                       "ImageNet's validation split, which the report scores beside them: give it "
+                                       "(--dataset_name <ImageNet-1k> --eval_split validation)")
+        problems.raise_if_any()
     data = load_recipe_data(data_args, problems, evaluation_only=True)
     if data is not None and data.scored and not args.baseline_report and robustness.robustness_baseline == "auto":
         problems.check("--robustness_severities", _check_auto_baseline, data.names, robustness.robustness_severities)

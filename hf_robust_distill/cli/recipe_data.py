@@ -7,6 +7,7 @@ import logging
 import os
 from dataclasses import dataclass
 
+import torch
 from datasets import Dataset
 
 from ..data.datasets import (DEMO_DATASET, check_labels as _check_labels, class_names, encode_string_labels,
@@ -56,8 +57,14 @@ class RecipeRun:
         return ImageResizer(self.processor)
 
     def prepared(self, split) -> Dataset:
-        """A split as the trainer reads it: decoded and resized by the student's processor."""
+        """A split as the pipeline reads it: decoded and resized by the student's processor (float pixels)."""
         return prepare_dataset(split, self.resizer, self.data.image_column, self.data.label_column)
+
+    def training_set(self, split):
+        """The split the trainer learns from: timm's training transform of each original image when the
+        run augments, the processor's path otherwise; 8-bit pixels across the bus either way."""
+        return prepare_dataset(split, self.resizer, self.data.image_column, self.data.label_column,
+                               augmentation=self.config.augmentation, seed=self.config.seed, pixel_dtype=torch.uint8)
 
 
 def load_recipe_data(data_args: DataArguments, problems: Problems, labels_train: bool = False,

@@ -17,10 +17,15 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Image as ImageFeature, Value, load_dataset
 from PIL import Image
 
+from .augmentation import TrainingTransform
 from .columns import BAD_IMAGES, LABELS, PIXELS
-from .images import BadImage, ImageResizer, decode_rgb
+from .images import BadImage, ImageResizer, decode_rgb, to_uint8
+from .training_set import AugmentedImages
 
 logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+"""timm's defaults, for a model without a processor (RandAugment's fill, erasing's noise)."""
 
 DEMO_DATASET = "sklearn-digits"
 """The name that selects the embedded demo data: scikit-learn's handwritten digits (8x8 px)."""
@@ -157,6 +162,7 @@ class ImageTransform:
     resizer: ImageResizer
     extra_images: dict[str, str] | None = None
     extra_columns: tuple[str, ...] = ()
+    pixel_dtype: torch.dtype = torch.float32
 
     def __call__(self, batch: dict) -> dict:
         columns = {self.image_column: PIXELS, **(self.extra_images or {})}
@@ -173,7 +179,8 @@ class ImageTransform:
         good = [i for i in range(rows) if bad[i] is None]
         out = {}
         for name, images in decoded.items():
-            pixels = iter(self.resizer([images[i] for i in good]))
+            resized = self.resizer([images[i] for i in good])
+            pixels = iter(to_uint8(p) for p in resized) if self.pixel_dtype == torch.uint8 else iter(resized)
             out[name] = [next(pixels) if bad[i] is None else None for i in range(rows)]
         out["bad_image"] = bad
         for column in self.extra_columns:
@@ -185,19 +192,33 @@ class ImageTransform:
 
 def prepare_dataset(dataset: Dataset, size_or_processor, image_column: str | None = None,
                     label_column: str | None = None, extra_images: dict[str, str] | None = None,
-                    extra_columns: tuple[str, ...] = ()) -> Dataset:
-    """The dataset, decoding and resizing on access, yielding ``pixel_values`` (and ``labels``,
-    and the ``extra_images`` / ``extra_columns`` of ``ImageTransform``).
+                    extra_columns: tuple[str, ...] = (), *, augmentation=None, seed: int = 0,
+                    shared_draws: bool = True, pixel_dtype: torch.dtype = torch.float32):
+    """The dataset, decoding on access, yielding ``pixel_values`` (and ``labels``, and the
+    ``extra_images`` / ``extra_columns`` of ``ImageTransform``).
 
     ``size_or_processor``: the model's image processor (its resize, crop and resample, exactly
-    as ``pipeline("image-classification")`` applies them) or an (H, W) size."""
+    as ``pipeline("image-classification")`` applies them) or an (H, W) size.
+
+    With an active ``augmentation`` (``AugmentationSettings``) the rows are training images as timm
+    makes them, from the original image (``AugmentedImages``: draws seeded by ``seed``, the epoch and the
+    row; ``shared_draws``: an extra image, an offline DAD image, is drawn as its clean image is).
+    ``pixel_dtype=torch.uint8`` gives 8-bit pixels, a quarter of the bytes across the bus; the
+    trainer turns them into the processor's own floats on the device."""
     image_column, label_column = find_columns(dataset, image_column, label_column)
     for column in [image_column, *(extra_images or {})]:
         if isinstance(dataset.features.get(column), ImageFeature) and dataset.features[column].decode:
             dataset = dataset.cast_column(column, ImageFeature(decode=False))
     resizer = size_or_processor if isinstance(size_or_processor, ImageResizer) else ImageResizer(size_or_processor)
-    return dataset.with_transform(ImageTransform(image_column, label_column, resizer,
-                                                 extra_images=extra_images, extra_columns=tuple(extra_columns)))
+    if augmentation is not None and augmentation.active:
+        processor = resizer.processor
+        mean, std = (getattr(processor, "image_mean", None), getattr(processor, "image_std", None))
+        transform = TrainingTransform(augmentation, resizer.size, mean or IMAGENET_MEAN, std or IMAGENET_STD)
+        return AugmentedImages(dataset, image_column, label_column, transform, frame=resizer, seed=seed,
+                               extra_images=extra_images, extra_columns=tuple(extra_columns), shared=shared_draws,
+                               pixel_dtype=pixel_dtype)
+    return dataset.with_transform(ImageTransform(image_column, label_column, resizer, extra_images=extra_images,
+                                                 extra_columns=tuple(extra_columns), pixel_dtype=pixel_dtype))
 
 
 def collate_images(examples: list[dict]) -> dict:

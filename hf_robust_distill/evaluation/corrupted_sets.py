@@ -178,7 +178,8 @@ class CorruptedSetCache:
         and severity (the model-resolution protocol): read back when this set was made before, else
         made (on ``device`` by the torch ports, per image by the reference code) and written as they
         are read."""
-        entry = _entry(source, corruption, severity, backend, seed, batch_size, device, MODEL_RESOLUTION, shard)
+        entry = _entry(source, corruption, severity, backend, seed=seed, batch_size=batch_size, device=device,
+                       protocol=MODEL_RESOLUTION, shard=shard)
         cached = self.load(entry)
         if cached is not None:
             return cached_batches(cached, size, batch_size)
@@ -190,14 +191,15 @@ class CorruptedSetCache:
         """This process's share of ``clean`` under one corruption and severity as ``protocol`` stores it
         (imagenet-c: JPEGs in an ``image`` column, ``label`` beside it), made and written first when it
         was not made before."""
-        entry = _entry(source, corruption, severity, backend, seed, batch_size, device, protocol, shard)
+        entry = _entry(source, corruption, severity, backend, seed=seed, batch_size=batch_size, device=device,
+                       protocol=protocol, shard=shard)
         cached = self.load(entry)
         if cached is not None:
             return cached
         return self.fill(entry, _made(entry, clean, size, batch_size, num_workers, device, shard))
 
 
-def _entry(source: str, corruption: str, severity: int, backend: str, seed: int, batch_size: int, device,
+def _entry(source: str, corruption: str, severity: int, backend: str, *, seed: int, batch_size: int, device,
            protocol: str, shard: Shard) -> CorruptedSet:
     """The set's description: the torch backend's sets also by their batch size and device type."""
     on_device = backend == "torch"

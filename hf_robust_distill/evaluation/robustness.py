@@ -46,37 +46,18 @@ def evaluate_robustness(
     protocol: str = "auto", imagenet_c: str | None = None, adversarial: AttackBudget | str | None = None,
     adversarial_examples: int = 1000,
 ) -> RobustnessReport:
-    """Top-1 accuracy and calibration of ``model`` on ``dataset`` clean, under every corruption x severity, and on
-    each natural shift, with corruption errors and mCE against ``baseline``.
+    """Top-1 accuracy and calibration of ``model`` on ``dataset`` clean, under every corruption x severity and on
+    each natural shift, with corruption errors and mCE against ``baseline`` ("alexnet", another model's
+    ``RobustnessReport`` on the same images, or ``None``); docs/robustness-and-hub.md describes every argument.
 
-    ``model``: an image classifier with its ``image_processor`` (read from the model's checkpoint when omitted), or
-    a module taking [0, 1] pixels (``CLIPZeroShotClassifier``). ``dataset``: a ``datasets.Dataset`` with an image
-    and a label column. Images are decoded once as ``pipeline("image-classification")`` would with ``decode_with``
-    (an image processor or an ``ImageResizer``; by default the model's own processor, or a plain resize to
-    ``image_size``), so the clean accuracy is the one a user of the saved model gets; images that do not decode are
-    left out and counted (``report.skipped_images``).
-
-    ``protocol`` says how corrupted images are made (``protocols``): "imagenet-c" (ImageNet-C's pipeline: 224 px
-    crop, corruption, 8-bit truncation, JPEG q85, then the model's processor), "model-resolution" (corrupted at the
-    model's input), "released" (the released images in ``imagenet_c``, a folder in the release's layout or a
-    dataset with corruption, severity, image and label columns) or "auto" (released when ``imagenet_c`` is given,
-    imagenet-c on ImageNet-1k's classes, model-resolution elsewhere). ``corruptions`` defaults to the 15 of
-    ImageNet-C (for released images: every one found), made by ``backend`` ("torch": the batched ports, on the
-    model's device; "reference": the ImageNet-C code, per image, in ``num_workers`` data-loader workers, an optional
-    extra; "auto": the port where there is one, now always). Corrupted sets are deterministic given ``seed`` (and,
-    for the torch backend, ``batch_size`` and the device type) and cached in ``cache_dir``: a second evaluation, of
-    this model or another, reads them back. ``baseline``: "alexnet" (ImageNet-scale runs), another model's
-    ``RobustnessReport`` on the same data (relative mCE), or ``None``. ``natural_shifts``: ``NaturalShift``s or
-    "name=dataset[:split]" specs (imagenet-r and imagenet-a bring their 200-class subsets). ``split``: the split's
-    name, or a ``SplitSource`` (a held-out share and its seed); the report records it and the images' digest
-    (``data.images_digest``), and a baseline report of other images (digest, corrupted sets' seed or protocol) is
-    refused before any work.
-
-    ``adversarial`` (an ``AttackBudget`` or "linf:4/255"-style spec): also the accuracy under AutoAttack on the
-    first ``adversarial_examples`` images (the optional ``adversarial`` extra).
-
-    Under ``accelerate launch`` (an initialised process group) every process makes and scores its share of each
-    set and the counts are added up: the report is the one-process report, on every process.
+    ``model``: an image classifier (its ``image_processor`` read from its checkpoint when omitted) or a module of
+    [0, 1] pixels (``CLIPZeroShotClassifier``). Images are decoded once as ``pipeline("image-classification")``
+    decodes them (``decode_with``: a processor or an ``ImageResizer``); those that do not decode are counted, not
+    scored. ``protocol``: how corrupted images are made ("imagenet-c", "model-resolution", "released" from
+    ``imagenet_c``, or "auto"), by ``backend`` ("torch" ports or the "reference" code); the sets are seeded by
+    ``seed`` and cached in ``cache_dir``. ``split``: a name or a ``SplitSource``, recorded with the images' digest;
+    a baseline report of other images is refused before any work. ``adversarial``: also AutoAttack at that budget.
+    Under ``accelerate launch`` each process scores its share, and the report is the one-process report.
     """
     # 1. the classifier, how it decodes images, this process's share, the protocol and the sets to score, checked
     plan = _plan(model, dataset, corruptions, severities, image_processor=image_processor, image_size=image_size,
@@ -104,15 +85,22 @@ def evaluate_robustness(
                                  plan.shard) if plan.budget is not None else None)
     # 5. the sums of every process added up, and the report
     scores = {key: measured.summed(plan.shard.sum) for key, measured in scores.items()}
+    return _report(plan, scores, model, clean_set, name=name, dataset_name=dataset_name or _dataset_name(dataset),
+                   seed=seed, baseline=baseline, bad_images=len(bad_images), imagenet_c=imagenet_c,
+                   adversarial=attacked)
+
+
+def _report(plan: _Plan, scores: dict, model, clean_set, *, name, dataset_name, seed, baseline, bad_images,
+            imagenet_c, adversarial) -> RobustnessReport:
     clean, accuracy, shifted, sources, calibration = _tables(scores)
     return RobustnessReport(
-        model_name=name, dataset_name=dataset_name or _dataset_name(dataset), split=plan.split.name,
-        held_out_fraction=plan.split.held_out, split_seed=plan.split.seed, images_digest=plan.digest,
-        num_examples=len(clean_set), image_size=tuple(size), clean_accuracy=clean, accuracy=accuracy,
+        model_name=name, dataset_name=dataset_name, split=plan.split.name, held_out_fraction=plan.split.held_out,
+        split_seed=plan.split.seed, images_digest=plan.digest, num_examples=len(clean_set),
+        image_size=tuple(plan.resizer.size), clean_accuracy=clean, accuracy=accuracy,
         backends={corruption: kind for corruption, _, kind in plan.grid}, seed=seed, natural_shifts=shifted,
-        baseline=_baseline(baseline), skipped_images=len(bad_images), calibration=calibration,
+        baseline=_baseline(baseline), skipped_images=bad_images, calibration=calibration,
         natural_shift_datasets=sources, protocol=plan.protocol, imagenet_1k=is_imagenet_1k(plan.names),
-        released_source=imagenet_c if plan.released is not None else None, adversarial=attacked,
+        released_source=imagenet_c if plan.released is not None else None, adversarial=adversarial,
         chance_accuracy=chance_accuracy(np.asarray(clean_set.with_format("numpy")["label"]),
                                         num_outputs=_num_outputs(model)),
     )

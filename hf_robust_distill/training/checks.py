@@ -5,6 +5,7 @@ checkpointing that keeps the captured features' gradients, and models that fit t
 from __future__ import annotations
 
 import os
+import tempfile
 
 from transformers import PreTrainedModel
 
@@ -15,7 +16,9 @@ from .distributed import check_one_device_per_process
 
 
 def check_output_dir(path: str) -> None:
-    """A folder the run can create or write into (not a file, nor under one, nor read-only)."""
+    """A folder the run can create or write into (not a file, nor under one, nor read-only), found out
+    by making a folder where it would write (and removing it): permission bits do not tell, as under
+    ``/sys`` where root's bits allow what the file system refuses."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"{path!r} is a file: give a folder (it is made when missing)")
     parent = os.path.abspath(path)
@@ -23,9 +26,11 @@ def check_output_dir(path: str) -> None:
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
         raise ValueError(f"{path!r} cannot be made: {parent!r} is a file")
-    if not os.access(parent, os.W_OK | os.X_OK):
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".hf-robust-distill-check-", dir=parent))
+    except OSError as error:
         raise ValueError(f"{path!r} cannot be {'written' if parent == os.path.abspath(path) else 'made'}: "
-                         f"{parent!r} is not writable by this user; give a folder you can write")
+                         f"{parent!r} refuses a new folder ({error.strerror}); give a folder you can write") from None
 
 
 def check_trains_something(config) -> None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from ..data.augmentation import INTERPOLATIONS, AugmentationSettings, check_augmentation_flags
 from ..methods.dad.attacks import NORMS
 from ..methods.dad.online import (DAD_MODES, DAD_OBJECTIVES, OFFLINE_STEP_SIZE, ONLINE_STEP_SIZE, AttackSettings,
                                   check_dad_flags)
@@ -14,7 +15,6 @@ from ..methods.objective import check_objective_flags
 from ..methods.projections import KINDS as PROJECTIONS, check_projection_flags
 from ..models.lora import DEFAULT_TARGETS as LORA_TARGETS, check_lora_flags
 from ..utils.problems import Problems
-from ..views.augmentation import AugmentationSettings, check_augmentation_flags
 from ..views.distortions import check_distortion_flags
 from ..views.mixing import MixingSettings, check_mixing_flags
 from .ema import check_ema_flags
@@ -114,19 +114,24 @@ class DistillationConfig(TrainingArguments):
                                                 "q_proj, k_proj, v_proj, o_proj, fc1, fc2)."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch."})
     random_resized_crop: bool = field(
-        default=False, metadata={"help": "RandomResizedCrop of each training image (scale 0.08-1, ratio 3/4-4/3) back "
-                                         "to its size, on the device after the collator; the teacher sees the same "
-                                         "crop as the student."})
+        default=False, metadata={"help": "timm's RandomResizedCrop of each original training image (scale "
+                                         "--crop_scale_min to 1, ratio 3/4-4/3) to the model's size, image by image in "
+                                         "the data loader's workers; the teacher sees the crop the student sees."})
     crop_scale_min: float = field(default=0.08, metadata={"help": "Smallest area share RandomResizedCrop keeps."})
+    train_interpolation: str = field(
+        default="bicubic", metadata={"help": "Interpolation of the random crop: bicubic (DeiT and the official DAD "
+                                             "run), bilinear, or random (timm's train.py default).",
+                                     "choices": list(INTERPOLATIONS)})
     hflip: float = field(default=0.0, metadata={"help": "Probability of a horizontal flip (the official run: 0.5)."})
     rand_augment: str | None = field(
-        default=None, metadata={"help": "RandAugment in timm's form, e.g. 'rand-m9-mstd0.5-inc1' (the official run); "
-                                        "kornia's operations."})
+        default=None, metadata={"help": "timm's RandAugment, e.g. 'rand-m9-mstd0.5-inc1' (the official run): its "
+                                        "operations per image."})
     color_jitter: float = field(
-        default=0.0, metadata={"help": "Brightness, contrast and saturation jitter (the official run: 0.4); like "
-                                       "timm, applied only without --rand_augment."})
+        default=0.0, metadata={"help": "timm's brightness, contrast and saturation jitter (the official run: 0.4); "
+                                       "as in timm, applied only without --rand_augment."})
     random_erasing: float = field(
-        default=0.0, metadata={"help": "Probability of erasing a random box with noise (the official run: 0.25)."})
+        default=0.0, metadata={"help": "Probability of timm's random erasing of a box with noise (the official run: "
+                                       "0.25), its noise that of the model's normalised space."})
     mixup_alpha: float = field(default=0.0, metadata={"help": "Mixup's Beta(alpha, alpha) (the official DAD run: "
                                                              "0.8); 0: off. Targets become soft."})
     cutmix_alpha: float = field(default=0.0, metadata={"help": "CutMix's Beta(alpha, alpha) (the official DAD run: "
@@ -195,7 +200,8 @@ class DistillationConfig(TrainingArguments):
     def augmentation(self) -> AugmentationSettings:
         """The training augmentation (crop, flip, RandAugment or colour jitter, erasing)."""
         return AugmentationSettings(self.random_resized_crop, (self.crop_scale_min, 1.0), self.hflip,
-                                    self.rand_augment, self.color_jitter, self.random_erasing)
+                                    self.rand_augment, self.color_jitter, self.random_erasing,
+                                    self.train_interpolation)
 
     @property
     def mixing(self) -> MixingSettings:

@@ -33,6 +33,7 @@ from .config import DistillationConfig
 from .distributed import check_every_parameter_reached, zero_loss
 from .divergence import gradient_error, loss_error, non_finite_tensors, weights_error
 from .ema import WeightAverage, WeightAverageCallback
+from .epochs import DrawEpochCallback
 from .frozen import inference_dtype, is_sharded, zero_stage
 from .launchers import prepare_fsdp, save_merged_lora, sharded_checkpoints
 from .parts_log import LossPartsLog
@@ -69,14 +70,15 @@ class RobustDistillationTrainer(Trainer):
     ``processing_class`` is the student's image processor: it sets the student's input size and
     normalisation, and is saved beside every checkpoint. ``teacher_processor`` does the same for
     a transformers teacher and defaults to the student's (both start from one checkpoint).
-    Pixels arrive from the collator in [0, 1]; each model normalises them at its own door.
+    Pixels arrive from the collator as 8-bit levels (read as the processor rescales them) or floats
+    in [0, 1]; each model normalises them at its own door.
     """
 
     loss_is_scaled_for_ga = False  # compute_loss returns a per-micro-batch mean
 
     def __init__(self, model=None, teacher=None, args: DistillationConfig | None = None,
                  train_dataset=None, eval_dataset=None, processing_class=None, data_collator=None,
-                 compute_metrics=None, teacher_processor=None, distorter: Distorter | None = None,
+                 compute_metrics=None, *, teacher_processor=None, distorter: Distorter | None = None,
                  discretizer=None, **kwargs):
         check_trainer_inputs(model, teacher, args, train_dataset=train_dataset, processing_class=processing_class,
                              discretizer=discretizer)
@@ -102,7 +104,7 @@ class RobustDistillationTrainer(Trainer):
         self.objective = DistillationObjective(args, self.teacher.layers, attached, trains_head=trains_head)
         self.views = ViewPipeline.for_run(
             args, patch_size=self.student_taps.patch_size, num_classes=unwrap_adapters(model).config.num_labels,
-            teacher_classifier=self.teacher.classifier, distorter=distorter,
+            teacher_classifier=self.teacher.classifier, distorter=distorter, processor=processing_class,
             discretizer=discretizer.to(args.device, dtype=frozen_dtype) if discretizer is not None else None)
         # Each process draws its share of the training set, and counts the bad images it draws.
         share = math.ceil(len(train_dataset) / max(args.world_size, 1)) if train_dataset is not None else 0
@@ -111,6 +113,8 @@ class RobustDistillationTrainer(Trainer):
         self.weight_average = self._average_weights(args)
         self.companions = CheckpointCompanions(attached, self.weight_average)
         self.add_callback(self.companions)
+        if hasattr(train_dataset, "set_epoch"):  # draws that follow the epoch (AugmentedImages)
+            self.add_callback(DrawEpochCallback(train_dataset))
 
     def _average_weights(self, args) -> WeightAverage | None:
         """The EMA of the student (its projections included), moved after every optimizer step."""

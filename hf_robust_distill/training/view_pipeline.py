@@ -1,6 +1,7 @@
-"""What a training batch becomes before the models see it, in numbered steps: its DAD images, the
-training augmentation, the official objective's joint batch, mixing, and the student's distorted
-view; every random draw from one generator seeded per micro-batch.
+"""What a training batch becomes before the models see it, in numbered steps: its pixels as floats,
+its DAD images, the official objective's joint batch, mixing, and the student's distorted view; every
+random draw from one generator seeded per micro-batch. (The training augmentation is timm's, image
+by image in the data loader's workers: ``data.augmentation``.)
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import torch
 
 from ..data.columns import DAD_PIXELS, LABELS, PIXELS, STORED_TEACHER_LOGITS, TEACHER_LOGITS_CLEAN
 from ..data.datasets import IGNORED_LABEL
+from ..data.pixel_levels import to_unit_range, unit_levels
 from ..methods.dad.online import dad_images
-from ..views.augmentation import Augmenter
 from ..views.distortions import Distorter
 from ..views.mixing import mix_batch
 
@@ -72,32 +73,34 @@ class ViewPipeline:
     """The views of a ``DistillationConfig``: ``distorter`` makes the student's view, ``make_dad`` the
     online DAD images (``None`` unless ``dad_mode`` is online), ``num_classes`` sizes mixed targets."""
 
-    def __init__(self, args, distorter: Distorter, *, num_classes: int, make_dad=None):
+    def __init__(self, args, distorter: Distorter, *, num_classes: int, make_dad=None, levels=None):
         self.distorter, self.make_dad, self.num_classes = distorter, make_dad, num_classes
         self.dad_mode, self.joint = args.dad_mode, args.dad_objective == "official"
-        self.augmentation, self.mixing = args.augmentation, args.mixing  # read once, not rebuilt every step
+        self.augmented, self.mixing = args.augmentation.active, args.mixing  # read once, not rebuilt every step
         self.seeds = ViewSeeds(args.seed, args.process_index)
-        self._augmenter = None  # built at the first training batch, for its size
+        self.levels = levels if levels is not None else unit_levels()
 
     @classmethod
     def for_run(cls, args, *, patch_size: int | None, num_classes: int, teacher_classifier=None, discretizer=None,
-                distorter: Distorter | None = None) -> ViewPipeline:
-        """The pipeline of a run: its distortions (patch masks of the student's patch size), and online
-        DAD against ``teacher_classifier`` through ``discretizer``."""
+                distorter: Distorter | None = None, processor=None) -> ViewPipeline:
+        """The pipeline of a run: 8-bit pixels read as ``processor`` (the student's) rescales them, its
+        distortions (patch masks of the student's patch size), and online DAD against
+        ``teacher_classifier`` through ``discretizer``."""
         distorter = distorter or Distorter(args.distortions, patch_size=args.distortion_patch_size or patch_size or 16)
         make_dad = (partial(dad_images, teacher_classifier, discretizer, attack=args.attack_settings())
                     if args.dad_mode == "online" else None)
-        return cls(args, distorter, num_classes=num_classes, make_dad=make_dad)
+        return cls(args, distorter, num_classes=num_classes, make_dad=make_dad, levels=unit_levels(processor))
 
     def __call__(self, inputs: dict, *, training: bool, step: int) -> ViewBatch:
-        # 1. the generator of this micro-batch's draws
+        # 1. 8-bit pixels as the processor's floats, and the generator of this micro-batch's draws
+        inputs = {k: to_unit_range(v, self.levels) if k in (PIXELS, DAD_PIXELS) else v for k, v in inputs.items()}
         generator = self.seeds(inputs[PIXELS].device, training=training, step=step)
         # 2. the DAD images: made now (online) or read from the batch (offline)
         batch = ViewBatch(inputs[PIXELS], inputs.get(LABELS), self.dad_images(inputs, generator, training),
                           columns=inputs)
-        # 3. the training augmentation, the DAD images with the same parameters
-        if training and self.augmentation.active:
-            batch = self.augmented(batch, generator)
+        # 3. images the loader augmented are not those the teacher's stored outputs were computed on
+        if training and self.augmented:
+            batch = replace(batch, images_as_stored=False)
         # 4. the official objective's one batch of clean and DAD images
         if batch.dad is not None and self.joint:
             batch = self.joined(batch)
@@ -119,13 +122,6 @@ class ViewPipeline:
                              "training set with pair_with_dad(train, dad_dataset) and prepare it with "
                              "extra_images={'dad_image': 'dad_pixel_values'}")
         return None  # evaluation sets carry no DAD images: clean and distorted terms only
-
-    def augmented(self, batch: ViewBatch, generator: torch.Generator) -> ViewBatch:
-        if self._augmenter is None:
-            self._augmenter = Augmenter(self.augmentation, tuple(batch.images.shape[-2:]))
-        images = self._augmenter([batch.images] + ([batch.dad] if batch.dad is not None else []), generator)
-        return replace(batch, images=images[0], dad=images[1] if batch.dad is not None else None,
-                       images_as_stored=False)
 
     @staticmethod
     def joined(batch: ViewBatch) -> ViewBatch:

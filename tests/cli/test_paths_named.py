@@ -67,3 +67,25 @@ def test_an_evaluation_says_where_it_writes(tiny_vit, tmp_path, monkeypatch, cap
             "--max_eval_samples", "8", "--corruption_cache_dir", str(tmp_path / "cache"), "--device", "cpu"])
     assert f"the report and its plot go into {tmp_path / 'robustness'}" in caplog.text
     assert os.path.isfile(tmp_path / "robustness" / "robustness_report.json")
+
+
+def test_released_images_without_their_clean_set_are_refused_before_any_work(tmp_path):
+    """It took the embedded digits as the clean set, then refused the model for lacking their classes."""
+    from hf_robust_distill.utils import PreflightError
+
+    release = tmp_path / "ImageNet-C" / "contrast" / "1" / "n01440764"
+    release.mkdir(parents=True)
+    with pytest.raises(PreflightError) as error:
+        load_recipe("evaluate_robustness").main(["--model_name_or_path", str(tmp_path / "any-model"), "--imagenet_c",
+                                                 str(tmp_path / "ImageNet-C"), "--output_dir", str(tmp_path / "out")])
+    found = dict(error.value.problems)
+    assert "--eval_split validation" in found["--dataset_name"] and "digits" not in str(error.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_output_folder_the_file_system_refuses_is_named_whatever_its_permission_bits():
+    """As root under /sys the bits allow a folder that mkdir refuses: found out by making one."""
+    from hf_robust_distill.training.checks import check_output_dir
+
+    with pytest.raises(ValueError, match="cannot be made: '/sys' refuses a new folder"):
+        check_output_dir("/sys/hf-robust-distill/out")

@@ -234,7 +234,7 @@ def every_view_on_bf16_batches(trainer, clip_path, vq_path) -> dict:
     from tests.conftest import DIGIT_NAMES
     from hf_robust_distill import CLIPZeroShotClassifier, Distorter, VQDiscretizer
     from hf_robust_distill.methods.dad import dad_images
-    from hf_robust_distill.views import AugmentationSettings, Augmenter, MixingSettings, mix_batch
+    from hf_robust_distill.views import MixingSettings, mix_batch
     from hf_robust_distill.views.corruptions import CORRUPTIONS
 
     batch = next(iter(trainer.get_train_dataloader()))
@@ -242,9 +242,6 @@ def every_view_on_bf16_batches(trainer, clip_path, vq_path) -> dict:
     pixels = cast["pixel_values"]
     views = {f"{name}:3": Distorter(f"{name}:3") for name in CORRUPTIONS}
     views.update({spec: Distorter(spec) for spec in ("noise:0.3", "blur:1-3", "pixel_mask:0.7", "patch_mask:0.5")})
-    official = AugmentationSettings(True, (0.08, 1.0), 0.5, "rand-m9-mstd0.5-inc1", 0.4, 0.25)
-    augmenter = Augmenter(official, (32, 32))
-    views["augmentation"] = lambda x, g: augmenter([x], g)[0]
     mixing = MixingSettings(0.8, 1.0)
     views["mixing"] = lambda x, g: mix_batch([x], cast["labels"], 10, mixing, g)[0][0]
     teacher = CLIPZeroShotClassifier.from_clip(clip_path, DIGIT_NAMES, templates="plain")

@@ -93,15 +93,17 @@ def test_rand_augment_draws_per_image(original):
     assert distinct >= 35 and 5 <= unchanged <= 30  # timm: 43-50 distinct, 13-17 unchanged
 
 
-def labelled_photos(original, count=12) -> Dataset:
-    """Crops of the photo of varied sizes, labelled by their row: a batch says which rows it holds."""
+def labelled_photos(original, count=12, classes=None) -> Dataset:
+    """Crops of the photo of varied sizes, labelled by their row (a batch says which rows it holds), or
+    by the row modulo ``classes``."""
     rng = np.random.default_rng(0)
     images = []
     for _ in range(count):
         w, h = int(rng.integers(60, 200)), int(rng.integers(60, 150))
         images.append(original.crop((0, 0, w, h)))
-    return Dataset.from_dict({"image": images, "label": list(range(count))}).cast_column(
-        "image", ImageFeature()).cast_column("label", ClassLabel(num_classes=count))
+    classes = classes or count
+    return Dataset.from_dict({"image": images, "label": [i % classes for i in range(count)]}).cast_column(
+        "image", ImageFeature()).cast_column("label", ClassLabel(num_classes=classes))
 
 
 def pixels_by_row(loader) -> dict[int, bytes]:
@@ -160,7 +162,7 @@ def test_the_training_set_of_a_run_follows_the_epoch_and_teacher_sees_the_studen
                                                                                           tmp_path):
     """Teacher = student and no distortion: with every augmentation on, the KD and [CLS] terms are 0
     only if both saw the same crop of the same image; the trainer moves the draws' epoch."""
-    rows = prepare_dataset(labelled_photos(original, 16), ImageResizer((32, 32)), augmentation=OFFICIAL,
+    rows = prepare_dataset(labelled_photos(original, 16, classes=10), ImageResizer((32, 32)), augmentation=OFFICIAL,
                            pixel_dtype=torch.uint8)
     args = make_config(tmp_path, max_steps=4, learning_rate=0.0, distortions="clean", kd_weight=1.0,
                        random_resized_crop=True, hflip=0.5, rand_augment="rand-m9-mstd0.5-inc1", random_erasing=1.0)
@@ -214,3 +216,26 @@ def test_the_dad_recipe_draws_pairs_as_its_objective_says(tiny_clip, tiny_vq, ti
         out = tmp_path / objective
         train_set = load_recipe("dad").main([*common, "--dad_objective", objective, "--output_dir", str(out)])["train_set"]
         assert train_set.shared is shared and train_set[0]["pixel_values"].dtype == torch.uint8
+
+
+def test_a_resumed_augmented_run_ends_as_the_uninterrupted_one(tiny_vit, original, tmp_path):
+    """Stopped inside the second epoch and resumed: the same draws, so the same weights."""
+    from tests.training.test_trainer import StopAt
+
+    def run(name, stop=None, resume=None):
+        rows = prepare_dataset(labelled_photos(original, 16, classes=10), ImageResizer((32, 32)), augmentation=OFFICIAL,
+                               seed=5, pixel_dtype=torch.uint8)
+        args = make_config(tmp_path / name, max_steps=6, save_strategy="steps", save_steps=3, random_resized_crop=True,
+                           rand_augment="rand-m9-mstd0.5-inc1", random_erasing=0.25, hflip=0.5)
+        trainer = make_trainer(tiny_vit, args, rows)
+        if stop:
+            trainer.add_callback(StopAt(stop))
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer
+
+    straight = run("straight")
+    run("resumed", stop=3)
+    resumed = run("resumed", resume=str(tmp_path / "resumed" / "checkpoint-3"))
+    assert resumed.state.global_step == 6
+    for key, value in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=1e-5, atol=1e-6)

@@ -34,6 +34,14 @@ class DataArguments:
                                               "a dataset without a validation/test split, the demo digits' test split. "
                                               "The training recipes and the evaluation draw the same images with it; "
                                               "the report and the card record it."})
+    streaming: bool = field(
+        default=False, metadata={"help": "Read --dataset_name (a Hub id, or a local folder of Parquet/Arrow shards) "
+                                         "as a stream, never copied: its training split shuffled in a buffer and "
+                                         "shared among the processes by shards (their count a multiple of the "
+                                         "processes'), --max_steps in place of epochs, resumable; its evaluation "
+                                         "split, named or validation/test, read once."})
+    shuffle_buffer: int = field(
+        default=10_000, metadata={"help": "Rows of a stream's shuffle buffer (--streaming)."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Only the first this many training images."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Only the first this many evaluation images."})
 

@@ -32,7 +32,8 @@ from ..views.distortions import parse_distortions
 from .arguments import DataArguments, RobustnessArguments
 from .finish import FinishedStudent, RunEnd, finish_run
 from .parsing import parse_recipe_args
-from .preflight import check_card_possible, check_recipe_flags, decode_evaluation_split, raise_before_the_demo_zoo
+from .preflight import (check_card_possible, check_recipe_flags, check_streaming, decode_evaluation_split,
+                        raise_before_the_demo_zoo)
 from .recipe_data import RecipeRun, load_recipe_data
 
 logger = logging.getLogger("dad")
@@ -295,6 +296,9 @@ def preflight(argv) -> DADRun:
     with config.main_process_first(desc="loading the dataset"):
         data = load_recipe_data(data_args, problems,
                                 labels_train=config.ce_weight > 0 or config.dad_ce_weight > 0)
+    check_streaming(problems, data, config, {"--cache_teacher": config.cache_teacher,
+                                             "--dad_mode offline (its DAD images are paired by row)":
+                                                 config.dad_mode == "offline"})
     if student_config is not None:
         problems.check("--drop_path_rate", check_drop_path, student_config, config.drop_path_rate)
     if data is not None and not data.scored:

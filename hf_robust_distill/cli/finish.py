@@ -111,7 +111,7 @@ def reports_and_cards(run: RunEnd, students: list[FinishedStudent], write: bool 
             student.folder, report, method=student.method, teacher=run.teacher_name, train_dataset=train_dataset,
             settings=_settings(run, student), model_name=card_name, student_init=student.init,
             repo_id=run.repo_id if main_folder else None, architecture=_architecture(student.classifier),
-            num_train_examples=len(run.data.train), license=run.robustness.card_license,
+            num_train_examples=len(run.data.train) if hasattr(run.data.train, "__len__") else None, license=run.robustness.card_license,
             teacher_report=reports.get("teacher"))
         _print_report(student.name, report, paths)
     return reports

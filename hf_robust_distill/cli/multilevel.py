@@ -22,7 +22,8 @@ from ..views.distortions import parse_distortions
 from .arguments import DataArguments, RobustnessArguments
 from .finish import FinishedStudent, RunEnd, finish_run
 from .parsing import parse_recipe_args
-from .preflight import check_card_possible, check_recipe_flags, decode_evaluation_split, raise_before_the_demo_zoo
+from .preflight import (check_card_possible, check_recipe_flags, check_streaming, decode_evaluation_split,
+                        raise_before_the_demo_zoo)
 from .recipe_data import RecipeData, RecipeRun, load_recipe_data
 
 logger = logging.getLogger("multilevel")
@@ -114,6 +115,8 @@ def preflight(argv) -> MultilevelRun:
     teacher_processor = problems.check("--teacher_name_or_path", read_image_processor, teacher_path, "the teacher")
     with config.main_process_first(desc="loading the dataset"):
         data = load_recipe_data(data_args, problems, labels_train=config.ce_weight > 0)
+    check_streaming(problems, data, config, {"--cache_teacher": config.cache_teacher,
+                                             "--linear_probe": script_args.linear_probe})
     _check_models(problems, config, data, student_config, teacher_config)
     check_card_possible(data, data is not None and data.scored and student_config is not None, repo_id, problems)
     if processor is not None and data is not None:

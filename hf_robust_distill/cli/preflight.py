@@ -7,9 +7,11 @@ import logging
 import os
 
 from accelerate import PartialState
+from datasets import IterableDataset
 from transformers import set_seed
 
 from ..data.images import BadImage, list_of, too_many_message
+from ..data.streams import check_shards
 from ..evaluation.corrupted_sets import CorruptedSetCache, decode_evaluation_set
 from ..hub.push import check_repo_id
 from ..training.checks import check_checkpointing, check_output_dir, check_trains_something
@@ -120,3 +122,19 @@ def check_card_possible(data: RecipeData | None, student_scored: bool, repo_id: 
     elif not student_scored:
         problems.add("--push_to_hub", "the student has no classification head for the dataset's classes, so there is "
                                       "no model card to push; drop --push_to_hub")
+
+
+def check_streaming(problems: Problems, data, config, indexes_the_training_set: dict[str, bool]) -> None:
+    """A streamed training split (``--streaming``): shards the processes share evenly, ``--max_steps``
+    in place of epochs, and nothing that indexes the split (each flag of ``indexes_the_training_set``
+    that is on is refused, named). The trainer has accelerate give each process its shards."""
+    if data is None or not isinstance(data.train, IterableDataset):
+        return
+    problems.check("--streaming", check_shards, data.train, config.world_size)
+    if config.max_steps <= 0:
+        problems.add("--max_steps", "a stream has no length, so epochs cannot be counted: give --max_steps (the "
+                                    "optimizer steps to train)")
+    for flag, on in indexes_the_training_set.items():
+        if on:
+            problems.add(flag, "reads the training split by row index, which a stream has not: drop it with "
+                               "--streaming, or drop --streaming")

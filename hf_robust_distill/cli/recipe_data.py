@@ -8,12 +8,13 @@ import os
 from dataclasses import dataclass
 
 import torch
-from datasets import Dataset
+from datasets import Dataset, IterableDataset, IterableDatasetDict, Value
 
 from ..data.datasets import (DEMO_DATASET, check_labels as _check_labels, class_names, encode_string_labels,
                              find_columns, label_values, load_image_dataset, prepare_dataset, read_class_names_file)
 from ..data.images import ImageResizer
-from ..data.splits import SplitSource, choose_splits
+from ..data.splits import EVAL_SPLIT_NAMES, SplitSource, choose_splits
+from ..data.streams import load_stream, prepare_stream, read_whole
 from ..utils.problems import Problems
 from .arguments import DataArguments
 
@@ -62,7 +63,13 @@ class RecipeRun:
 
     def training_set(self, split):
         """The split the trainer learns from: timm's training transform of each original image when the
-        run augments, the processor's path otherwise; 8-bit pixels across the bus either way."""
+        run augments, the processor's path otherwise; 8-bit pixels across the bus either way. A stream
+        brings its ``StreamCollator`` as ``.collator`` (the trainer uses it)."""
+        if isinstance(split, IterableDataset):
+            a = self.data_args
+            return prepare_stream(a.dataset_name, a.dataset_config, a.train_split, self.resizer, self.data.image_column,
+                                  self.data.label_column, augmentation=self.config.augmentation,
+                                  seed=self.config.seed, shuffle_buffer=a.shuffle_buffer, max_rows=a.max_train_samples)
         return prepare_dataset(split, self.resizer, self.data.image_column, self.data.label_column,
                                augmentation=self.config.augmentation, seed=self.config.seed, pixel_dtype=torch.uint8)
 
@@ -73,9 +80,13 @@ def load_recipe_data(data_args: DataArguments, problems: Problems, labels_train:
     (``labels_train``: a loss reads the training labels; ``evaluation_only``: an evaluation, which
     reads one split and needs no training split); problems are added, not raised. Training and
     evaluation choose the evaluation images by one rule and ``--split_seed``."""
-    dataset = problems.check("--dataset_name", load_image_dataset, data_args.dataset_name, data_args.dataset_config,
-                             seed=data_args.split_seed)
-    splits = _splits(dataset, data_args, problems, evaluation_only) if dataset is not None else None
+    if data_args.streaming:
+        dataset = problems.check("--streaming", load_stream, data_args.dataset_name, data_args.dataset_config)
+        splits = problems.check("--streaming", _stream_splits, dataset, data_args, evaluation_only) if dataset else None
+    else:
+        dataset = problems.check("--dataset_name", load_image_dataset, data_args.dataset_name,
+                                 data_args.dataset_config, seed=data_args.split_seed)
+        splits = _splits(dataset, data_args, problems, evaluation_only) if dataset is not None else None
     if splits is None:
         return None
     train, evaluation, source = splits
@@ -87,8 +98,10 @@ def load_recipe_data(data_args: DataArguments, problems: Problems, labels_train:
     if label_column is not None and label_column not in evaluation.features:
         problems.add("--eval_split", f"the evaluation split has no label column {label_column!r}")
         return None
-    train, evaluation = encode_string_labels([train, evaluation], label_column)
-    names, named = _class_names(train, label_column, data_args, problems)
+    streamed = isinstance(train, IterableDataset)
+    if not streamed:
+        train, evaluation = encode_string_labels([train, evaluation], label_column)
+    names, named = _class_names(evaluation if streamed else train, label_column, data_args, problems)
     data = RecipeData(train, evaluation, image_column, label_column, names, named, split_source=source)
     if label_column is None:
         data.unlabelled_because = no_labels_reason(data_args)
@@ -96,7 +109,7 @@ def load_recipe_data(data_args: DataArguments, problems: Problems, labels_train:
                        data.unlabelled_because)
         return data
     checked = [("evaluation split", evaluation, dict(for_accuracy=True))]
-    if not evaluation_only:
+    if not evaluation_only and not streamed:  # a stream's labels are read as it is trained on, not scanned first
         checked.insert(0, ("training split", train, dict(for_accuracy=False, for_training=labels_train)))
     for split, rows, role in checked:
         note = problems.check(f"--label_column ({split})", _check_labels, label_values(rows, label_column),
@@ -107,6 +120,27 @@ def load_recipe_data(data_args: DataArguments, problems: Problems, labels_train:
         logger.warning("the dataset has a single class: accuracy means nothing here, so no accuracy table, robustness "
                        "report or model card will be written")
     return data
+
+
+def _stream_splits(stream: IterableDatasetDict, data_args: DataArguments, evaluation_only: bool):
+    """(training stream, evaluation split read whole, where it comes from): a stream holds nothing out,
+    so its evaluation split is the named one or the first of the usual names."""
+    name = data_args.eval_split or next((n for n in EVAL_SPLIT_NAMES if n in stream), None)
+    if name is None or name not in stream:
+        raise ValueError(f"the stream's splits are {list(stream)}: a stream cannot hold out part of its training "
+                         "split, so name its evaluation split with --eval_split (or drop --streaming)")
+    evaluation = read_whole(stream[name], data_args.max_eval_samples)
+    if evaluation_only:
+        return evaluation, evaluation, SplitSource(name)
+    if data_args.train_split not in stream:
+        raise ValueError(f"no split {data_args.train_split!r} in the stream; it has {list(stream)}: pass --train_split")
+    train = stream[data_args.train_split]
+    features = train.features or {}
+    if data_args.label_column and isinstance(features.get(data_args.label_column), Value) and features[
+            data_args.label_column].dtype in ("string", "large_string"):
+        raise ValueError("a stream's string labels cannot be counted before training: give a ClassLabel column")
+    return (train.take(data_args.max_train_samples) if data_args.max_train_samples else train), evaluation, \
+        SplitSource(name)
 
 
 def _splits(dataset, data_args: DataArguments, problems: Problems, evaluation_only: bool):

@@ -56,10 +56,11 @@ TrainingArguments' default seed, which drew them before they had a seed of their
 
 
 def load_image_dataset(name_or_path: str | None = None, config_name: str | None = None,
-                       cache_dir: str | None = None, seed: int = SPLIT_SEED) -> DatasetDict:
+                       cache_dir: str | None = None, seed: int = SPLIT_SEED, streaming: bool = False) -> DatasetDict:
     """Loads a dataset by Hub id, local folder (of images, or of data files such as a generated
     DAD dataset's Parquet shards), saved dataset (``save_to_disk``), or the embedded demo (``None``,
-    its test split drawn with ``seed``)."""
+    its test split drawn with ``seed``); ``streaming``: a Hub id or a local folder as a stream
+    (``data.streams.load_stream`` checks which may)."""
     if name_or_path in (None, "", DEMO_DATASET):
         return demo_digits(seed=seed)
     if os.path.isdir(name_or_path) and _is_saved_dataset(name_or_path):
@@ -67,9 +68,9 @@ def load_image_dataset(name_or_path: str | None = None, config_name: str | None 
 
         dataset = load_from_disk(name_or_path)
     elif os.path.isdir(name_or_path) and not _holds_data_files(name_or_path):
-        dataset = load_dataset("imagefolder", data_dir=name_or_path, cache_dir=cache_dir)
+        dataset = load_dataset("imagefolder", data_dir=name_or_path, cache_dir=cache_dir, streaming=streaming)
     else:  # a Hub id, or a folder of Parquet/Arrow/CSV/JSON files (temporary, hidden files are ignored)
-        dataset = load_dataset(name_or_path, config_name, cache_dir=cache_dir)
+        dataset = load_dataset(name_or_path, config_name, cache_dir=cache_dir, streaming=streaming)
     if isinstance(dataset, Dataset):
         dataset = DatasetDict({"train": dataset})
     return dataset

@@ -70,10 +70,18 @@ class AugmentedImages(TorchDataset):
         return example
 
     def _pixels(self, image: Image.Image, seed: int, in_frame: bool) -> torch.Tensor:
-        size = self.transform.size
-        if in_frame:
-            image = Image.fromarray(to_uint8(self.frame([image])[0]).permute(1, 2, 0).numpy())
-        elif not self.transform.settings.random_resized_crop and image.size != (size[1], size[0]):
-            image = image.resize((size[1], size[0]), Image.BICUBIC)  # an image stored at another size
-        pixels = self.transform(image, seed)
+        pixels = training_pixels(image, self.transform, self.frame, seed, in_frame)
         return pixels if self.levels is None else self.levels[pixels.long()]
+
+
+def training_pixels(image: Image.Image, transform: TrainingTransform, frame: ImageResizer, seed: int,
+                    in_frame: bool) -> torch.Tensor:
+    """One image through ``transform`` with draw seed ``seed``: first brought to ``frame`` (the model's
+    processor) when ``in_frame``, or resized to the transform's size when it crops whole and the image
+    was stored at another size. 8-bit (3, H, W)."""
+    size = transform.size
+    if in_frame:
+        image = Image.fromarray(to_uint8(frame([image])[0]).permute(1, 2, 0).numpy())
+    elif not transform.settings.random_resized_crop and image.size != (size[1], size[0]):
+        image = image.resize((size[1], size[0]), Image.BICUBIC)
+    return transform(image, seed)

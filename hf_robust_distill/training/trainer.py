@@ -33,7 +33,7 @@ from .config import DistillationConfig
 from .distributed import check_every_parameter_reached, zero_loss
 from .divergence import gradient_error, loss_error, non_finite_tensors, weights_error
 from .ema import WeightAverage, WeightAverageCallback
-from .epochs import DrawEpochCallback
+from .epochs import DrawEpochCallback, StreamPosition
 from .frozen import inference_dtype, is_sharded, zero_stage
 from .launchers import prepare_fsdp, save_merged_lora, sharded_checkpoints
 from .parts_log import LossPartsLog
@@ -86,8 +86,10 @@ class RobustDistillationTrainer(Trainer):
         model = prepare_student(model, args, trains_head=trains_head)
         if compute_metrics is None and is_image_classifier(model):
             compute_metrics = accuracy_clean_and_distorted
+        self.streams = isinstance(train_dataset, torch.utils.data.IterableDataset)
+        data_collator = data_collator or getattr(train_dataset, "collator", None) or collate_images  # a stream's
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                         processing_class=processing_class, data_collator=data_collator or collate_images,
+                         processing_class=processing_class, data_collator=data_collator,
                          compute_metrics=compute_metrics, **kwargs)
         self.model_accepts_loss_kwargs = False
         self.student_pixels, self.student_taps = as_preprocessor(processing_class), student_taps(model, args)
@@ -107,14 +109,27 @@ class RobustDistillationTrainer(Trainer):
             teacher_classifier=self.teacher.classifier, distorter=distorter, processor=processing_class,
             discretizer=discretizer.to(args.device, dtype=frozen_dtype) if discretizer is not None else None)
         # Each process draws its share of the training set, and counts the bad images it draws.
-        share = math.ceil(len(train_dataset) / max(args.world_size, 1)) if train_dataset is not None else 0
+        share = (math.ceil(len(train_dataset) / max(args.world_size, 1)) if hasattr(train_dataset, "__len__") else
+                 max(args.max_steps, 0) * args.per_device_train_batch_size * args.gradient_accumulation_steps)
         self.bad_images = BadImageLog(share, args.max_bad_image_fraction)
         self.loss_parts = LossPartsLog(self.accelerator)
         self.weight_average = self._average_weights(args)
         self.companions = CheckpointCompanions(attached, self.weight_average)
         self.add_callback(self.companions)
-        if hasattr(train_dataset, "set_epoch"):  # draws that follow the epoch (AugmentedImages)
-            self.add_callback(DrawEpochCallback(train_dataset))
+        holders = [h for h in (train_dataset, data_collator) if hasattr(h, "set_epoch")]
+        if holders:  # draws that follow the epoch (AugmentedImages, a stream's collator)
+            self.add_callback(DrawEpochCallback(*holders))
+        self.stream_position = StreamPosition()
+        self.add_callback(self.stream_position)
+
+    def _build_accelerator_args(self, **kwargs) -> dict:
+        """A stream is shared among the processes by its shards, each process reading its own (not every
+        batch dispatched from process 0), through torchdata's stateful loader, whose position
+        ``StreamPosition`` keeps beside each checkpoint."""
+        if self.streams:
+            kwargs["dataloader_config"].dispatch_batches = False
+            kwargs["dataloader_config"].use_stateful_dataloader = True
+        return super()._build_accelerator_args(**kwargs)
 
     def _average_weights(self, args) -> WeightAverage | None:
         """The EMA of the student (its projections included), moved after every optimizer step."""
@@ -169,6 +184,7 @@ class RobustDistillationTrainer(Trainer):
                                           reads_logits=a.logits_read or self.objective.trains_head,
                                           ignored_prefix=projections.ATTRIBUTE + ".")  # read by their loss terms
         folder = resume_folder(resume_from_checkpoint, a.output_dir)
+        self.stream_position.folder = folder
         if folder is not None:  # under every launcher (its own resume path skips _load_from_checkpoint)
             self.companions.load(folder)
         if self.is_fsdp_enabled:  # the plugin is shared: this student's blocks, right before it is prepared
@@ -179,6 +195,12 @@ class RobustDistillationTrainer(Trainer):
         if self.weight_average is not None:
             self.weight_average.copy_to(self.model)  # the average is the student saved and reported
         return output
+
+    def get_resumed_dataloader(self, dataloader, num_batches: int):
+        """A stream restarts at the position saved with the checkpoint (nothing decoded again); other
+        training sets skip their first batches as ``Trainer`` skips them."""
+        resumed = self.stream_position.resumed(dataloader, self.args.process_index)
+        return resumed if resumed is not None else super().get_resumed_dataloader(dataloader, num_batches)
 
     def use_teacher_cache(self) -> None:
         """Builds (or finds) the teacher's outputs on the training set, every process its share, and

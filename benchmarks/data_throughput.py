@@ -15,7 +15,8 @@ ImageNet holds them. Both loaders run DeiT's settings (RandomResizedCrop, flip, 
 * ``timm_uint8``: the same with ``use_prefetcher=True`` (uint8 out; timm then normalises and erases on
   the GPU), the lighter work timm's GPU loader leaves to its workers.
 
-The three are timed in turn within each round, best of ``--rounds``, so the machine's changing speed
+timm's two are given the guard against Pillow 13's 0-bit posterize that ours has (without it timm's own
+loader raises within a few hundred images). The three are timed in turn within each round, best of ``--rounds``, so the machine's changing speed
 falls on all alike. Also: the share of ``ours``' time spent decoding the JPEGs, and the CPU cores one
 H100 needs at the ViT-B/16 DeiT step rate (the arithmetic is in the output). Prints one JSON object.
 """
@@ -36,6 +37,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from hf_robust_distill.data import AugmentationSettings, collate_images, prepare_dataset
+from hf_robust_distill.data.augmentation import guard_posterize
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "retina",
           "motorcycle_left", "cat", "colorwheel")
@@ -98,12 +100,14 @@ def loaders(rows: Dataset, size: int, workers: int, batch_size: int) -> dict[str
                      auto_augment=DEIT.rand_augment, interpolation=DEIT.interpolation, mean=MEAN, std=STD)
     common = dict(batch_size=batch_size, num_workers=workers, shuffle=False, drop_last=False)
     ours = prepare_dataset(rows, (size, size), augmentation=DEIT, pixel_dtype=torch.uint8)
+    timm_float = create_transform(size, re_prob=DEIT.random_erasing, re_mode="pixel", **timm_args)
+    timm_uint8 = create_transform(size, use_prefetcher=True, **timm_args)
+    for transform in (timm_float, timm_uint8):  # timm's own loader dies of Pillow 13's 0-bit posterize otherwise
+        guard_posterize(transform)
     return {
         "ours": DataLoader(ours, collate_fn=collate_images, **common),
-        "timm": DataLoader(TimmRows(rows, create_transform(size, re_prob=DEIT.random_erasing, re_mode="pixel",
-                                                           **timm_args)), **common),
-        "timm_uint8": DataLoader(TimmRows(rows, create_transform(size, use_prefetcher=True, **timm_args)),
-                                 collate_fn=fast_collate, **common),
+        "timm": DataLoader(TimmRows(rows, timm_float), **common),
+        "timm_uint8": DataLoader(TimmRows(rows, timm_uint8), collate_fn=fast_collate, **common),
     }
 
 

@@ -135,7 +135,7 @@ def timm_transform(settings: AugmentationSettings, size: tuple[int, int], mean, 
         color_jitter=settings.color_jitter if settings.color_jitter > 0 else None,
         auto_augment=settings.rand_augment or None, interpolation=settings.interpolation,
         mean=tuple(mean.flatten().tolist()), std=tuple(std.flatten().tolist()), re_prob=0.0, use_prefetcher=True)
-    _posterize_safely(transform)
+    guard_posterize(transform)
     erasing = (RandomErasing(settings.random_erasing, mode="pixel", max_count=1, num_splits=0, device="cpu")
                if settings.random_erasing > 0 else None)
     return transform, erasing
@@ -178,7 +178,8 @@ def _posterize(img: Image.Image, bits_to_keep: int, **_) -> Image.Image:
     return ImageOps.posterize(img, bits_to_keep)
 
 
-def _posterize_safely(transform) -> None:
+def guard_posterize(transform) -> None:
+    """A timm transform's RandAugment posterize ops made safe under Pillow 13 (``_posterize``), in place."""
     from timm.data import auto_augment
 
     for step in getattr(transform, "transforms", []):

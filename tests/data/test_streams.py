@@ -126,3 +126,32 @@ def test_offline_dad_images_of_a_stream_are_refused_with_the_fix(tiny_clip, tiny
                                  "--student_name_or_path", tiny_vit, "--dataset_name", folder, "--streaming",
                                  "--max_steps", "2", "--output_dir", str(tmp_path / "out"), "--use_cpu"])
     assert any("offline" in where and "by row index" in message for where, message in error.value.problems)
+
+
+def _train_on_the_stream(tiny_vit, folder, output_dir, stop, resume, digest_file):
+    from tests.training.test_ddp import digest_of
+
+    rows = prepare_stream(folder, None, "train", (32, 32), "image", "label", augmentation=AUGMENTED, seed=3,
+                          shuffle_buffer=4)
+    args = make_config(output_dir, max_steps=8, per_device_train_batch_size=4, save_strategy="steps", save_steps=3,
+                       random_resized_crop=True, hflip=0.5, rand_augment="rand-m9-mstd0.5-inc1")
+    trainer = make_trainer(tiny_vit, args, rows)
+    if stop:
+        trainer.add_callback(StopAt(stop))
+    trainer.train(resume_from_checkpoint=resume)
+    with open(f"{digest_file}.rank{args.process_index}", "w") as f:
+        f.write(f"{args.world_size} {trainer.state.global_step} {int(rows.collator.decoded)} "
+                f"{digest_of(trainer.accelerator.unwrap_model(trainer.model))}")
+
+
+def test_two_processes_resume_a_stream_to_the_uninterrupted_runs_weights(tiny_vit, tmp_path):
+    folder = write_shards(tmp_path / "stream")
+    runs = {"straight": (None, None), "stopped": (3, None), "resumed": (None, str(tmp_path / "two" / "checkpoint-3"))}
+    for name, (stop, resume) in runs.items():
+        out = tmp_path / ("one" if name == "straight" else "two")
+        run_in_two_processes(_train_on_the_stream, tiny_vit, folder, str(out), stop, resume, str(tmp_path / name))
+    read = {name: [(tmp_path / f"{name}.rank{r}").read_text().split() for r in (0, 1)] for name in runs}
+    assert all(world == "2" for world, *_ in read["straight"])  # two processes, DDP
+    assert [steps for _, steps, _, _ in read["resumed"]] == ["8", "8"]
+    assert all(int(decoded) <= 5 * 4 + 4 for _, _, decoded, _ in read["resumed"])  # each rank's rest, not 8 steps
+    assert read["resumed"][0][3] == read["resumed"][1][3] == read["straight"][0][3]

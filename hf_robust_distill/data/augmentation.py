@@ -26,6 +26,8 @@ import torch
 from PIL import Image
 
 INTERPOLATIONS = ("bicubic", "bilinear", "random")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+"""timm's defaults, for a model without a processor (RandAugment's fill, erasing's noise)."""
 CROP_RATIO = (3 / 4, 4 / 3)
 _RAND_AUGMENT = re.compile(r"^rand(-(m\d+(\.\d+)?|n\d+|mstd\d+(\.\d+)?|inc[01]|w\d+|mmax\d+))*$")
 
@@ -109,6 +111,13 @@ class TrainingTransform:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
         self._timm = self._erasing = None  # built at the first image, in the worker that uses them
+
+    @classmethod
+    def for_resizer(cls, settings: AugmentationSettings, resizer) -> TrainingTransform:
+        """The transform to ``resizer``'s size with its processor's mean and std (timm's without one)."""
+        processor = resizer.processor
+        return cls(settings, resizer.size, getattr(processor, "image_mean", None) or IMAGENET_MEAN,
+                   getattr(processor, "image_std", None) or IMAGENET_STD)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_timm": None, "_erasing": None}

@@ -24,9 +24,6 @@ from .training_set import AugmentedImages
 
 logger = logging.getLogger(__name__)
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-"""timm's defaults, for a model without a processor (RandAugment's fill, erasing's noise)."""
-
 DEMO_DATASET = "sklearn-digits"
 """The name that selects the embedded demo data: scikit-learn's handwritten digits (8x8 px)."""
 
@@ -212,10 +209,8 @@ def prepare_dataset(dataset: Dataset, size_or_processor, image_column: str | Non
             dataset = dataset.cast_column(column, ImageFeature(decode=False))
     resizer = size_or_processor if isinstance(size_or_processor, ImageResizer) else ImageResizer(size_or_processor)
     if augmentation is not None and augmentation.active:
-        processor = resizer.processor
-        mean, std = (getattr(processor, "image_mean", None), getattr(processor, "image_std", None))
-        transform = TrainingTransform(augmentation, resizer.size, mean or IMAGENET_MEAN, std or IMAGENET_STD)
-        return AugmentedImages(dataset, image_column, label_column, transform, frame=resizer, seed=seed,
+        return AugmentedImages(dataset, image_column, label_column, TrainingTransform.for_resizer(augmentation, resizer),
+                               frame=resizer, seed=seed,
                                extra_images=extra_images, extra_columns=tuple(extra_columns), shared=shared_draws,
                                pixel_dtype=pixel_dtype)
     return dataset.with_transform(ImageTransform(image_column, label_column, resizer, extra_images=extra_images,

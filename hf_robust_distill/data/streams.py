@@ -28,7 +28,7 @@ from datasets import Dataset, Features, Image as ImageFeature, IterableDataset, 
 
 from .augmentation import AugmentationSettings, TrainingTransform, draw_seed
 from .columns import LABELS, PIXELS
-from .datasets import DEMO_DATASET, IMAGENET_MEAN, IMAGENET_STD, collate_images, load_image_dataset
+from .datasets import DEMO_DATASET, collate_images, load_image_dataset
 from .images import ImageResizer, decode_rgb, to_uint8
 from .training_set import training_pixels
 
@@ -67,8 +67,7 @@ def read_whole(stream: IterableDataset, limit: int | None = None) -> Dataset:
 
 def prepare_stream(name_or_path: str, config_name: str | None, split: str, size_or_processor, image_column: str,
                    label_column: str | None, *, augmentation: AugmentationSettings | None = None, seed: int = 0,
-                   shuffle_buffer: int = SHUFFLE_BUFFER, max_rows: int | None = None,
-                   pixel_dtype: torch.dtype = torch.uint8) -> IterableDataset:
+                   shuffle_buffer: int = SHUFFLE_BUFFER, max_rows: int | None = None) -> IterableDataset:
     """The training stream of ``split``: its files' undecoded rows, each file shuffled in windows of
     ``shuffle_buffer`` rows by (seed, epoch, file, window), and, as ``.collator``, the ``StreamCollator``
     that makes their pixels in the workers (the trainer uses it; it shares the stream's epoch)."""
@@ -81,7 +80,7 @@ def prepare_stream(name_or_path: str, config_name: str | None, split: str, size_
         files=files, columns=tuple(columns), seed=seed, window=max(int(shuffle_buffer), 1), epoch=epoch))
     rows = rows.take(max_rows) if max_rows else rows
     resizer = size_or_processor if isinstance(size_or_processor, ImageResizer) else ImageResizer(size_or_processor)
-    rows.collator = StreamCollator(image_column, label_column, resizer, augmentation, seed, pixel_dtype, epoch=epoch)
+    rows.collator = StreamCollator(image_column, label_column, resizer, augmentation, seed, epoch=epoch)
     return rows
 
 
@@ -137,15 +136,10 @@ class StreamCollator:
     the workers through shared memory."""
 
     def __init__(self, image_column: str, label_column: str | None, resizer: ImageResizer,
-                 augmentation: AugmentationSettings | None, seed: int, pixel_dtype: torch.dtype = torch.uint8,
-                 epoch: torch.Tensor | None = None):
+                 augmentation: AugmentationSettings | None, seed: int, epoch: torch.Tensor | None = None):
         self.image_column, self.label_column, self.resizer, self.seed = image_column, label_column, resizer, seed
-        self.pixel_dtype = pixel_dtype
-        self.transform = None
-        if augmentation is not None and augmentation.active:
-            processor = resizer.processor
-            self.transform = TrainingTransform(augmentation, resizer.size, getattr(processor, "image_mean", None)
-                                               or IMAGENET_MEAN, getattr(processor, "image_std", None) or IMAGENET_STD)
+        active = augmentation is not None and augmentation.active
+        self.transform = TrainingTransform.for_resizer(augmentation, resizer) if active else None
         self._epoch = epoch if epoch is not None else torch.zeros((), dtype=torch.int64).share_memory_()
         self.decoded = torch.zeros((), dtype=torch.int64).share_memory_()  # images made so far, all workers
 
@@ -167,11 +161,9 @@ class StreamCollator:
     def _pixels(self, image, cell) -> torch.Tensor:
         if self.transform is not None:
             key = int.from_bytes(hashlib.sha1(_bytes_of(cell)).digest()[:8], "little")
-            pixels = training_pixels(image, self.transform, self.resizer, draw_seed(self.seed, int(self._epoch), key),
-                                     in_frame=not self.transform.settings.random_resized_crop)
-        else:
-            pixels = to_uint8(self.resizer([image])[0])
-        return pixels if self.pixel_dtype == torch.uint8 else pixels.float().div_(255)
+            return training_pixels(image, self.transform, self.resizer, draw_seed(self.seed, int(self._epoch), key),
+                                   in_frame=not self.transform.settings.random_resized_crop)
+        return to_uint8(self.resizer([image])[0])
 
 
 def _bytes_of(cell) -> bytes:

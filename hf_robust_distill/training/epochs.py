@@ -53,5 +53,5 @@ class StreamPosition(TrainerCallback):
         path = self.file(self.folder, rank) if self.folder else None
         if path is None or not os.path.isfile(path) or not getattr(dataloader, "use_stateful_dataloader", False):
             return None
-        dataloader.load_state_dict(torch.load(path, weights_only=False))
+        dataloader.load_state_dict(torch.load(path, weights_only=True))  # counters, names, RNG tensors
         return dataloader

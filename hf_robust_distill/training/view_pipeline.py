@@ -93,8 +93,11 @@ class ViewPipeline:
 
     def __call__(self, inputs: dict, *, training: bool, step: int) -> ViewBatch:
         # 1. 8-bit pixels as the processor's floats, and the generator of this micro-batch's draws
+        device = inputs[PIXELS].device
+        if self.levels.device != device:  # once: the table stays on the device
+            self.levels = self.levels.to(device)
         inputs = {k: to_unit_range(v, self.levels) if k in (PIXELS, DAD_PIXELS) else v for k, v in inputs.items()}
-        generator = self.seeds(inputs[PIXELS].device, training=training, step=step)
+        generator = self.seeds(device, training=training, step=step)
         # 2. the DAD images: made now (online) or read from the batch (offline)
         batch = ViewBatch(inputs[PIXELS], inputs.get(LABELS), self.dad_images(inputs, generator, training),
                           columns=inputs)

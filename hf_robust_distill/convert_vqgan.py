@@ -1,7 +1,7 @@
 """``python -m hf_robust_distill.convert_vqgan``: kept where it always was; the converter lives in
-``hf_robust_distill.methods.dad.convert_vqgan``."""
+``hf_robust_distill.convert.vqgan``."""
 
-from .methods.dad.convert_vqgan import main
+from .convert.vqgan import main
 
 if __name__ == "__main__":
     main()

@@ -96,6 +96,35 @@ def save_tiny_classifier(path, arch: str, seed: int = 0, **overrides) -> str:
     return str(path)
 
 
+TIMM_TINY = {"vit": ("vit_tiny_patch16_224", dict(embed_dim=32, depth=2, num_heads=2, img_size=32, patch_size=8)),
+             "deit": ("deit_tiny_patch16_224", dict(embed_dim=32, depth=2, num_heads=2, img_size=32, patch_size=8)),
+             "resnet": ("resnet18", dict(layers=(1, 1, 1, 1)))}
+
+
+def save_tiny_timm(path, arch: str = "vit", seed: int = 0, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                   **overrides) -> str:
+    """A tiny timm model (a 2-block ViT of width 32 on 32 px digits with 8 px patches, a DeiT, or a
+    one-block-per-stage ResNet-18) in the Hub's timm format: ``config.json`` with its architecture,
+    ``model_args`` and ``pretrained_cfg`` (the evaluation transform), as
+    ``AutoModelForImageClassification.from_pretrained("timm/<name>")`` reads it."""
+    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+
+    architecture, model_args = TIMM_TINY[arch]
+    config = TimmWrapperConfig(
+        architecture=architecture, model_args={**model_args, **overrides}, num_labels=10,
+        id2label=dict(enumerate(DIGIT_NAMES)), label2id={n: i for i, n in enumerate(DIGIT_NAMES)},
+        pretrained_cfg=dict(input_size=[3, 32, 32], interpolation="bicubic", crop_pct=1.0, crop_mode="center",
+                            mean=list(mean), std=list(std)))
+    torch.manual_seed(seed)
+    TimmWrapperForImageClassification(config).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_timm_vit(tmp_path_factory) -> str:
+    return save_tiny_timm(tmp_path_factory.mktemp("tiny-timm-vit"))
+
+
 @pytest.fixture(scope="session")
 def tiny_vit(tmp_path_factory) -> str:
     return save_tiny_vit(tmp_path_factory.mktemp("tiny-vit"))

@@ -32,7 +32,7 @@ from hf_robust_distill.data import demo_digits, imagenet_classes
 from hf_robust_distill.evaluation.natural_shifts import CLASS_SUBSETS
 from hf_robust_distill.utils import PreflightError
 from tests.conftest import load_recipe, save_tiny_classifier, save_tiny_clip, save_tiny_vq
-from tests.methods.dad.test_convert_vqgan import taming_layout
+from tests.convert.test_vqgan import taming_layout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = ["README.md"] + sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "*.md")))
@@ -197,8 +197,8 @@ def make_baseline_report(module, argv: list[str], substitutions: dict) -> None:
 def run_converter(argv: list[str], cwd, tmp_path) -> None:
     """Converted for real where the docs' files stand in cwd; the shipped full-size config is read
     and mapped (converting its 16384-code model from random weights here would take minutes)."""
-    from hf_robust_distill.methods.dad import main as convert_main
-    from hf_robust_distill.methods.dad.convert_vqgan import diffusers_config, read_config
+    from hf_robust_distill.convert.vqgan import main as convert_main
+    from hf_robust_distill.convert.vqgan import diffusers_config, read_config
 
     if argv[1].startswith("recipes/configs/"):
         assert diffusers_config(read_config(os.path.join(ROOT, argv[1])))["num_vq_embeddings"] == 16384

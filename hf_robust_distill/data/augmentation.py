@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .images import normalisation
+
 INTERPOLATIONS = ("bicubic", "bilinear", "random")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 """timm's defaults, for a model without a processor (RandAugment's fill, erasing's noise)."""
@@ -115,9 +117,8 @@ class TrainingTransform:
     @classmethod
     def for_resizer(cls, settings: AugmentationSettings, resizer) -> TrainingTransform:
         """The transform to ``resizer``'s size with its processor's mean and std (timm's without one)."""
-        processor = resizer.processor
-        return cls(settings, resizer.size, getattr(processor, "image_mean", None) or IMAGENET_MEAN,
-                   getattr(processor, "image_std", None) or IMAGENET_STD)
+        mean, std = normalisation(resizer.processor) if resizer.processor is not None else (None, None)
+        return cls(settings, resizer.size, mean or IMAGENET_MEAN, std or IMAGENET_STD)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_timm": None, "_erasing": None}

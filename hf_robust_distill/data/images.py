@@ -122,8 +122,35 @@ def decode_rgb(cell) -> tuple[Image.Image | None, BadImage | None]:
         return None, BadImage(image_source(cell), f"{type(error).__name__}: {error}")
 
 
+def timm_data_config(processor) -> dict | None:
+    """The timm data config (input size, interpolation, crop, mean, std) of transformers'
+    ``TimmWrapperImageProcessor``, which runs timm's own evaluation transform; ``None`` for others."""
+    config = getattr(processor, "data_config", None)
+    return config if isinstance(config, dict) and hasattr(processor, "val_transforms") else None
+
+
+def normalisation(processor) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+    """The (mean, std) a processor normalises with; ``(None, None)`` where it does not."""
+    timm_config = timm_data_config(processor)
+    if timm_config is not None:
+        return tuple(timm_config["mean"]), tuple(timm_config["std"])
+    if not getattr(processor, "do_normalize", True):
+        return None, None
+    return getattr(processor, "image_mean", None), getattr(processor, "image_std", None)
+
+
+def _timm_pixel_stages(processor):
+    """timm's evaluation transform of ``processor`` without its final normalisation."""
+    from torchvision.transforms import Compose, Normalize
+
+    return Compose([t for t in processor.val_transforms.transforms if not isinstance(t, Normalize)])
+
+
 def input_size(processor) -> tuple[int, int]:
     """(height, width) a model is fed, read from its image processor (crop size when it crops)."""
+    timm_config = timm_data_config(processor)
+    if timm_config is not None:
+        return int(timm_config["input_size"][-2]), int(timm_config["input_size"][-1])
     def read(size):
         if size is None:
             return None
@@ -150,7 +177,8 @@ class ImageResizer:
 
     Given an image processor, it runs that processor without its normalisation: the same
     resize (size, resample), centre crop and rescale that ``pipeline("image-classification")``
-    applies with the saved processor, whatever its class or backend. Given a size, it resizes
+    applies with the saved processor, whatever its class or backend (a timm processor's own
+    evaluation transform, up to its ``Normalize``). Given a size, it resizes
     with ``resample`` (bicubic), for data that has no processor (tests, the demo zoo's builders).
     """
 
@@ -183,7 +211,11 @@ class ImageResizer:
             return []
         if self.processor is None:
             return [_plain_resize(image, self.size, self.resample) for image in images]
-        pixels = self.processor(images=images, do_normalize=False, return_tensors="pt")["pixel_values"]
+        if timm_data_config(self.processor) is not None:
+            stages = _timm_pixel_stages(self.processor)
+            pixels = torch.stack([stages(image) for image in images])
+        else:
+            pixels = self.processor(images=images, do_normalize=False, return_tensors="pt")["pixel_values"]
         if tuple(pixels.shape[-2:]) != self.size:
             raise ValueError(f"{type(self.processor).__name__} made {tuple(pixels.shape[-2:])} px images, not the "
                              f"{self.size} its size and crop settings say; give it a fixed size or a centre crop")

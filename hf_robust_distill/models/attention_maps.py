@@ -5,7 +5,8 @@ Only eager attention returns attention probabilities, and eager on every layer m
 attention function in transformers' ``AttentionInterface`` that chooses per module: the modules
 of the distilled layers return their maps (all rows, or with ``rows="cls"`` the [CLS] query's
 row only, computed beside the fused kernel's output); every other module runs sdpa and returns
-none. ``read_attention_maps(model, layers, rows)`` switches a model to it.
+none. ``read_attention_maps(model, layers, rows)`` switches a model to it. A timm ViT keeps its
+fused kernel; its distilled blocks' maps are computed from their ``qkv`` output (``timm_models``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from .timm_models import is_timm
 
 SELECTIVE_ATTENTION = "hf_robust_distill_selective"
 ROWS_ATTRIBUTE = "_distilled_attention_rows"
@@ -54,12 +57,17 @@ def read_attention_maps(model: PreTrainedModel, attention_modules: list[torch.nn
     model's attention modules in depth order) returns its maps when ``i`` is in ``layers``."""
     if rows not in ROWS:
         raise ValueError(f"attention rows must be one of {ROWS}, got {rows!r}")
+    if not is_timm(model):  # a timm ViT keeps its fused kernel: the taps read the maps from its qkv
+        _select_attention(model)
+    for index, module in enumerate(attention_modules):
+        setattr(module, ROWS_ATTRIBUTE, rows if index in layers else None)
+
+
+def _select_attention(model: PreTrainedModel) -> None:
     model.set_attn_implementation(SELECTIVE_ATTENTION)
     if getattr(model.config, "_attn_implementation", None) != SELECTIVE_ATTENTION:
         raise ValueError(f"{type(model).__name__} did not take a registered attention function, so it cannot "
                          "return attention maps per layer; set attn_weight=0")
-    for index, module in enumerate(attention_modules):
-        setattr(module, ROWS_ATTRIBUTE, rows if index in layers else None)
 
 
 def attention_rows(module: torch.nn.Module) -> str | None:

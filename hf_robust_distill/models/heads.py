@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from . import timm_models
+
 logger = logging.getLogger(__name__)
 
 
@@ -94,7 +96,10 @@ def describe_difference(predicted: list[str] | None, names: list[str]) -> str:
 
 
 def head_modules(model: PreTrainedModel) -> list[nn.Module]:
-    """The modules of a transformers classifier outside its backbone (the classification head)."""
+    """The modules of a transformers classifier outside its backbone (the classification head; a
+    timm model's classifier, which its wrapper keeps inside the timm model)."""
+    if timm_models.is_timm(model):
+        return timm_models.head_modules(model)
     base = getattr(model, "base_model", model)
     return [m for m in model.children() if m is not base and any(True for _ in m.parameters())]
 
@@ -182,10 +187,13 @@ def freeze_unread_head(model, keep_head: bool = False) -> None:
 
     A parameter that gets no gradient makes DDP fail; frozen, it also stays out of the optimizer.
     """
-    base = getattr(model, "base_model", model)
-    in_base = {id(p) for p in base.parameters()} if base is not model else None
+    if timm_models.is_timm(model):
+        in_head_ids = {id(p) for head in head_modules(model) for p in head.parameters()}
+    else:
+        base = getattr(model, "base_model", model)
+        in_head_ids = {id(p) for p in model.parameters()} - {id(p) for p in base.parameters()}
     for name, parameter in model.named_parameters():
-        in_head = in_base is not None and id(parameter) not in in_base
+        in_head = id(parameter) in in_head_ids
         if (in_head and not keep_head) or ".pooler." in f".{name}":
             parameter.requires_grad_(False)
 

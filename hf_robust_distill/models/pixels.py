@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoImageProcessor
 
-from ..data.images import input_size
+from ..data.images import input_size, normalisation
 
 
 class PixelPreprocessor:
@@ -25,8 +25,7 @@ class PixelPreprocessor:
 
     @classmethod
     def from_image_processor(cls, processor) -> PixelPreprocessor:
-        mean = getattr(processor, "image_mean", None) if getattr(processor, "do_normalize", True) else None
-        std = getattr(processor, "image_std", None) if getattr(processor, "do_normalize", True) else None
+        mean, std = normalisation(processor)
         return cls(mean if mean is not None else (0.0,) * 3, std if std is not None else (1.0,) * 3,
                    input_size(processor))
 

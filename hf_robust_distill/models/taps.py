@@ -8,10 +8,13 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from functools import partial
+from types import SimpleNamespace
 
 import torch
 from transformers import PreTrainedModel
 
+from . import timm_models
+from .attention_maps import attention_rows
 from .heads import unwrap_adapters
 from .pixels import model_dtype
 from .token_grids import patch_grid, prefix_tokens
@@ -29,7 +32,9 @@ def _recorded_class(model: PreTrainedModel, kind: str):
 
 def transformer_blocks(model: PreTrainedModel, kind: str = "hidden_states") -> list[torch.nn.Module]:
     """The model's transformer blocks (``hidden_states``) or their attention modules
-    (``attentions``), in depth order."""
+    (``attentions``), in depth order (a timm ViT's too)."""
+    if timm_models.is_timm(model):
+        return timm_models.timm_blocks(model, kind)
     target = _recorded_class(model, kind)
     root = getattr(model, "base_model", model)
     return [m for m in root.modules() if isinstance(m, target)]
@@ -49,6 +54,24 @@ def resolve_layers(layers: list[int], depth: int) -> list[int]:
 def map_layers(student_layers: list[int], student_depth: int, teacher_depth: int) -> list[int]:
     """Teacher blocks matching student blocks by relative depth (last to last)."""
     return [round((i + 1) * teacher_depth / student_depth) - 1 for i in student_layers]
+
+
+def config_shape(config) -> SimpleNamespace:
+    """Width, patch size, heads, depth and prefix tokens of a model, read from its config (a
+    ``TimmWrapperConfig``'s timm model built on the meta device); ``None`` where it has none."""
+    if getattr(config, "model_type", None) == timm_models.TIMM_MODEL_TYPE:
+        return timm_models.config_shape(config)
+    vision = getattr(config, "vision_config", config)
+    return SimpleNamespace(hidden_size=getattr(vision, "hidden_size", None), patch_size=getattr(vision, "patch_size", None),
+                           num_heads=getattr(vision, "num_attention_heads", None),
+                           depth=getattr(vision, "num_hidden_layers", None), prefix_tokens=prefix_tokens(vision))
+
+
+def model_shape(model) -> SimpleNamespace:
+    """``config_shape`` of a loaded model (a timm model's read from the model itself)."""
+    if timm_models.is_timm(model):
+        return timm_models.model_shape(model)
+    return config_shape(model.config)
 
 
 @dataclass
@@ -77,7 +100,10 @@ class Features:
 def sequence_module(model: PreTrainedModel) -> torch.nn.Module:
     """The module whose output holds the final token sequence (``last_hidden_state``): the base
     model (``model.vit``), or for a classifier that keeps no base model under its prefix
-    (``CLIPForImageClassification.vision_model``) its first transformers submodel."""
+    (``CLIPForImageClassification.vision_model``) its first transformers submodel; a timm ViT's
+    final norm."""
+    if timm_models.is_timm(model):
+        return timm_models.final_norm(model)
     base = getattr(model, "base_model", model)
     if base is not model:
         return base
@@ -104,13 +130,11 @@ class FeatureTaps:
         if self.attention_modules and len(self.attention_modules) != self.depth:
             raise ValueError(f"found {len(self.attention_modules)} attention modules for {self.depth} blocks")
         self.need_cls = need_cls
-        self.base = sequence_module(model)
+        self.base = sequence_module(model) if reads_blocks else None
         self.model_name = type(model).__name__
-        config = getattr(model.config, "vision_config", model.config)
-        self.patch_size = getattr(config, "patch_size", None)
-        self.hidden_size = getattr(config, "hidden_size", None)
-        self.num_heads = getattr(config, "num_attention_heads", None)
-        self.prefix_tokens = prefix_tokens(config)
+        shape = model_shape(model)
+        self.patch_size, self.hidden_size, self.num_heads = shape.patch_size, shape.hidden_size, shape.num_heads
+        self.prefix_tokens = shape.prefix_tokens
         self._recording: Features | None = None
         self._handles = self._register_hooks()
 
@@ -121,11 +145,21 @@ class FeatureTaps:
         last = self.depth - 1
         handles = [self.blocks[i].register_forward_hook(partial(self._keep_tokens, i))
                    for i in self.token_layers if i != last]
-        handles += [self.attention_modules[i].register_forward_hook(partial(self._keep_attention, i))
-                    for i in self.attention_layers]
+        handles += [self._attention_hook(i) for i in self.attention_layers]
         if self.need_cls or last in self.token_layers:
             handles.append(self.base.register_forward_hook(self._keep_final))
         return handles
+
+    def _attention_hook(self, index: int):
+        module = self.attention_modules[index]
+        if timm_models.is_timm_attention(module):  # maps computed from its qkv projection's output
+            return module.qkv.register_forward_hook(partial(self._keep_timm_attention, index, module))
+        return module.register_forward_hook(partial(self._keep_attention, index))
+
+    def _keep_timm_attention(self, index, attention, projection, args, output):
+        if self._recording is not None:
+            self._recording.attentions[index] = timm_models.attention_maps(attention, output,
+                                                                           attention_rows(attention) or "all")
 
     def _keep_tokens(self, index, module, args, output):
         if self._recording is not None:
@@ -140,7 +174,10 @@ class FeatureTaps:
 
     def _keep_final(self, module, args, output):
         if self._recording is not None:
-            sequence = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+            if torch.is_tensor(output):
+                sequence = output
+            else:
+                sequence = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
             if self.depth - 1 in self.token_layers:
                 self._recording.tokens[self.depth - 1] = sequence
             self._recording.cls = sequence[:, 0]
@@ -211,16 +248,7 @@ def check_compatible(student: FeatureTaps, teacher: FeatureTaps, *, embeddings: 
 def check_feature_terms(student_config, teacher_config, config) -> None:
     """The feature terms fit the two models, read from their configs: widths, patch grids, heads,
     and the layers asked for (what ``RobustDistillationTrainer`` would refuse once weights load)."""
-    from types import SimpleNamespace
-
-    def shape(model_config):
-        vision = getattr(model_config, "vision_config", model_config)
-        return SimpleNamespace(hidden_size=getattr(vision, "hidden_size", None),
-                               patch_size=getattr(vision, "patch_size", None),
-                               num_heads=getattr(vision, "num_attention_heads", None),
-                               depth=getattr(vision, "num_hidden_layers", None))
-
-    student, teacher = shape(student_config), shape(teacher_config)
+    student, teacher = config_shape(student_config), config_shape(teacher_config)
     terms = dict(embeddings=config.cls_weight > 0, patches=config.patch_weight > 0, attention=config.attn_weight > 0)
     if not any(terms.values()):
         return

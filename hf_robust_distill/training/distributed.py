@@ -16,12 +16,16 @@ import logging
 
 import torch
 
+from ..models import timm_models
 from ..models.loading import architecture_on_meta
 
 logger = logging.getLogger(__name__)
 
 
-def _config_image_size(config) -> tuple[int, int]:
+def _image_size(model) -> tuple[int, int]:
+    if timm_models.is_timm(model):
+        return timm_models.input_size(model)
+    config = model.config
     size = getattr(getattr(config, "vision_config", config), "image_size", None) or 224
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
@@ -39,7 +43,7 @@ def never_used_parameters(model: torch.nn.Module) -> list[str]:
     params = {name: p for name, p in probe.named_parameters() if name in trainable}
     if not params:
         return []
-    pixels = torch.zeros(2, 3, *_config_image_size(model.config), device="meta")
+    pixels = torch.zeros(2, 3, *_image_size(model), device="meta")
     output = probe(pixel_values=pixels, output_hidden_states=True)
     read = [t for t in [getattr(output, "logits", None), getattr(output, "last_hidden_state", None),
                         *(getattr(output, "hidden_states", None) or ())] if t is not None]

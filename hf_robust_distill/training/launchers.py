@@ -24,7 +24,7 @@ import types
 import torch
 from transformers.trainer import TRAINING_ARGS_NAME
 
-from ..models import lora
+from ..models import lora, timm_models
 from .divergence import non_finite_tensors, weights_error
 
 logger = logging.getLogger(__name__)
@@ -75,9 +75,11 @@ def fsdp_blocks(model: torch.nn.Module) -> list[type[torch.nn.Module]]:
     Of the classes a model's ``_no_split_modules`` name and it contains (CLIP's list names its text
     embeddings, absent from a vision-only CLIP), those transformers checkpoints as layers
     (``GradientCheckpointingLayer``: ``ViTLayer``, ``CLIPEncoderLayer``, ``SwinStage``...); for a
-    model with none of those (ResNet, ConvNeXt), every class of its list."""
+    model with none of those (ResNet, ConvNeXt), every class of its list; a timm model's own blocks."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
+    if timm_models.is_timm(model):
+        return timm_models.block_classes(model)
     names = set()
     for module in model.modules():
         names.update(getattr(module, "_no_split_modules", None) or ())

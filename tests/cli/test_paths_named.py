@@ -8,8 +8,8 @@ import os
 import pytest
 
 from hf_robust_distill.hub.push import main as push_main
-from hf_robust_distill.methods.dad import main as convert_main
-from hf_robust_distill.methods.dad.convert_vqgan import diffusers_config, read_config
+from hf_robust_distill.convert.vqgan import main as convert_main
+from hf_robust_distill.convert.vqgan import diffusers_config, read_config
 from hf_robust_distill.methods.dad.discretize import read_vq_config
 from tests.conftest import load_recipe
 

@@ -13,7 +13,7 @@ import yaml
 from torch import nn
 
 from hf_robust_distill import VQDiscretizer
-from hf_robust_distill.methods.dad import convert, main
+from hf_robust_distill.convert.vqgan import convert, main
 
 
 def normalize(channels):

@@ -8,7 +8,7 @@ The encoder and decoder have the layout diffusers' own LDM converter maps
 (``convert_ldm_vae_checkpoint``, written for the KL autoencoders); what those lack is mapped here:
 attention inside a resolution level (``attn_resolutions``), and the codebook. The training losses'
 weights (discriminator, LPIPS) are left out. The reconstruction equals the original module's
-(``tests/methods/dad/test_convert_vqgan.py`` runs the published architecture beside it).
+(``tests/convert/test_vqgan.py`` runs the published architecture beside it).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 import yaml
 from diffusers import VQModel
 
-from .discretize import INPUT_RANGES, VQDiscretizer
+from ..methods.dad.discretize import INPUT_RANGES, VQDiscretizer
 
 FAMILIES = ("taming.models.vqgan.VQModel", "ldm.models.autoencoder.VQModel", "ldm.models.autoencoder.VQModelInterface")
 

@@ -1,0 +1,12 @@
+"""Checkpoints from elsewhere as folders ``from_pretrained`` reads: the field's published robust
+classifiers (timm, torchvision, the DAD code, easyrobust, RobustBench, Madry's ``robustness``) and
+the VQGAN of taming-transformers and Latent Diffusion."""
+
+from .checkpoint import convert_checkpoint
+from .evaluation_transform import EvaluationTransform
+from .layouts import Weights, read_file, unwrap
+from .record import CONVERSION_FILE, ConversionRecord
+from .vqgan import convert as convert_vqgan
+
+__all__ = ["CONVERSION_FILE", "ConversionRecord", "convert_checkpoint", "convert_vqgan", "EvaluationTransform",
+           "read_file", "unwrap", "Weights"]

@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None):
     classifier = load_classifier(run)
     # 3. evaluate it, clean and under every corruption, severity and shift
     report = evaluate(run, classifier)
-    # 4. finish: the report, its plot, the table
-    write_report(run, report)
+    # 4. finish: the report, its plot, the card beside the model's files, the table
+    write_report(run, report, classifier)
     return report
 
 

@@ -113,7 +113,7 @@ def world(tmp_path_factory):
         "facebook/dinov2-base": save_tiny_classifier(root / "dinov2", "dinov2"),
         "facebook/deit-small-patch16-224": save_tiny_classifier(root / "deit", "deit"),
         "openai/clip-vit-large-patch14": clip, "kandinsky-community/kandinsky-2-2-decoder": str(root / "kandinsky"),
-        "/data/ImageNet-C": str(root / "ImageNet-C"),
+        "/data/ImageNet-C": str(root / "ImageNet-C"), "<its licence>": "apache-2.0",
     }
     return substitutions, cwd
 
@@ -134,6 +134,8 @@ def run_command(command: str, world, tmp_path) -> None:
         tokens = launched_script(tokens[2:])
     if tokens[:3] == ["python", "-m", "hf_robust_distill.convert_vqgan"]:
         return run_converter(tokens[3:], cwd, tmp_path)
+    if tokens[:3] == ["python", "-m", "hf_robust_distill.convert_checkpoint"]:
+        return run_checkpoint_converter(tokens[3:], cwd)
     assert tokens[0] == "python" and tokens[1].startswith("recipes/"), f"no runner for {command!r}"
     run_recipe_checks(os.path.basename(tokens[1])[:-3], tokens[2:], substitutions, tmp_path)
 
@@ -206,6 +208,40 @@ def run_converter(argv: list[str], cwd, tmp_path) -> None:
     out = tmp_path / "converted"
     convert_main([str(cwd / argv[0]), str(cwd / argv[1]), str(out), *argv[3:]])
     assert os.path.isfile(out / "vq_discretizer.json")
+
+
+PUBLISHED = {"vit_b16_base.pth": ("vit", "raw"), "resnet50_dad.pth": ("resnet", "dad"),
+             "robustbench_resnet50.pt": ("resnet", "robustbench"), "model_best.pth.tar": ("vit", "ema"),
+             "swin_model_best.pth.tar": ("convnext_atto", "ema")}
+"""The published checkpoints the docs name: a tiny model of the family, saved in the file's layout."""
+
+
+def run_checkpoint_converter(argv: list[str], cwd) -> None:
+    """A tiny model saved in the named file's layout where the docs put it, converted for real as the
+    command says, its named architecture checked to be of that family and stood in for by it (a
+    full-size ViT-B/16 from random weights would take minutes here)."""
+    import shutil
+
+    from hf_robust_distill.convert.architectures import resolve_architecture
+    from hf_robust_distill.convert.checkpoint import main as convert_main
+    from tests.convert.test_checkpoint import save_layout, tiny_resnet, tiny_timm_vit
+
+    family, layout = PUBLISHED[argv[0]]
+    at = argv.index("--architecture") + 1
+    if family == "convnext_atto":  # any timm model, written as a TimmWrapper folder
+        import timm
+
+        assert resolve_architecture(argv[at], prefer_timm=True).library == "timm"
+        model, argv[at] = timm.create_model("convnext_atto", num_classes=10).eval(), "convnext_atto"
+    else:
+        assert resolve_architecture(argv[at]).family == family
+        model = tiny_timm_vit() if family == "vit" else tiny_resnet("timm", "bottleneck")
+        argv[at:at + 1] = [family, "--num_heads", "2"] if family == "vit" else [family]
+    source = save_layout(model, cwd / f".{argv[0]}", layout)
+    shutil.move(source, cwd / argv[0])
+    shutil.rmtree(cwd / argv[1], ignore_errors=True)
+    convert_main([str(cwd / argv[0]), str(cwd / argv[1]), *argv[2:], "--class_names", ",".join(map(str, range(10)))])
+    assert os.path.isfile(cwd / argv[1] / "conversion.json")
 
 
 # ---------------------------------------------------------------- running a Python block

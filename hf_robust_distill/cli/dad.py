@@ -52,7 +52,9 @@ class ScriptArguments:
     vq_subfolder: str | None = field(default=None, metadata={"help": "Subfolder of the VQ model, e.g. vqvae."})
     vq_input_range: str | None = field(
         default=None, metadata={"help": "'[-1,1]' or '[0,1]'; read from vq_discretizer.json when saved there."})
-    student_name_or_path: str | None = field(default=None, metadata={"help": "Student initialisation."})
+    student_name_or_path: str | None = field(default=None, metadata={
+        "help": "Student initialisation (transformers, a timm/<name> id, or a folder convert_checkpoint wrote).",
+        "aliases": ["--model_name_or_path"]})
     dad_dataset: str | None = field(
         default=None, metadata={"help": "Offline mode: a dataset made by generate_dad_dataset (the folder it wrote, a "
                                         "saved dataset or a Hub id); made into <output_dir>/dad-dataset when unset."})

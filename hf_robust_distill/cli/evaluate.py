@@ -17,14 +17,15 @@ from ..evaluation.checks import check_alexnet_severities, check_same_images, par
 from ..evaluation.protocols import resolve_protocol
 from ..evaluation.report import RobustnessReport
 from ..evaluation.robustness import evaluate_robustness
-from ..hub.card import plain_name
-from ..models.heads import DIFFERENT, describe_difference, fit_to_classes, match_classes
-from ..models.loading import config_classes, read_image_processor, read_model_config
+from ..convert.record import ConversionRecord
+from ..hub.card import plain_name, write_student_card
+from ..models.heads import DIFFERENT, describe_difference, fit_to_classes, is_image_classifier, match_classes
+from ..models.loading import config_classes, read_image_processor, read_model_config, save_image_processor
 from ..models.zero_shot import load_pixel_classifier, saved_head_classes
 from ..training.checks import check_output_dir
 from ..utils.problems import Problems
 from .arguments import DataArguments, RobustnessArguments
-from .finish import dataset_label
+from .finish import dataset_label, model_architecture, runs_timm
 from .parsing import parse_recipe_args
 from .preflight import decode_evaluation_split
 from .recipe_data import RecipeData, load_recipe_data
@@ -40,7 +41,9 @@ class EvaluateArguments:
         default=None, metadata={"help": "Image classifier (Hub id or folder). Unset: the embedded demo."})
     baseline_report: str | None = field(
         default=None, metadata={"help": "A baseline model's robustness_report.json: mCE relative to it."})
-    output_dir: str = field(default="robustness", metadata={"help": "Where the report and the plot go."})
+    output_dir: str = field(default="robustness", metadata={
+        "help": "Where the report, its plot and the model card go, with the model's weights and processor beside "
+                "them, ready for python -m hf_robust_distill.hub."})
     device: str | None = field(default=None, metadata={"help": "Default: this process's accelerator when there is "
                                                                  "one (under accelerate launch, each its own)."})
     seed: int = field(
@@ -109,21 +112,47 @@ def evaluate(run: EvaluationRun, classifier) -> RobustnessReport:
         image_column=data.image_column, label_column=data.label_column)
 
 
-def write_report(run: EvaluationRun, report: RobustnessReport) -> None:
-    """On the main process: the report and its plot in ``--output_dir``, and the table printed."""
+def write_report(run: EvaluationRun, report: RobustnessReport, classifier=None) -> None:
+    """On the main process: the report, its plot and a model card in ``--output_dir`` (with the
+    model's weights, processor and conversion record beside them, ready for
+    ``python -m hf_robust_distill.hub``), and the table printed."""
     if not PartialState().is_main_process:
         return
     output_dir = run.args.output_dir
     os.makedirs(output_dir, exist_ok=True)
-    report_path = report.save(output_dir)
-    report.plot(output_dir)
+    record = copy_model(run, classifier) if classifier is not None else None
+    paths = write_student_card(
+        output_dir, report, method="evaluated", teacher=None, train_dataset=dataset_label(run.data_args.dataset_name),
+        settings={}, model_name=report.model_name, student_init=run.args.model_name_or_path,
+        architecture=model_architecture(classifier) if classifier is not None else None,
+        license=run.robustness.card_license, conversion=record.summary() if record else None,
+        timm=runs_timm(classifier, run.processor) if classifier is not None else None)
     print(f"\nTop-1 accuracy (%) of {report.model_name} on {report.dataset_name}:\n\n{report.to_markdown()}\n")
     for name, value in report.headline().items():
         print(f"{name}: {value:.2f}")
     if report.skipped_images:
         print(f"{report.skipped_images} images did not decode and were left out")
-    plot = os.path.abspath(os.path.join(output_dir, "robustness.png"))
-    print(f"\nReport: {os.path.abspath(report_path)}\nPlot: {plot}")
+    print(f"\nReport: {os.path.abspath(paths['report'])}\nPlot: {os.path.abspath(paths['plot'])}\n"
+          f"Card: {os.path.abspath(paths['card'])}")
+
+
+def copy_model(run: EvaluationRun, classifier) -> ConversionRecord | None:
+    """The evaluated model's weights (its head in the report's class order), processor and
+    ``conversion.json`` written beside the card, unless it already lies in ``--output_dir``;
+    returns its conversion record (``None``: it was not converted)."""
+    source, output_dir = run.args.model_name_or_path, run.args.output_dir
+    record = ConversionRecord.load(source) if os.path.isdir(source) else None
+    model = getattr(classifier, "model", classifier)
+    if not is_image_classifier(model):
+        logger.info("%s is no transformers image classifier: the card goes without weights", type(model).__name__)
+        return record
+    if os.path.isdir(source) and os.path.samefile(source, output_dir):
+        return record
+    model.save_pretrained(output_dir)
+    save_image_processor(run.processor, output_dir, model)
+    if record is not None:
+        record.save(output_dir)
+    return record
 
 
 def _check_baseline_images(baseline: RobustnessReport, data: RecipeData, seed: int, robustness) -> None:

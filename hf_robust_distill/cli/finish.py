@@ -10,11 +10,12 @@ import torch
 from accelerate import PartialState
 
 from ..data.datasets import DEMO_DATASET
-from ..data.images import ImageResizer
+from ..data.images import ImageResizer, timm_data_config
 from ..evaluation.distortion_table import distortion_table, report_table
 from ..evaluation.robustness import evaluate_robustness
 from ..hub.card import plain_name, training_settings, write_student_card
 from ..hub.push import push_robust_student
+from ..models.timm_models import is_timm
 from .arguments import DataArguments, RobustnessArguments
 from .recipe_data import RecipeData
 
@@ -110,9 +111,10 @@ def reports_and_cards(run: RunEnd, students: list[FinishedStudent], write: bool 
         paths = write_student_card(
             student.folder, report, method=student.method, teacher=run.teacher_name, train_dataset=train_dataset,
             settings=_settings(run, student), model_name=card_name, student_init=student.init,
-            repo_id=run.repo_id if main_folder else None, architecture=_architecture(student.classifier),
-            num_train_examples=len(run.data.train) if hasattr(run.data.train, "__len__") else None, license=run.robustness.card_license,
-            teacher_report=reports.get("teacher"))
+            repo_id=run.repo_id if main_folder else None, architecture=model_architecture(student.classifier),
+            num_train_examples=len(run.data.train) if hasattr(run.data.train, "__len__") else None,
+            license=run.robustness.card_license, teacher_report=reports.get("teacher"),
+            timm=runs_timm(student.classifier, run.resizer.processor))
         _print_report(student.name, report, paths)
     return reports
 
@@ -145,10 +147,21 @@ def push_if_requested(config, repo_id: str | None, force: bool = False):
     return commit
 
 
-def _architecture(classifier) -> str | None:
+def model_architecture(classifier) -> str | None:
+    """The card's name of a model's class (a timm model's with its timm architecture)."""
     config = getattr(getattr(classifier, "model", classifier), "config", None)
     architectures = getattr(config, "architectures", None) or []
-    return architectures[0] if architectures else getattr(config, "model_type", None)
+    name = architectures[0] if architectures else getattr(config, "model_type", None)
+    if is_timm(classifier):
+        return f"`{name or 'TimmWrapperForImageClassification'}` (timm's `{config.architecture}`)"
+    return name
+
+
+def runs_timm(classifier, processor) -> str | None:
+    """What of a published model runs timm's code: ``"model"``, ``"processor"`` or ``None``."""
+    if is_timm(classifier):
+        return "model"
+    return "processor" if timm_data_config(processor) is not None else None
 
 
 def dataset_label(name: str | None) -> str:

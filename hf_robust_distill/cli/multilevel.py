@@ -36,7 +36,9 @@ class ScriptArguments:
     teacher_name_or_path: str | None = field(
         default=None, metadata={"help": "Teacher ViT (Hub id or path). Unset: the embedded demo."})
     student_name_or_path: str | None = field(
-        default=None, metadata={"help": "Student initialisation; defaults to the teacher's checkpoint."})
+        default=None, metadata={"help": "Student initialisation (transformers, a timm/<name> id, or a folder "
+                                        "convert_checkpoint wrote); defaults to the teacher's checkpoint.",
+                                "aliases": ["--model_name_or_path"]})
     eval_distortions: str | None = field(
         default=None, metadata={"help": "Columns of the final table (a distortion spec); defaults to "
                                         "each entry of --distortions."})

@@ -86,13 +86,13 @@ class RecipeArgumentParser(HfArgumentParser):
 
 
 class _HelpFormatter(ArgumentDefaultsHelpFormatter):
-    """Defaults shown (as ``HfArgumentParser`` shows them), one spelling of each flag (the
-    ``--with-dashes`` twin parses all the same), the description's paragraphs kept."""
+    """Defaults shown (as ``HfArgumentParser`` shows them), one spelling of each flag and alias (the
+    ``--with-dashes`` twins parse all the same), the description's paragraphs kept."""
 
     def _format_action_invocation(self, action):
         if len(action.option_strings) > 1 and all(o.startswith("--") for o in action.option_strings):
             action = copy.copy(action)
-            action.option_strings = action.option_strings[:1]
+            action.option_strings = [o for o in action.option_strings if "-" not in o[2:]] or action.option_strings[:1]
         return super()._format_action_invocation(action)
 
     def _get_help_string(self, action):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..convert.record import CONVERSION_FILE
 from ..evaluation.protocols import PROTOCOLS
 from ..evaluation.report import PLOT_FILE, REPORT_FILE, RobustnessReport
 
@@ -26,7 +27,7 @@ CARD_FILE = "README.md"
 
 
 STUDENT_FILES = ("config.json", "preprocessor_config.json", "model.safetensors.index.json", CARD_FILE, REPORT_FILE,
-                 PLOT_FILE)
+                 PLOT_FILE, CONVERSION_FILE)
 
 
 WEIGHTS = re.compile(r"model(-\d+-of-\d+)?\.safetensors")
@@ -35,7 +36,8 @@ WEIGHTS = re.compile(r"model(-\d+-of-\d+)?\.safetensors")
 REPO_PLACEHOLDER = "your-username/{name}"
 
 
-METHOD_TAGS = {"multilevel": ["multilevel-distillation"], "dad": ["dad", "adversarial-augmentation"], "kd": []}
+METHOD_TAGS = {"multilevel": ["multilevel-distillation"], "dad": ["dad", "adversarial-augmentation"], "kd": [],
+               "evaluated": []}
 
 
 METHODS = {
@@ -55,6 +57,11 @@ METHODS = {
         "knowledge distillation",
         "the student learns to match the teacher's softened predictions (and the labels) on clean images; it "
         "is the plain-KD baseline that DAD is compared with.",
+    ),
+    "evaluated": (
+        "evaluated only",
+        "its weights are the source's, and only the robustness report below is this package's, made on the same "
+        "protocol as the students it trains, so the two compare.",
     ),
 }
 
@@ -159,21 +166,28 @@ def eval_results(report: RobustnessReport, dataset_id: str) -> list[EvalResult]:
     return results
 
 
-def model_card(report: RobustnessReport, *, method: str, teacher: str, train_dataset: str,
+def model_card(report: RobustnessReport, *, method: str, teacher: str | None, train_dataset: str,
                settings: dict[str, str], model_name: str, student_init: str | None = None, repo_id: str | None = None,
                architecture: str | None = None, num_train_examples: int | None = None, license: str | None = None,
-               plot_file: str | None = PLOT_FILE, teacher_report: RobustnessReport | None = None) -> ModelCard:
+               plot_file: str | None = PLOT_FILE, teacher_report: RobustnessReport | None = None,
+               conversion: str | None = None, timm: str | None = None) -> ModelCard:
     """The student's card, rendered from ``model_cards/robust_student.md``; with the teacher's
-    report, its numbers stand beside the student's (what distillation bought)."""
+    report, its numbers stand beside the student's (what distillation bought). ``method="evaluated"``
+    cards a model this package did not train (``student_init`` its source, ``conversion`` the
+    sentence of its ``conversion.json``); ``timm`` says what of it runs timm's code (``"model"``
+    or ``"processor"``)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; one of {', '.join(METHODS)}")
     method_name, method_summary = METHODS[method]
+    evaluated = method == "evaluated"
     dataset_id = plain_name(train_dataset)
     card_data = ModelCardData(
-        model_name=model_name, library_name="transformers", pipeline_tag="image-classification", license=license,
+        model_name=model_name, library_name="transformers",
+        pipeline_tag="image-classification", license=license,
         base_model=student_init if is_hub_id(student_init) and "/" in (student_init or "") else None,
-        datasets=[dataset_id] if is_hub_id(train_dataset) and "/" in train_dataset else None,
-        tags=["hf_robust_distill", "robustness", "knowledge-distillation", *METHOD_TAGS[method]],
+        datasets=[dataset_id] if is_hub_id(train_dataset) and "/" in train_dataset and not evaluated else None,
+        tags=["hf_robust_distill", "robustness", *([] if evaluated else ["knowledge-distillation"]),
+              *METHOD_TAGS[method]],
         eval_results=eval_results(report, dataset_id),
     )
     baseline = report.baseline or {}
@@ -186,12 +200,14 @@ def model_card(report: RobustnessReport, *, method: str, teacher: str, train_dat
         teacher_headline=teacher_headline, table=report.to_markdown(reference=teacher_report),
         chance_percent=None if report.chance_accuracy is None else 100 * report.chance_accuracy,
         method_name=method_name, method_summary=method_summary, teacher=public_name(teacher),
-        student_init=public_name(student_init),
+        student_init=public_name(student_init), evaluated=evaluated, source=public_name(student_init),
+        conversion=conversion, license=license, needs_timm=timm is not None, timm_model=timm == "model",
         train_dataset=public_name(train_dataset) if is_hub_id(train_dataset) else f"`{dataset_id}`",
         eval_dataset=f"`{plain_name(report.dataset_name)}`" + (f" ({report.split_description})"
                                                                  if report.split_description else ""),
         num_train_examples=num_train_examples, settings=settings, plot_file=plot_file,
-        architecture_phrase=f"a `{architecture}`" if architecture else "an",
+        architecture_phrase=(f"a {architecture}" if "`" in architecture else f"a `{architecture}`") if architecture
+        else "an",
         backends_phrase=_backends_phrase(report.backends),
         protocol_phrase=PROTOCOLS.get(report.protocol, report.protocol),
         baseline_phrase=("AlexNet's ImageNet-C errors" if baseline.get("name") == "AlexNet"

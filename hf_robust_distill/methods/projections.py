@@ -15,6 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..models.timm_models import keep_attached_keys
+
 ATTRIBUTE = "distillation_projections"
 WEIGHTS = "projections.safetensors"
 KINDS = ("linear", "mlp")
@@ -47,6 +49,7 @@ class FeatureProjections(nn.Module):
 def attach(model: nn.Module, projections: FeatureProjections) -> FeatureProjections:
     """Puts ``projections`` on ``model`` (trained with it) and keeps them out of its saved weights."""
     model.add_module(ATTRIBUTE, projections)
+    keep_attached_keys(model)
     keys = {f"{ATTRIBUTE}.{name}" for name in projections.state_dict()}
     model._keys_to_ignore_on_save = set(getattr(model, "_keys_to_ignore_on_save", None) or ()) | keys
     return projections

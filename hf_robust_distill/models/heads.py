@@ -114,6 +114,8 @@ def _set_labels(model: PreTrainedModel, names: list[str]) -> None:
     model.config.num_labels = len(names)
     model.config.id2label = dict(enumerate(names))
     model.config.label2id = {n: i for i, n in enumerate(names)}
+    if hasattr(model.config, "label_names"):  # a timm config saves these, not id2label, once it has them
+        model.config.label_names = list(names)
 
 
 @torch.no_grad()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import json
 import os
 
 import torch
@@ -14,8 +15,9 @@ from torch import nn
 from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassification, PreTrainedModel
 
 from ..data.datasets import _offline
-from ..data.images import ImageResizer
+from ..data.images import ImageResizer, timm_data_config
 from .heads import DIFFERENT, SAME, fit_to_classes, is_image_classifier, reset_head
+from .timm_models import is_timm
 
 
 def supports_drop_path(config) -> bool:
@@ -142,6 +144,22 @@ def read_image_processor(name_or_path: str, what: str):
                          f"{str(error).splitlines()[0]}; save one beside the weights") from None
     ImageResizer(processor)  # its size and rescale are usable
     return processor
+
+
+def save_image_processor(processor, folder: str, model=None) -> None:
+    """Saves ``processor`` into ``folder`` as ``AutoImageProcessor`` reads it back. transformers'
+    ``TimmWrapperImageProcessor`` saves nothing (a timm model's ``config.json`` carries its
+    transform); beside any other model it is written as the timm data config it runs."""
+    config = timm_data_config(processor)
+    if config is None:
+        processor.save_pretrained(folder)
+        return
+    if model is not None and is_timm(model):
+        return
+    os.makedirs(folder, exist_ok=True)
+    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+    with open(os.path.join(folder, "preprocessor_config.json"), "w") as f:
+        json.dump({"image_processor_type": type(processor).__name__, "pretrained_cfg": settings}, f, indent=2)
 
 
 def config_classes(config) -> list[str] | None:

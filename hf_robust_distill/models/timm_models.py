@@ -10,7 +10,7 @@ timm's unfused path applies them): the kernel stays fused and only the distilled
 
 from __future__ import annotations
 
-import copy
+import types
 from types import SimpleNamespace
 
 import torch
@@ -154,14 +154,22 @@ def attention_maps(attention: nn.Module, qkv: torch.Tensor, rows: str = "all") -
     if rows == "cls":
         q = q[:, :, :1]
     scores = (q * attention.scale) @ k.transpose(-2, -1)
-    return scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
+    wide = torch.float32 if scores.element_size() < 4 else scores.dtype  # bf16/fp16 maps softmaxed in float32
+    return scores.softmax(dim=-1, dtype=wide).to(q.dtype)
 
 
-def hub_format_config(architecture: str, num_labels: int, model_args: dict | None = None,
-                      pretrained_cfg: dict | None = None):
-    """A ``TimmWrapperConfig`` as the Hub's timm checkpoints carry one (what
-    ``AutoModelForImageClassification.from_pretrained`` reads)."""
-    from transformers import TimmWrapperConfig
+def keep_attached_keys(model) -> None:
+    """transformers' ``TimmWrapper.load_state_dict`` puts every key it is given under ``timm_model.``
+    (for checkpoints saved with timm's names); on this instance, the keys of modules attached beside
+    the timm model (the distillation projections, which FSDP loads with the student) stay their own."""
+    model = _unwrapped(model)
+    if timm_network(model) is None:
+        return
 
-    return TimmWrapperConfig(architecture=architecture, model_args=copy.deepcopy(model_args) or None,
-                             num_labels=num_labels, pretrained_cfg=copy.deepcopy(pretrained_cfg) or {})
+    def load_state_dict(self, state_dict, *args, **kwargs):
+        beside = {name for name, _ in self.named_children() if name != "timm_model"}
+        state_dict = {key if key.startswith("timm_model.") or key.split(".", 1)[0] in beside
+                      else f"timm_model.{key}": value for key, value in state_dict.items()}
+        return nn.Module.load_state_dict(self, state_dict, *args, **kwargs)
+
+    model.load_state_dict = types.MethodType(load_state_dict, model)

@@ -22,7 +22,7 @@ from ..methods import projections
 from ..methods.objective import DistillationObjective
 from ..models import lora
 from ..models.heads import is_image_classifier, unwrap_adapters
-from ..models.loading import check_drop_path, whole_weights
+from ..models.loading import check_drop_path, save_image_processor, whole_weights
 from ..models.pixels import as_preprocessor, model_dtype
 from ..models.taps import Features
 from ..views.distortions import Distorter
@@ -291,6 +291,8 @@ class RobustDistillationTrainer(Trainer):
         if bad:
             raise weights_error(bad, output_dir or self.args.output_dir, self.args.output_dir)
         super()._save(output_dir, state_dict)
+        if self.args.should_save and self.processing_class is not None:  # a timm processor saves nothing itself
+            save_image_processor(self.processing_class, output_dir or self.args.output_dir, self.model)
 
     def saved_student(self, folder: str | None = None) -> PreTrainedModel:
         """The trained student, whole, on this process: the module itself, or where its weights are

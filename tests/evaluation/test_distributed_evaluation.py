@@ -107,7 +107,9 @@ def test_the_evaluation_recipe_runs_in_two_processes(photo_vit, folder, tmp_path
     written = json.loads((tmp_path / "out" / "robustness_report.json").read_text())
     by_rank = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert by_rank[0] == by_rank[1] == {"world": 2, "accuracy": written["accuracy"]}
-    assert sorted(os.listdir(tmp_path / "out")) == ["robustness.png", "robustness_report.json"]  # written once
+    assert sorted(os.listdir(tmp_path / "out")) == [  # written once, with the model beside its card
+        "README.md", "config.json", "model.safetensors", "preprocessor_config.json", "robustness.png",
+        "robustness_report.json"]
 
 
 def _recipe_in_a_process(model, folder, tmp):

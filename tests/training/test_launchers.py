@@ -9,10 +9,10 @@ import os
 import pytest
 import torch
 
-from tests.conftest import save_tiny_classifier, save_tiny_vit
+from tests.conftest import save_tiny_classifier, save_tiny_timm, save_tiny_vit
 from tests.launchers import REPO, run_launched
 
-STUDENTS = ("vit", "deit", "dinov2", "clip")
+STUDENTS = ("vit", "deit", "dinov2", "clip", "timm")
 
 
 def records(folder, name):
@@ -122,19 +122,21 @@ def distil_each_student_under_fsdp(teacher_path, students, out, record_dir):
         json.dump(record, f)
 
 
-BLOCKS = {"vit": "ViTLayer", "deit": "DeiTLayer", "dinov2": "Dinov2Layer", "clip": "CLIPEncoderLayer"}
+BLOCKS = {"vit": "ViTLayer", "deit": "DeiTLayer", "dinov2": "Dinov2Layer", "clip": "CLIPEncoderLayer", "timm": "Block"}
 
 
 def test_fsdp2_prepares_trains_checkpoints_and_resumes_every_student(tmp_path):
     """accelerate's fsdp2_prepare_model, as fsdp.yaml launches it: the blocks are the sharded units
     (their embeddings are not: accelerate shards the input embeddings on their own), CLIP's
-    classifier prepares although transformers gives it no input embeddings, and the four model
-    classes follow one another in one process. Checkpoints are sharded and carry the projections.
+    classifier prepares although transformers gives it no input embeddings, a timm ViT
+    (TimmWrapper) is sharded by timm's own blocks, and the five model classes follow one another
+    in one process. Checkpoints are sharded and carry the projections.
     A LoRA student's final folder is merged from the gathered shards."""
     from transformers import AutoModelForImageClassification
 
     teacher = save_tiny_vit(tmp_path / "teacher", hidden_size=64, num_attention_heads=4, intermediate_size=128)
-    students = {arch: save_tiny_classifier(tmp_path / arch, arch) for arch in STUDENTS}
+    students = {arch: save_tiny_timm(tmp_path / arch) if arch == "timm" else save_tiny_classifier(tmp_path / arch, arch)
+                for arch in STUDENTS}
     run_launched("fsdp", distil_each_student_under_fsdp, teacher, students, str(tmp_path / "out"), str(tmp_path))
     for arch in STUDENTS:
         rank0, rank1 = records(tmp_path, arch)

@@ -9,7 +9,7 @@ import pytest
 import hf_robust_distill
 
 PACKAGE = os.path.dirname(hf_robust_distill.__file__)
-ORDER = ["utils", "data", "views", "models", "methods", "training", "evaluation", "hub", "cli"]
+ORDER = ["utils", "data", "views", "models", "methods", "convert", "training", "evaluation", "hub", "cli"]
 
 
 def imported_rooms(path: str) -> list[tuple[int, str]]:

@@ -236,7 +236,9 @@ def training_set(run: DADRun, teacher_classifier, discretizer):
 
 
 def load_student(run: DADRun, config: DistillationConfig):
-    student, head = load_with_head(run.script_args.student_name_or_path, run.data.names, **student_load_kwargs(config))
+    path = run.script_args.student_name_or_path
+    student, head = load_with_head(path, run.data.names,
+                                   **student_load_kwargs(config, read_model_config(path, "the student")))
     if head == "new":
         logger.warning("the student's head predicts other classes than the dataset's: starting a new head (the CE and "
                        "KD terms train it)")

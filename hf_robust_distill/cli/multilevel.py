@@ -151,7 +151,8 @@ def load_models(run: MultilevelRun):
         teacher = load_vision_model(run.teacher_path)
     fit_to_classes(teacher, run.data.names, "the teacher")
     config = run.config
-    student, head = load_with_head(run.student_path, run.data.names, **student_load_kwargs(config))
+    student, head = load_with_head(run.student_path, run.data.names,
+                                   **student_load_kwargs(config, read_model_config(run.student_path, "the student")))
     if head == "new":
         how = ("it is trained with cross-entropy on detached features (loss_head), so the backbone learns from "
                "distillation only" if not config.logits_read and config.head_ce_weight > 0 and run.data.scored

@@ -1,6 +1,5 @@
 """Checkpoints from elsewhere as folders ``from_pretrained`` reads: the field's published robust
-classifiers (timm, torchvision, the DAD code, easyrobust, RobustBench, Madry's ``robustness``) and
-the VQGAN of taming-transformers and Latent Diffusion."""
+classifiers (timm, torchvision: DAD, easyrobust, RobustBench, Madry layouts) and the VQGAN."""
 
 from .checkpoint import convert_checkpoint
 from .evaluation_transform import EvaluationTransform

@@ -83,12 +83,12 @@ def native_model(weights: Weights, architecture: Architecture, *, num_heads: int
     check_agrees(state, architecture, head="head." if family == "vit" else "fc.")
     if family == "vit":
         sizes = vit_sizes(state, num_heads or architecture.num_heads)
-        model, converted = ViTForImageClassification(vit_config(sizes, class_names(names, sizes["num_labels"]))), \
-            _mapped(vit_state_dict, state)
+        model = ViTForImageClassification(vit_config(sizes, class_names(names, sizes["num_labels"])))
+        converted = _mapped(vit_state_dict, state)
     else:
         sizes = resnet_sizes(state)
-        model, converted = ResNetForImageClassification(resnet_config(sizes, class_names(names, sizes["num_labels"]))), \
-            _mapped(resnet_state_dict, state)
+        model = ResNetForImageClassification(resnet_config(sizes, class_names(names, sizes["num_labels"])))
+        converted = _mapped(resnet_state_dict, state)
     missing, unexpected = model.load_state_dict(converted, strict=False)
     if missing or unexpected:
         raise ValueError(f"the checkpoint does not fill {type(model).__name__}: missing {missing[:4]}, unexpected "

@@ -17,18 +17,33 @@ from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassif
 from ..data.datasets import _offline
 from ..data.images import ImageResizer, timm_data_config
 from .heads import DIFFERENT, SAME, fit_to_classes, is_image_classifier, reset_head
-from .timm_models import is_timm
+from .timm_models import TIMM_MODEL_TYPE, accepts_drop_path, is_timm
 
 
 def supports_drop_path(config) -> bool:
     """Whether a model of this config builds stochastic depth from ``config.drop_path_rate`` (any
-    config accepts the attribute; only some models read it)."""
+    config accepts the attribute; only some models read it), or, for a timm model, from its
+    ``model_args`` (timm's ViTs and ResNets take ``drop_path_rate``)."""
+    if getattr(config, "model_type", None) == TIMM_MODEL_TYPE:
+        return accepts_drop_path(config)
     return "drop_path_rate" in inspect.signature(type(config).__init__).parameters
 
 
-def student_load_kwargs(config) -> dict:
-    """``from_pretrained`` keyword arguments a ``DistillationConfig`` asks of the student."""
-    return {} if config.drop_path_rate is None else {"drop_path_rate": config.drop_path_rate}
+def drop_path_of(config) -> float | None:
+    """The drop-path rate a loaded model's config carries (a timm model's in its ``model_args``)."""
+    if getattr(config, "model_type", None) == TIMM_MODEL_TYPE:
+        return (config.model_args or {}).get("drop_path_rate")
+    return getattr(config, "drop_path_rate", None)
+
+
+def student_load_kwargs(config, student_config=None) -> dict:
+    """``from_pretrained`` keyword arguments a ``DistillationConfig`` asks of the student (read by
+    its config's class: a timm model takes the rate among its ``model_args``)."""
+    if config.drop_path_rate is None:
+        return {}
+    if getattr(student_config, "model_type", None) == TIMM_MODEL_TYPE:
+        return {"model_args": {**(student_config.model_args or {}), "drop_path_rate": config.drop_path_rate}}
+    return {"drop_path_rate": config.drop_path_rate}
 
 
 def load_vision_model(name_or_path: str, *, attention_maps: bool = False,
@@ -179,7 +194,7 @@ def check_drop_path(student_config, rate: float | None, *, loaded: bool = False)
         raise ValueError(f"the student ({type(student_config).__name__}) has no stochastic depth in transformers, so "
                          "the rate would be ignored: drop --drop_path_rate, or use a student that has it (BEiT, "
                          "DINOv2, Swin, ConvNeXt, ...)")
-    if loaded and getattr(student_config, "drop_path_rate", None) != rate:
+    if loaded and drop_path_of(student_config) != rate:
         raise ValueError(f"drop_path_rate={rate} is a load-time setting of the student: load it with "
                          f"from_pretrained(..., drop_path_rate={rate}), a model whose config reads it (the recipes "
                          "do)")

@@ -99,6 +99,19 @@ def network_on_meta(config) -> nn.Module:
                                  **(config.model_args or {}))
 
 
+def accepts_drop_path(config) -> bool:
+    """Whether the timm model a ``TimmWrapperConfig`` describes builds stochastic depth."""
+    import timm
+
+    try:
+        with torch.device("meta"):
+            timm.create_model(config.architecture, pretrained=False, num_classes=int(config.num_labels or 0),
+                              **{**(config.model_args or {}), "drop_path_rate": 0.1})
+    except TypeError:
+        return False
+    return True
+
+
 def config_shape(config) -> SimpleNamespace:
     """``model_shape`` read from a ``TimmWrapperConfig`` alone."""
     network = network_on_meta(config)

@@ -25,7 +25,6 @@ import torch
 from transformers.trainer import TRAINING_ARGS_NAME
 
 from ..models import lora, timm_models
-from ..models.loading import save_image_processor
 from .divergence import non_finite_tensors, weights_error
 
 logger = logging.getLogger(__name__)
@@ -233,5 +232,7 @@ def save_merged_lora(trainer, folder: str) -> None:
         raise weights_error(bad, folder, trainer.args.output_dir)
     merged.save_pretrained(folder)
     if trainer.processing_class is not None:
+        from ..models.loading import save_image_processor  # the config's import path loads no checkpoint code
+
         save_image_processor(trainer.processing_class, folder, merged)
     torch.save(trainer.args, os.path.join(folder, TRAINING_ARGS_NAME))

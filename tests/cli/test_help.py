@@ -52,7 +52,8 @@ COMMANDS = entry_points()
 
 def test_the_entry_points_are_found_from_the_files():
     assert {"recipes/dad.py", "recipes/multilevel.py", "recipes/evaluate_robustness.py", "recipes/demo.py",
-            "python -m hf_robust_distill.hub", "python -m hf_robust_distill.convert_vqgan"} <= set(COMMANDS)
+            "python -m hf_robust_distill.hub", "python -m hf_robust_distill.convert_vqgan",
+            "python -m hf_robust_distill.convert_checkpoint"} <= set(COMMANDS)
 
 
 @pytest.fixture(scope="module")

@@ -182,7 +182,10 @@ def max_difference(a, b) -> float:
     return max(float((x - y).abs().max()) for x, y in zip(a, b))
 
 
-@pytest.mark.parametrize("layout", ["raw", "safetensors", "ddp", "dad", "robustbench", "madry", "ema"])
+LAYOUTS = ["raw", "safetensors", "ddp", "dad", "robustbench", "madry", "ema"]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_a_timm_vit_in_every_layout_converts_exactly(tmp_path, layout):
     source = tiny_timm_vit()
     pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -210,7 +213,7 @@ def test_a_timm_vit_in_every_layout_converts_exactly(tmp_path, layout):
 
 @pytest.mark.parametrize("library,block", [("torchvision", "basic"), ("torchvision", "bottleneck"), ("timm", "basic"),
                                            ("timm", "bottleneck")])
-@pytest.mark.parametrize("layout", ["raw", "robustbench", "madry"])
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_torchvision_and_timm_resnets_convert_exactly(tmp_path, library, block, layout):
     source = tiny_resnet(library, block)
     pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2), dtype=torch.float64)

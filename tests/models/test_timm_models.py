@@ -147,3 +147,16 @@ def test_a_timm_student_is_carded_pushed_and_the_pipeline_gets_the_cards_accurac
     clean = [r.metric_value for r in card.data.eval_results if r.metric_name == "Top-1 accuracy (clean)"]
     assert clean == [round(100 * accuracy, 2)]
     assert "TimmWrapperForImageClassification" in card.text or "timm" in card.text
+
+
+def test_a_timm_student_takes_the_drop_path_rate(tmp_path):
+    """The official DAD student trains with drop-path 0.25: a timm student builds it from its model_args."""
+    results = load_recipe("multilevel").main(recipe_argv(
+        save_tiny_vit(tmp_path / "teacher"), tmp_path / "out", tmp_path / "cache", "--student_name_or_path",
+        save_tiny_timm(tmp_path / "student"), "--drop_path_rate", "0.25", "--max_train_samples", "16",
+        "--max_eval_samples", "16", "--max_steps", "1", "--robustness_corruptions", "gaussian_noise",
+        "--robustness_severities", "1"))
+    network = results["trainer"].accelerator.unwrap_model(results["trainer"].model).timm_model
+    assert [float(getattr(block.drop_path1, "drop_prob", 0.0)) for block in network.blocks] == pytest.approx([0.0, 0.25])
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert saved["model_args"]["drop_path_rate"] == 0.25

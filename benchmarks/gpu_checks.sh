@@ -4,7 +4,8 @@
 #   1. install: the project from this working tree, into $OUT/site, its dependencies from --wheels
 #      (the stack pyproject.toml asks for, carried along: no index); every requirement checked;
 #   2. corruption_grid: the 19 x 5 ImageNet-C grid on the GPU against ViT-B/16 bf16 inference;
-#   3. attention_capture, 4. teacher_memory: selective attention and the teacher's dtype at batch 64 bf16;
+#   3. attention_capture, 4. teacher_memory: selective attention and the teacher's dtype at batch 64 bf16
+#      (3b. timm_attention_maps: a timm student's maps read beside its fused kernel);
 #   5. view_cost: each training view's syncs and time against a ViT-B/16 step;
 #   6. dad_vs_kd: a DAD step against a KD step, and offline generation;
 #   7-10. {multilevel,dad} x {fsdp,deepspeed_zero3}: one-GPU launches of each recipe with the shipped
@@ -138,6 +139,8 @@ if [ "$CPU" = 1 ]; then
     run corruption_grid 120 "$PY" corruption_speed.py --images 4 --size 32 --no_reference --corruptions contrast,shot_noise
     run attention_capture 120 "$PY" attention_capture.py --batch_size 2 --image_size 32 --hidden_size 32 --layers 2 \
         --heads 2 --steps 2 --warmup 1 --repeats 1
+    run timm_attention_maps 90 "$PY" timm_attention_maps.py --architecture vit_tiny_patch16_224 --image_size 32 \
+        --batch_size 2 --steps 1
     run teacher_memory 150 "$PY" teacher_memory.py --batch_size 2 --image_size 32 --hidden_size 32 --layers 2 --heads 2 \
         --steps 2 --warmup 1 --repeats 1 --levers teacher_dtype
     run view_cost 120 "$PY" view_cost.py --repeats 1 --only "clean,pixel_mask:0.5-0.9,noise:0.1-0.5,blur:1-4;dad (online)"
@@ -145,6 +148,7 @@ if [ "$CPU" = 1 ]; then
 else
     run corruption_grid 90 "$PY" corruption_speed.py --device cuda --threads 16 --no_reference --images 8
     run attention_capture 60 "$PY" attention_capture.py --batch_size 64 --bf16 --steps 20 --warmup 3 --repeats 1
+    run timm_attention_maps 40 "$PY" timm_attention_maps.py --batch_size 64 --bf16 --steps 10
     run teacher_memory 75 "$PY" teacher_memory.py --batch_size 64 --bf16 --steps 10 --warmup 2 --repeats 1
     run view_cost 45 "$PY" view_cost.py --hidden_size 768 --layers 12 --heads 12 --image_size 224 --patch_size 16 \
         --batch_size 64 --bf16 --repeats 5

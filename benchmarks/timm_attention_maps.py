@@ -6,7 +6,7 @@ alone) and against timm's own unfused attention on every block (the other way to
     python benchmarks/timm_attention_maps.py                                  # CPU: ViT-S/16, batch 8
     python benchmarks/timm_attention_maps.py --batch_size 64 --bf16 --steps 20  # a GPU
 
-Variants alternate step by step; prints one JSON object with the median step times and the ratios
+Variants alternate step by step; prints one JSON line with the median step times and the ratios
 to the fused kernel alone.
 """
 
@@ -81,4 +81,4 @@ if __name__ == "__main__":
     print(json.dumps({"device": torch.cuda.get_device_name() if opts.device == "cuda" else "cpu",
                       "architecture": opts.architecture, "batch_size": opts.batch_size, "rows": opts.rows,
                       "dtype": str(opts.dtype), "median_step_s": medians,
-                      "step_time_vs_fused": {v: medians[v] / base for v in variants}}, indent=2))
+                      "step_time_vs_fused": {v: medians[v] / base for v in variants}}))

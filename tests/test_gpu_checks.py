@@ -17,8 +17,8 @@ def test_the_gpu_checks_run_end_to_end_on_a_cpu(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]  # stdout: JSON lines only
     checks = {line["check"]: line for line in lines}
-    assert list(checks) == ["install", "corruption_grid", "attention_capture", "teacher_memory", "view_cost",
-                            "dad_vs_kd", "dad-deepspeed_zero3"]
+    assert list(checks) == ["install", "corruption_grid", "attention_capture", "timm_attention_maps", "teacher_memory",
+                            "view_cost", "dad_vs_kd", "dad-deepspeed_zero3"]
     failed = {name: line.get("log_tail") for name, line in checks.items() if line["status"] != "ok"}
     assert not failed, failed
     assert checks["install"]["result"]["unmet"] == []

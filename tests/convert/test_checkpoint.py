@@ -88,9 +88,9 @@ def save_layout(model, folder, layout: str) -> str:
     if layout == "safetensors":
         save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"))
         return str(folder / "model.safetensors")
-    if layout == "ddp":
-        torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, folder / "checkpoint.pth.tar")
-        return str(folder / "checkpoint.pth.tar")
+    if layout == "ddp":  # a DDP module's state dict under timm's "state_dict", as a .bin
+        torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, folder / "pytorch_model.bin")
+        return str(folder / "pytorch_model.bin")
     if layout == "dad":  # the official code: Sequential(NormalizeByChannelMeanStd, model) under "model"
         wrapped = nn.Sequential(NormalizeByChannelMeanStd(MEAN, STD), model)
         torch.save({"model": wrapped.state_dict(), "optimizer": {"state": {}, "param_groups": []}, "epoch": 3},

@@ -230,6 +230,22 @@ def write_photo_folder(root, per_class=(12, 4), classes=("cat", "coffee"), seed=
     return str(root)
 
 
+def pipeline_accuracy(model: str, folder: str) -> tuple[float, list[str]]:
+    """Top-1 accuracy of plain ``pipeline("image-classification")`` on the test files of an image
+    folder, read by path as a user would; and its predictions."""
+    import numpy as np
+    from transformers import pipeline
+
+    from hf_robust_distill.data import load_image_dataset
+
+    classify = pipeline("image-classification", model=str(model), device="cpu")
+    test = load_image_dataset(folder)["test"]
+    names = test.features["label"].names
+    files = [row["path"] for row in test.cast_column("image", test.features["image"].__class__(decode=False))["image"]]
+    predictions = [classify(path, top_k=1)[0]["label"] for path in files]
+    return float(np.mean([p == names[y] for p, y in zip(predictions, test["label"])])), predictions
+
+
 def truncate(path, keep: float = 0.5) -> str:
     """Cuts a file short, as an interrupted download leaves it."""
     with open(path, "rb") as f:

@@ -17,8 +17,6 @@ import os
 import shutil
 import tempfile
 
-import torch
-
 from ..data.imagenet_classes import IMAGENET_1K, imagenet_classes
 from .architectures import Architecture, check_agrees, resolve_architecture
 from .evaluation_transform import INTERPOLATIONS, EvaluationTransform

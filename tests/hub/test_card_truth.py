@@ -5,14 +5,13 @@ accuracy exactly; no token and no local path reaches a file the package writes."
 import json
 import os
 
-import numpy as np
 import pytest
 import torch
 from huggingface_hub import ModelCard
 from PIL import Image
 from transformers import AutoImageProcessor, BitImageProcessor, pipeline
 
-from tests.conftest import load_recipe, recipe_argv, save_tiny_vit, write_photo_folder
+from tests.conftest import load_recipe, pipeline_accuracy, recipe_argv, save_tiny_vit, write_photo_folder
 from hf_robust_distill.data import load_image_dataset
 
 TOKEN = "hf_secrettesttoken987654321"
@@ -48,12 +47,7 @@ def test_pipeline_on_the_saved_student_gets_the_cards_clean_accuracy_exactly(tra
     assert {k: saved[k] for k in ("resample", "size", "crop_size", "do_center_crop")} == \
         {k: original[k] for k in ("resample", "size", "crop_size", "do_center_crop")}
 
-    classify = pipeline("image-classification", model=str(out), device="cpu")
-    test = load_image_dataset(folder)["test"]
-    names = test.features["label"].names
-    files = [row["path"] for row in test.cast_column("image", test.features["image"].__class__(decode=False))["image"]]
-    predictions = [classify(path, top_k=1)[0]["label"] for path in files]
-    accuracy = float(np.mean([p == names[y] for p, y in zip(predictions, test["label"])]))
+    accuracy, predictions = pipeline_accuracy(str(out), folder)
 
     report = json.loads((out / "robustness_report.json").read_text())
     assert report["clean_accuracy"] == accuracy > report["chance_accuracy"] and len(set(predictions)) > 1

@@ -5,14 +5,13 @@ side, a ``timm/<name>`` id, and a timm student carded, pushed and reloaded with 
 import json
 import os
 
-import numpy as np
 import pytest
 import torch
 from huggingface_hub import ModelCard, snapshot_download
-from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-from tests.conftest import load_recipe, recipe_argv, save_tiny_timm, save_tiny_vit, write_photo_folder
-from hf_robust_distill.data import load_image_dataset
+from tests.conftest import (load_recipe, pipeline_accuracy, recipe_argv, save_tiny_timm, save_tiny_vit,
+                            write_photo_folder)
 from hf_robust_distill.models import FeatureTaps, load_vision_model, read_attention_maps
 
 
@@ -135,12 +134,7 @@ def test_a_timm_student_is_carded_pushed_and_the_pipeline_gets_the_cards_accurac
     assert {"config.json", "model.safetensors", "README.md", "robustness_report.json"} <= set(os.listdir(downloaded))
     model = AutoModelForImageClassification.from_pretrained(downloaded)
     assert type(model).__name__ == "TimmWrapperForImageClassification"
-    classify = pipeline("image-classification", model=downloaded, device="cpu")
-    test = load_image_dataset(folder)["test"]
-    names = test.features["label"].names
-    files = [row["path"] for row in test.cast_column("image", test.features["image"].__class__(decode=False))["image"]]
-    predictions = [classify(path, top_k=1)[0]["label"] for path in files]
-    accuracy = float(np.mean([p == names[y] for p, y in zip(predictions, test["label"])]))
+    accuracy, _ = pipeline_accuracy(downloaded, folder)
     report = json.loads((out / "robustness_report.json").read_text())
     assert report["clean_accuracy"] == accuracy
     card = ModelCard.load(os.path.join(downloaded, "README.md"))

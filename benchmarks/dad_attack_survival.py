@@ -1,0 +1,84 @@
+"""How much of DAD's attack survives the second pass through the VQ model, by L2 budget and image
+size: the teacher's accuracy on clean images x, on VQ(x), on VQ(VQ(x)) (the attack with a zero
+budget) and on the DAD images VQ(PGD(VQ(x))) at each budget (one step of the whole budget, random
+start as the recipe draws it), and how far the DAD images lie from VQ(VQ(x)). An attack the VQ model
+erases leaves DAD's images equal to VQ(VQ(x)) whatever the budget: the budget only matters once it
+survives.
+
+    python benchmarks/dad_attack_survival.py                     # the robust digits teacher, 32 and 64 px
+    python benchmarks/dad_attack_survival.py --sizes 32 --eps 0.1 1 4 16
+
+Prints one JSON object. The teacher is ``dad_defaults.py``'s (built once into the demo zoo).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+
+def images_at(size: int, count: int):
+    import torch
+
+    from hf_robust_distill.data import demo_digits, prepare_dataset
+
+    rows = prepare_dataset(demo_digits()["test"].select(range(count)), (size, size))
+    pixels = torch.stack([torch.as_tensor(r["pixel_values"]) for r in rows]).float()
+    return pixels / 255 if pixels.max() > 1.5 else pixels, torch.tensor([r["labels"] for r in rows])
+
+
+def survival(classifier, vq, pixels, labels, budgets) -> dict:
+    import torch
+
+    from hf_robust_distill.methods.dad import AttackSettings, dad_images
+
+    def accuracy(images) -> float:
+        with torch.no_grad():
+            return round(100 * float((classifier(images).argmax(-1) == labels).float().mean()), 2)
+
+    with torch.no_grad():
+        once = vq(pixels)
+        twice = vq(once)
+    result = {"clean": accuracy(pixels), "vq": accuracy(once), "vq_twice": accuracy(twice), "budgets": {}}
+    for eps in budgets:
+        attack = AttackSettings(norm="l2", eps=eps, steps=1, step_size=eps, random_start_prob=0.8)
+        dad = dad_images(classifier, vq, pixels, labels, attack, generator=torch.Generator().manual_seed(0))
+        moved = (dad - twice).flatten(1).norm(dim=1).mean()
+        result["budgets"][str(eps)] = {"teacher_accuracy": accuracy(dad), "l2_from_vq_twice": round(float(moved), 3),
+                                       "per_pixel_rms_budget": round(eps / pixels[0].numel() ** 0.5, 5)}
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
+    parser.add_argument("--eps", type=float, nargs="+", default=[0.1, 0.5, 1, 2, 4, 8, 16])
+    parser.add_argument("--images", type=int, default=256)
+    opts = parser.parse_args()
+    import torch
+    from transformers import AutoImageProcessor
+
+    from dad_defaults import robust_teacher
+    from hf_robust_distill.cli import demo_model
+    from hf_robust_distill.methods.dad import VQDiscretizer
+    from hf_robust_distill.models import PixelPreprocessor, PixelSpaceClassifier, load_vision_model
+
+    zoo = os.path.join(ROOT, "demo_output", "zoo")
+    with contextlib.redirect_stdout(sys.stderr):
+        teacher_path, vq_path = robust_teacher(zoo, 20), demo_model("vq", zoo_dir=zoo, seed=42)
+    classifier = PixelSpaceClassifier(load_vision_model(teacher_path).eval(), PixelPreprocessor.from_image_processor(
+        AutoImageProcessor.from_pretrained(teacher_path)))  # resizes any size to its own at its door
+    vq = VQDiscretizer.from_pretrained(vq_path)
+    torch.manual_seed(0)
+    results = {size: survival(classifier, vq, *images_at(size, opts.images), opts.eps) for size in opts.sizes}
+    print(json.dumps({"teacher": os.path.basename(teacher_path), "images": opts.images, "sizes": results}))
+
+
+if __name__ == "__main__":
+    main()

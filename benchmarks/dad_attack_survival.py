@@ -6,9 +6,10 @@ erases leaves DAD's images equal to VQ(VQ(x)) whatever the budget: the budget on
 survives.
 
     python benchmarks/dad_attack_survival.py                     # the robust digits teacher, 32 and 64 px
-    python benchmarks/dad_attack_survival.py --sizes 32 --eps 0.1 1 4 16
+    python benchmarks/dad_attack_survival.py --sizes 224 --eps 0.1 1 4 16 --teacher <classifier> \
+        --vq vqgan-openimages-f8-16384 --dataset_name <imagenet-1k on the Hub>
 
-Prints one JSON object. The teacher is ``dad_defaults.py``'s (built once into the demo zoo).
+Prints one JSON object. The default teacher is ``dad_defaults.py``'s (built once into the demo zoo).
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 
-def images_at(size: int, count: int):
+def images_at(size: int, count: int, dataset_name: str | None = None, split: str = "validation"):
     import torch
 
-    from hf_robust_distill.data import demo_digits, prepare_dataset
+    from hf_robust_distill.data import demo_digits, load_image_dataset, prepare_dataset
 
-    rows = prepare_dataset(demo_digits()["test"].select(range(count)), (size, size))
+    split_rows = demo_digits()["test"] if dataset_name is None else load_image_dataset(dataset_name)[split]
+    rows = prepare_dataset(split_rows.select(range(min(count, len(split_rows)))), (size, size))
     pixels = torch.stack([torch.as_tensor(r["pixel_values"]) for r in rows]).float()
     return pixels / 255 if pixels.max() > 1.5 else pixels, torch.tensor([r["labels"] for r in rows])
 
@@ -60,6 +62,10 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--eps", type=float, nargs="+", default=[0.1, 0.5, 1, 2, 4, 8, 16])
     parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--teacher", help="an image classifier of the data's classes (default: the robust digits teacher)")
+    parser.add_argument("--vq", help="a VQ model folder as recipes/dad.py takes it (default: the demo zoo's)")
+    parser.add_argument("--dataset_name", help="images of the teacher's classes (default: the digits)")
+    parser.add_argument("--split", default="validation")
     opts = parser.parse_args()
     import torch
     from transformers import AutoImageProcessor
@@ -71,12 +77,14 @@ def main() -> None:
 
     zoo = os.path.join(ROOT, "demo_output", "zoo")
     with contextlib.redirect_stdout(sys.stderr):
-        teacher_path, vq_path = robust_teacher(zoo, 20), demo_model("vq", zoo_dir=zoo, seed=42)
+        teacher_path = opts.teacher or robust_teacher(zoo, 20)
+        vq_path = opts.vq or demo_model("vq", zoo_dir=zoo, seed=42)
     classifier = PixelSpaceClassifier(load_vision_model(teacher_path).eval(), PixelPreprocessor.from_image_processor(
         AutoImageProcessor.from_pretrained(teacher_path)))  # resizes any size to its own at its door
     vq = VQDiscretizer.from_pretrained(vq_path)
     torch.manual_seed(0)
-    results = {size: survival(classifier, vq, *images_at(size, opts.images), opts.eps) for size in opts.sizes}
+    results = {size: survival(classifier, vq, *images_at(size, opts.images, opts.dataset_name, opts.split), opts.eps)
+               for size in opts.sizes}
     print(json.dumps({"teacher": os.path.basename(teacher_path), "images": opts.images, "sizes": results}))
 
 

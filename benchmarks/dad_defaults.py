@@ -35,15 +35,15 @@ HELD_OUT = ("gaussian_noise:3,shot_noise:3,defocus_blur:3,motion_blur:3,contrast
 Gaussian noise of the paper's kind, Gaussian blur) nor in the students' (clean and DAD images)."""
 TEACHER_DISTORTIONS = "clean,pixel_mask:0.3-0.7,noise:0.1-0.4,blur:1-3"
 VARIANTS = {
-    "attack_eps": ["0.05", "0.25", "0.5", "1.0"],
+    "attack_eps": ["0", "0.05", "0.25", "0.5", "1.0"],
     "attack_step_size": ["0.01", "0.25", "0.5", "1.0"],
     "attack_random_start": ["0", "1"],
     "attack_steps": ["3"],
-    "kd_weight": ["1.0"],
+    "kd_weight": ["0.25", "1.0"],
     "dad_kd_weight": ["1.0", "0.25"],
     "ce_weight": ["0.5", "0"],
     "temperature": ["1", "2"],
-    "learning_rate": ["1e-4", "1e-3", "2e-3"],
+    "learning_rate": ["1e-4", "1e-3", "2e-3", "5e-3"],
     "lr_scheduler_type": ["linear", "constant_with_warmup"],
     "num_train_epochs": ["2", "8"],
 }
@@ -95,6 +95,13 @@ def run(recipe, models: dict, overrides: dict, seed: int, work: str) -> dict:
     return rows
 
 
+def _same(default, value: str) -> bool:
+    try:
+        return float(default) == float(value)
+    except (TypeError, ValueError):
+        return str(default) == value
+
+
 def summary(runs: list[dict]) -> dict:
     """Means over seeds, DAD's gain over plain KD, and each seed's gain (their spread is the noise)."""
     def mean(student, key):
@@ -103,6 +110,8 @@ def summary(runs: list[dict]) -> dict:
     gains = [round(r["dad"]["score"] - r["kd"]["score"], 2) for r in runs]
     return {"dad_score": mean("dad", "score"), "kd_score": mean("kd", "score"), "dad_clean": mean("dad", "clean"),
             "kd_clean": mean("kd", "clean"), "gain": round(statistics.fmean(gains), 2), "gain_per_seed": gains,
+            "dad_score_per_seed": [round(r["dad"]["score"], 2) for r in runs],
+            "kd_score_per_seed": [round(r["kd"]["score"], 2) for r in runs],
             "teacher_score": mean("teacher", "score"), "teacher_clean": mean("teacher", "clean")}
 
 
@@ -112,7 +121,10 @@ def main() -> None:
     parser.add_argument("--teacher_epochs", type=int, default=20)
     parser.add_argument("--settings", nargs="+", default=None,
                         help="run only these, e.g. defaults attack_eps=0.5 (default: every setting)")
+    parser.add_argument("--around", nargs="+", default=[], metavar="FLAG=VALUE",
+                        help="move the centre of the sweep first, e.g. learning_rate=1e-3 (a second round)")
     opts = parser.parse_args()
+    centre = dict(item.split("=", 1) for item in opts.around)
     import logging
 
     from transformers.utils import logging as hf_logging
@@ -127,13 +139,14 @@ def main() -> None:
     with contextlib.redirect_stdout(sys.stderr):  # the builders' logs
         models = {"student": demo_model("vit", zoo_dir=zoo, seed=42), "vq": demo_model("vq", zoo_dir=zoo, seed=42),
                   "teacher": robust_teacher(zoo, opts.teacher_epochs)}
-    defaults = {**dad.DAD_DEFAULTS, "num_train_epochs": 4, "attack_step_size": 0.1}
+    defaults = {**dad.DAD_DEFAULTS, "num_train_epochs": 4, "attack_step_size": 0.1, **centre}
     settings = [("defaults", {})] + [(f"{k}={v}", {k: v}) for k, values in VARIANTS.items() for v in values
-                                     if str(defaults.get(k)) != v] + list(TOGETHER.items())
+                                     if not _same(defaults.get(k), v)] + list(TOGETHER.items())
+    settings = [(name, {**centre, **overrides}) for name, overrides in settings]
     if opts.settings:
         settings = [(name, overrides) for name, overrides in settings if name in opts.settings]
-    results = {"defaults": {k: str(v) for k, v in defaults.items()}, "seeds": opts.seeds, "held_out": HELD_OUT,
-               "settings": {}}
+    results = {"defaults": {k: str(v) for k, v in defaults.items()}, "around": centre, "seeds": opts.seeds,
+               "held_out": HELD_OUT, "settings": {}}
     with tempfile.TemporaryDirectory() as work, contextlib.redirect_stdout(sys.stderr):  # the recipe's tables
         for name, overrides in settings:
             results["settings"][name] = summary([run(dad, models, overrides, seed, work) for seed in opts.seeds])

@@ -82,9 +82,12 @@ def test_the_dad_recipe_generates_offline_by_default_and_reads_the_official_obje
     recipe = load_recipe("dad")
     *_, demo = recipe.parse_args(["--use_cpu"], Problems())  # the embedded demo's settings
     assert demo.dad_mode == "offline" and demo.dad_objective == "separate"
-    assert (demo.ce_weight, demo.kd_weight, demo.dad_kd_weight) == (1.0, 0.5, 0.5)
+    assert (demo.ce_weight, demo.kd_weight, demo.dad_kd_weight) == (1.0, 0.5, 0.5)  # the demo's own
     *_, official = recipe.parse_args(["--use_cpu", "--dad_objective", "official"], Problems())
     assert official.dad_mode == "offline" and official.dad_objective == "official"
     assert (official.ce_weight, official.kd_weight, official.dad_kd_weight, official.dad_ce_weight) == (0.75, 0.25, 0, 0)
     *_, online = recipe.parse_args(["--use_cpu", "--dad_mode", "online"], Problems())
     assert online.dad_mode == "online"
+    *_, method = recipe.parse_args(["--use_cpu", "--teacher_name_or_path", "any/teacher"], Problems())
+    # the method's defaults, off the demo: benchmarks/dad_defaults.py's winners, quoted in docs/flags.md
+    assert (method.learning_rate, method.ce_weight, method.kd_weight, method.dad_kd_weight) == (2e-3, 0.5, 0.5, 0.5)

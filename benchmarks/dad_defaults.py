@@ -41,7 +41,7 @@ VARIANTS = {
     "attack_steps": ["3"],
     "kd_weight": ["0.25", "1.0"],
     "dad_kd_weight": ["1.0", "0.25"],
-    "ce_weight": ["0.5", "0"],
+    "ce_weight": ["1.0", "0.5", "0"],
     "temperature": ["1", "2"],
     "learning_rate": ["1e-4", "1e-3", "2e-3", "5e-3"],
     "lr_scheduler_type": ["linear", "constant_with_warmup"],
@@ -156,7 +156,18 @@ def main() -> None:
                   file=sys.stderr, flush=True)
     results["ranking_dad"] = sorted(results["settings"], key=lambda n: -results["settings"][n]["dad_score"])
     results["ranking_kd"] = sorted(results["settings"], key=lambda n: -results["settings"][n]["kd_score"])
+    print(table(results["settings"]), file=sys.stderr)
     print(json.dumps(results, indent=1))
+
+
+def table(settings: dict) -> str:
+    """The settings as docs/flags.md shows them: scores, gain (per seed) and clean accuracy, in %."""
+    lines = ["| setting | DAD | plain KD | gain | clean (DAD / KD) |", "|---|---|---|---|---|"]
+    for name, line in settings.items():
+        seeds = ", ".join(f"{g:+.1f}" for g in line["gain_per_seed"])
+        lines.append(f"| {name} | {line['dad_score']:.1f} | {line['kd_score']:.1f} | {line['gain']:+.1f} ({seeds}) | "
+                     f"{line['dad_clean']:.1f} / {line['kd_clean']:.1f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -105,7 +105,7 @@ def section(text: str, title: str) -> str:
 def test_the_help_shows_the_methods_defaults_not_the_demos(helps):
     dad = section(helps["recipes/dad.py"][0].stdout, TRAINING)
     learning_rate = dad.split("--learning_rate")[1].split("--")[0]
-    assert "(default: 0.0001)" in " ".join(learning_rate.split())  # DAD's, where the demo's is 5e-4
+    assert "(default: 0.002)" in " ".join(learning_rate.split())  # DAD's, where the demo's is 5e-4
     assert "demo_output" not in helps["recipes/dad.py"][0].stdout
 
 

@@ -42,6 +42,7 @@ VARIANTS = {
     "kd_weight": ["0.25", "1.0"],
     "dad_kd_weight": ["1.0", "0.25"],
     "ce_weight": ["1.0", "0.5", "0"],
+    "dad_ce_weight": ["0.5"],
     "temperature": ["1", "2"],
     "learning_rate": ["1e-4", "1e-3", "2e-3", "5e-3"],
     "lr_scheduler_type": ["linear", "constant_with_warmup"],

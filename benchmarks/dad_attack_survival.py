@@ -5,11 +5,14 @@ start as the recipe draws it), and how far the DAD images lie from VQ(VQ(x)). An
 erases leaves DAD's images equal to VQ(VQ(x)) whatever the budget: the budget only matters once it
 survives.
 
-    python benchmarks/dad_attack_survival.py                     # the robust digits teacher, 32 and 64 px
+    python benchmarks/dad_attack_survival.py                     # the digits at 32 and 64 px
     python benchmarks/dad_attack_survival.py --sizes 224 --eps 0.1 1 4 16 --teacher <classifier> \
         --vq vqgan-openimages-f8-16384 --dataset_name <imagenet-1k on the Hub>
 
-Prints one JSON object. The default teacher is ``dad_defaults.py``'s (built once into the demo zoo).
+Prints one JSON object. By default each size gets its own teacher and VQ model, trained at that size
+and built once into the demo zoo: ``dad_defaults.py``'s robust digits teacher and the demo's VQ
+model, so that sizes differ in nothing else. A ``--teacher`` or ``--vq`` given serves every size (a
+teacher resizes other sizes at its door).
 """
 
 from __future__ import annotations
@@ -62,30 +65,44 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--eps", type=float, nargs="+", default=[0.1, 0.5, 1, 2, 4, 8, 16])
     parser.add_argument("--images", type=int, default=256)
-    parser.add_argument("--teacher", help="an image classifier of the data's classes (default: the robust digits teacher)")
-    parser.add_argument("--vq", help="a VQ model folder as recipes/dad.py takes it (default: the demo zoo's)")
+    parser.add_argument("--teacher", help="an image classifier of the data's classes (default: the robust digits "
+                                          "teacher, trained at each size)")
+    parser.add_argument("--vq", help="a VQ model folder as recipes/dad.py takes it (default: the demo's, trained at "
+                                     "each size)")
     parser.add_argument("--dataset_name", help="images of the teacher's classes (default: the digits)")
     parser.add_argument("--split", default="validation")
     opts = parser.parse_args()
     import torch
-    from transformers import AutoImageProcessor
 
-    from dad_defaults import robust_teacher
-    from hf_robust_distill.cli import demo_model
-    from hf_robust_distill.methods.dad import VQDiscretizer
-    from hf_robust_distill.models import PixelPreprocessor, PixelSpaceClassifier, load_vision_model
+    results = {}
+    for size in opts.sizes:
+        teacher_path, vq_path = models_at(size, opts.teacher, opts.vq)
+        torch.manual_seed(0)
+        results[size] = {"teacher_model": os.path.basename(teacher_path), "vq_model": os.path.basename(vq_path),
+                         **survival(*load_models(teacher_path, vq_path),
+                                    *images_at(size, opts.images, opts.dataset_name, opts.split), opts.eps)}
+    print(json.dumps({"images": opts.images, "sizes": results}))
+
+
+def models_at(size: int, teacher: str | None, vq: str | None) -> tuple[str, str]:
+    """The teacher's and the VQ model's folders for ``size``: those given, else the digits' own,
+    trained at that size (built once into the demo zoo)."""
+    from dad_defaults import robust_teacher, zoo_model
 
     zoo = os.path.join(ROOT, "demo_output", "zoo")
     with contextlib.redirect_stdout(sys.stderr):
-        teacher_path = opts.teacher or robust_teacher(zoo, 20)
-        vq_path = opts.vq or demo_model("vq", zoo_dir=zoo, seed=42)
+        return teacher or robust_teacher(zoo, 20, size), vq or zoo_model(zoo, "vq", size)
+
+
+def load_models(teacher_path: str, vq_path: str):
+    from transformers import AutoImageProcessor
+
+    from hf_robust_distill.methods.dad import VQDiscretizer
+    from hf_robust_distill.models import PixelPreprocessor, PixelSpaceClassifier, load_vision_model
+
     classifier = PixelSpaceClassifier(load_vision_model(teacher_path).eval(), PixelPreprocessor.from_image_processor(
-        AutoImageProcessor.from_pretrained(teacher_path)))  # resizes any size to its own at its door
-    vq = VQDiscretizer.from_pretrained(vq_path)
-    torch.manual_seed(0)
-    results = {size: survival(classifier, vq, *images_at(size, opts.images, opts.dataset_name, opts.split), opts.eps)
-               for size in opts.sizes}
-    print(json.dumps({"teacher": os.path.basename(teacher_path), "images": opts.images, "sizes": results}))
+        AutoImageProcessor.from_pretrained(teacher_path)))  # resizes any other size to its own at its door
+    return classifier, VQDiscretizer.from_pretrained(vq_path)
 
 
 if __name__ == "__main__":

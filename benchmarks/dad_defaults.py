@@ -57,6 +57,9 @@ TOGETHER = {
     "attack_eps=step=4.0": {"attack_eps": "4.0", "attack_step_size": "4.0"},
     "attack_eps=step=8.0": {"attack_eps": "8.0", "attack_step_size": "8.0"},
     "attack_eps=step=16.0": {"attack_eps": "16.0", "attack_step_size": "16.0"},
+    "attack_eps=step=32.0": {"attack_eps": "32.0", "attack_step_size": "32.0"},
+    "attack_eps=step=64.0": {"attack_eps": "64.0", "attack_step_size": "64.0"},
+    "attack_eps=step=0.1": {"attack_eps": "0.1", "attack_step_size": "0.1"},
     "dad_objective=official": {"dad_objective": "official"},
     "dad_objective=official,kd_weight=1.0,ce_weight=1.0": {"dad_objective": "official", "ce_weight": "1.0",
                                                           "kd_weight": "1.0"},
@@ -66,14 +69,29 @@ TOGETHER = {
 """Settings that move together: the whole budget taken in one step, and the official script's objective."""
 
 
-def robust_teacher(zoo: str, epochs: int) -> str:
+def robust_teacher(zoo: str, epochs: int, image_size: int = 32) -> str:
     """The demo ViT's architecture trained from scratch under the paper's distortions: a teacher that is
-    robust on the digits (built once, kept beside the zoo)."""
+    robust on the digits (built once at each size, kept beside the zoo)."""
     from hf_robust_distill.cli.demo import build_demo_vit
 
-    path = os.path.join(zoo, f"robust-vit-{epochs}ep")
+    path = os.path.join(zoo, f"robust-vit-{epochs}ep" + ("" if image_size == 32 else f"-{image_size}px"))
     if not os.path.isfile(os.path.join(path, "model.safetensors")):
-        build_demo_vit(path, epochs=epochs, seed=42, distortions=TEACHER_DISTORTIONS)
+        build_demo_vit(path, epochs=epochs, seed=42, image_size=image_size, distortions=TEACHER_DISTORTIONS)
+    return path
+
+
+def zoo_model(zoo: str, kind: str, image_size: int = 32) -> str:
+    """The demo zoo's ``vit`` (the students' start) or ``vq`` at 32 px; at another size, the same
+    model trained at that size (the ViT's patches scale with it), built once beside the zoo."""
+    from hf_robust_distill.cli import demo_model
+    from hf_robust_distill.cli.demo import DEMO_BUILDERS
+
+    with contextlib.redirect_stdout(sys.stderr):  # the builders' logs
+        if image_size == 32:
+            return demo_model(kind, zoo_dir=zoo, seed=42)
+        path = os.path.join(zoo, f"{kind}-{image_size}px")
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            DEMO_BUILDERS[kind](path, seed=42, image_size=image_size)
     return path
 
 
@@ -120,6 +138,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--teacher_epochs", type=int, default=20)
+    parser.add_argument("--image_size", type=int, default=32,
+                        help="train and score at this size: the student, VQ model and teacher trained at it")
     parser.add_argument("--settings", nargs="+", default=None,
                         help="run only these, e.g. defaults attack_eps=0.5 (default: every setting)")
     parser.add_argument("--around", nargs="+", default=[], metavar="FLAG=VALUE",
@@ -134,19 +154,18 @@ def main() -> None:
     logging.disable(logging.WARNING)
     import dad
 
-    from hf_robust_distill.cli import demo_model
-
     zoo = os.path.join(ROOT, "demo_output", "zoo")
     with contextlib.redirect_stdout(sys.stderr):  # the builders' logs
-        models = {"student": demo_model("vit", zoo_dir=zoo, seed=42), "vq": demo_model("vq", zoo_dir=zoo, seed=42),
-                  "teacher": robust_teacher(zoo, opts.teacher_epochs)}
-    defaults = {**dad.DAD_DEFAULTS, "num_train_epochs": 4, "attack_step_size": 0.1, **centre}
+        models = {"student": zoo_model(zoo, "vit", opts.image_size), "vq": zoo_model(zoo, "vq", opts.image_size),
+                  "teacher": robust_teacher(zoo, opts.teacher_epochs, opts.image_size)}
+    defaults = {**dad.DAD_DEFAULTS, "num_train_epochs": 4, "attack_step_size": 0.1, **centre}  # online: step 0.1
     settings = [("defaults", {})] + [(f"{k}={v}", {k: v}) for k, values in VARIANTS.items() for v in values
                                      if not _same(defaults.get(k), v)] + list(TOGETHER.items())
     settings = [(name, {**centre, **overrides}) for name, overrides in settings]
     if opts.settings:
         settings = [(name, overrides) for name, overrides in settings if name in opts.settings]
     results = {"defaults": {k: str(v) for k, v in defaults.items()}, "around": centre, "seeds": opts.seeds,
+               "image_size": opts.image_size,
                "held_out": HELD_OUT, "settings": {}}
     with tempfile.TemporaryDirectory() as work, contextlib.redirect_stdout(sys.stderr):  # the recipe's tables
         for name, overrides in settings:

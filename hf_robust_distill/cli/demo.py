@@ -72,19 +72,20 @@ def demo_vit_arguments(output_dir: str, epochs: int = 10, seed: int = 0, learnin
     return DistillationConfig(**{**values, **overrides})
 
 
-def build_demo_vit(output_dir: str, epochs: int = 10, seed: int = 0, learning_rate: float = 1e-3,
-                   **overrides) -> str:
+def build_demo_vit(output_dir: str, epochs: int = 10, seed: int = 0, learning_rate: float = 1e-3, *,
+                   image_size: int = DEMO_IMAGE_SIZE, **overrides) -> str:
     """Trains the demo ViT from scratch on clean, upscaled scikit-learn digits and saves it
-    (safetensors, config, image processor) to ``output_dir``, which it returns."""
+    (safetensors, config, image processor) to ``output_dir``, which it returns. At another
+    ``image_size`` its patches scale with the image: the same 4 x 4 grid of the same digits."""
     digits = demo_digits(seed=seed)
     names = class_names(digits["train"], "label")
-    processor = demo_image_processor()
+    processor = demo_image_processor(image_size)
     args = demo_vit_arguments(output_dir, epochs, seed, learning_rate, **overrides)
     set_seed(seed)
     with whole_weights():  # built whole; DeepSpeed partitions it at its start
-        model = ViTForImageClassification(demo_vit_config(names))
+        model = ViTForImageClassification(demo_vit_config(names, image_size, patch_size=image_size // 4))
     model.set_attn_implementation("eager")  # on CPUs, eager beats sdpa at this size
-    size = (DEMO_IMAGE_SIZE, DEMO_IMAGE_SIZE)
+    size = (image_size, image_size)
     trainer = RobustDistillationTrainer(model=model, teacher=None, args=args, processing_class=processor,
                                         train_dataset=prepare_dataset(digits["train"], size))
     trainer.train()
@@ -205,14 +206,15 @@ def demo_vq_model(image_size: int = DEMO_IMAGE_SIZE, num_codes: int = 256, chann
 
 
 def build_demo_vq(output_dir: str, epochs: int = 2, seed: int = 0, learning_rate: float = 3e-3,
-                  batch_size: int = 32) -> str:
+                  batch_size: int = 32, *, image_size: int = DEMO_IMAGE_SIZE) -> str:
     """Trains the demo VQ model as an autoencoder (L1 reconstruction plus VQ commitment loss) on
-    clean digits in [-1, 1], and saves it in diffusers format with its input range (a plain loop:
-    every process of a launch trains the same copy, the main process saves it)."""
+    clean digits in [-1, 1] at ``image_size`` pixels a side, and saves it in diffusers format with
+    its input range (a plain loop: every process of a launch trains the same copy, the main process
+    saves it)."""
     digits = demo_digits(seed=seed)
-    train = prepare_dataset(digits["train"], (DEMO_IMAGE_SIZE, DEMO_IMAGE_SIZE))
+    train = prepare_dataset(digits["train"], (image_size, image_size))
     set_seed(seed)
-    model = demo_vq_model().train()
+    model = demo_vq_model(image_size).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
     loader = DataLoader(train, batch_size=batch_size, shuffle=True, collate_fn=collate_images,
                         generator=torch.Generator().manual_seed(seed))

@@ -91,3 +91,7 @@ def test_the_dad_recipe_generates_offline_by_default_and_reads_the_official_obje
     *_, method = recipe.parse_args(["--use_cpu", "--teacher_name_or_path", "any/teacher"], Problems())
     # the method's defaults, off the demo: benchmarks/dad_defaults.py's winners, quoted in docs/flags.md
     assert (method.learning_rate, method.ce_weight, method.kd_weight, method.dad_kd_weight) == (2e-3, 0.5, 0.5, 0.5)
+    assert (method.attack_settings().eps, method.attack_settings(offline=True).step_size) == (0.1, 0.01)  # official
+    configs = os.path.join(os.path.dirname(__file__), "..", "..", "recipes", "configs")
+    *_, paper = recipe.parse_args(["--config", os.path.join(configs, "dad_vit_base.yaml"), "--use_cpu"], Problems())
+    assert (paper.learning_rate, paper.attack_settings().eps, paper.attack_settings().step_size) == (1e-4, 0.1, 0.01)

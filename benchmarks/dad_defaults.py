@@ -9,7 +9,8 @@ digits, as an ImageNet-pretrained student starts). Both are scored on clean imag
 corruptions at severity 3 that neither the teacher's nor the students' training contains.
 
 Prints JSON: per setting, per student, the mean top-1 accuracy over the held-out corruptions (the
-score), clean accuracy, and DAD's gain over plain KD, with each seed's; then a table on stderr.
+score) and on each of them (a gain that lands on one corruption shows there), clean accuracy, and
+DAD's gain over plain KD, with each seed's; then a table on stderr.
 
     python benchmarks/dad_defaults.py                      # every setting, two seeds: about an hour on two CPU cores
     python benchmarks/dad_defaults.py --seeds 0 --settings defaults attack_eps=0.5
@@ -109,8 +110,8 @@ def run(recipe, models: dict, overrides: dict, seed: int, work: str) -> dict:
     table = recipe.main(argv)["table"]
     rows = {}
     for name, row in (("dad", table["DAD student"]), ("kd", table["plain-KD student"]), ("teacher", table["teacher"])):
-        held_out = [v for k, v in row.items() if k != "clean"]
-        rows[name] = {"score": 100 * sum(held_out) / len(held_out), "clean": 100 * row["clean"]}
+        held_out = {k: 100 * v for k, v in row.items() if k != "clean"}
+        rows[name] = {"score": statistics.fmean(held_out.values()), "clean": 100 * row["clean"], "held_out": held_out}
     return rows
 
 
@@ -126,12 +127,17 @@ def summary(runs: list[dict]) -> dict:
     def mean(student, key):
         return round(statistics.fmean(r[student][key] for r in runs), 2)
 
+    def per_corruption(student):
+        return {name: round(statistics.fmean(r[student]["held_out"][name] for r in runs), 2)
+                for name in runs[0][student]["held_out"]}
+
     gains = [round(r["dad"]["score"] - r["kd"]["score"], 2) for r in runs]
     return {"dad_score": mean("dad", "score"), "kd_score": mean("kd", "score"), "dad_clean": mean("dad", "clean"),
             "kd_clean": mean("kd", "clean"), "gain": round(statistics.fmean(gains), 2), "gain_per_seed": gains,
             "dad_score_per_seed": [round(r["dad"]["score"], 2) for r in runs],
             "kd_score_per_seed": [round(r["kd"]["score"], 2) for r in runs],
-            "teacher_score": mean("teacher", "score"), "teacher_clean": mean("teacher", "clean")}
+            "teacher_score": mean("teacher", "score"), "teacher_clean": mean("teacher", "clean"),
+            "dad_per_corruption": per_corruption("dad"), "kd_per_corruption": per_corruption("kd")}
 
 
 def main() -> None:

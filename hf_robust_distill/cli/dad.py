@@ -80,8 +80,8 @@ DAD_DEFAULTS = dict(
 )
 """The method's defaults, for the DAD student and the plain-KD baseline alike: the winners of the sweep in
 benchmarks/dad_defaults.py (learning rate 2e-3 and CE 0.5, against the official script's 1e-4 and 1;
-docs/flags.md). The attack stays the official one: the sweep's scores rise with the budget without end
-(docs/dad.md, the attack budget). recipes/configs/dad_vit_base.yaml keeps the official ImageNet values."""
+docs/flags.md). The attack stays the official one: the sweep's scores rise with the budget up to the
+largest tried, where one step saturates the pixels (docs/dad.md, the attack budget). recipes/configs/dad_vit_base.yaml keeps the official ImageNet values."""
 DEMO_DEFAULTS = dict(
     output_dir="demo_output/dad", corruption_cache_dir="demo_output/corrupted", num_train_epochs=1,
     per_device_train_batch_size=32, per_device_eval_batch_size=128,

@@ -60,7 +60,6 @@ TOGETHER = {
     "attack_eps=step=16.0": {"attack_eps": "16.0", "attack_step_size": "16.0"},
     "attack_eps=step=32.0": {"attack_eps": "32.0", "attack_step_size": "32.0"},
     "attack_eps=step=64.0": {"attack_eps": "64.0", "attack_step_size": "64.0"},
-    "attack_eps=step=0.1": {"attack_eps": "0.1", "attack_step_size": "0.1"},
     "dad_objective=official": {"dad_objective": "official"},
     "dad_objective=official,kd_weight=1.0,ce_weight=1.0": {"dad_objective": "official", "ce_weight": "1.0",
                                                           "kd_weight": "1.0"},
@@ -87,12 +86,11 @@ def zoo_model(zoo: str, kind: str, image_size: int = 32) -> str:
     from hf_robust_distill.cli import demo_model
     from hf_robust_distill.cli.demo import DEMO_BUILDERS
 
-    with contextlib.redirect_stdout(sys.stderr):  # the builders' logs
-        if image_size == 32:
-            return demo_model(kind, zoo_dir=zoo, seed=42)
-        path = os.path.join(zoo, f"{kind}-{image_size}px")
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            DEMO_BUILDERS[kind](path, seed=42, image_size=image_size)
+    if image_size == 32:
+        return demo_model(kind, zoo_dir=zoo, seed=42)
+    path = os.path.join(zoo, f"{kind}-{image_size}px")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        DEMO_BUILDERS[kind](path, seed=42, image_size=image_size)
     return path
 
 
